@@ -1,0 +1,40 @@
+"""omendb: an Arrow-native, embedded-first vector store.
+
+>>> import omendb
+>>> db = omendb.open("./vectors.omen")
+>>> tbl = db.create_table("docs", data=df)          # a `vector` column + metadata
+>>> tbl.search(query, k=10, where="lang = 'en'").to_pandas()
+"""
+
+from __future__ import annotations
+
+import os
+
+from .database import Database
+from .errors import (ClosedError, CorruptFileError, DimensionError, DuplicateKeyError, FilterError,
+                     FormatVersionError, InvalidNameError, InvalidVectorError, NotADatabaseError,
+                     OmenError, ReadOnlyError, SchemaError, TableExistsError, TableNotFoundError)
+from .locking import TableLockedError
+from .table import Table, TableOptions
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "open", "Database", "Table", "TableOptions", "__version__",
+    "OmenError", "SchemaError", "DimensionError", "InvalidVectorError", "DuplicateKeyError",
+    "TableNotFoundError", "TableExistsError", "InvalidNameError", "FilterError", "CorruptFileError",
+    "FormatVersionError", "NotADatabaseError", "ReadOnlyError", "ClosedError", "TableLockedError",
+]
+
+
+def open(path: str | os.PathLike, *, fsync: bool = True, memtable_bytes: int = 64 << 20) -> Database:  # noqa: A001
+    """Open the omendb database in folder ``path``, creating it if missing.
+
+    Args:
+        path: the database folder.
+        fsync: fsync each write's log record before ``add``/``upsert``/``delete``
+            return (default). ``False`` is for bulk loads: writes then survive a
+            crash of the process but not of the machine until ``flush()``/``close()``.
+        memtable_bytes: size at which buffered rows are flushed to a segment file.
+    """
+    return Database(path, TableOptions(fsync=fsync, memtable_bytes=memtable_bytes))

@@ -1,0 +1,243 @@
+"""Turn what users hand us into Arrow tables that fit a table's schema.
+
+Accepted inputs: pandas / polars DataFrames (and polars LazyFrames), pyarrow Tables,
+RecordBatches and RecordBatchReaders, a list of dicts, a dict of columns, or a 2-D
+NumPy array of vectors. Vectors may be any numeric list type (float16 included);
+they are cast to the table's ``fixed_size_list<float32, dim>`` and checked for
+NaN/inf, nulls and ragged lengths.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .errors import DimensionError, InvalidVectorError, SchemaError
+
+__all__ = ["to_arrow_table", "vector_type", "to_vector_array", "infer_schema", "conform", "vectors_view"]
+
+
+def vector_type(dim: int) -> pa.DataType:
+    """The Arrow type of a vector column of ``dim`` components."""
+    return pa.list_(pa.float32(), dim)
+
+
+def _numpy_vectors_to_arrow(array: np.ndarray, what: str) -> pa.FixedSizeListArray:
+    if array.ndim != 2:
+        raise InvalidVectorError(f"{what} must be a 2-D array (rows x dim), got shape {array.shape}")
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_) or np.iscomplexobj(array):
+        raise InvalidVectorError(f"{what} must be numeric, got dtype {array.dtype}")
+    flat = np.ascontiguousarray(array, dtype=np.float32).reshape(-1)
+    return pa.FixedSizeListArray.from_arrays(pa.array(flat), array.shape[1])
+
+
+def to_arrow_table(data: Any, vector_column: str = "vector") -> pa.Table:
+    """Convert any supported input to a ``pa.Table`` (no schema checks yet)."""
+    if isinstance(data, pa.Table):
+        return data
+    if isinstance(data, pa.RecordBatch):
+        return pa.Table.from_batches([data])
+    if isinstance(data, pa.RecordBatchReader):
+        return data.read_all()
+    if isinstance(data, np.ndarray):
+        return pa.table({vector_column: _numpy_vectors_to_arrow(data, "a NumPy array of vectors")})
+    module = type(data).__module__.split(".")[0]
+    if module == "pandas" and hasattr(data, "columns"):
+        frame = data.copy(deep=False)
+        for name in frame.columns:  # pandas object columns of ndarrays convert fine; 2-D blocks do not
+            if frame[name].dtype == object and len(frame) and isinstance(frame[name].iloc[0], np.ndarray):
+                frame[name] = [np.asarray(v) for v in frame[name]]
+        return pa.Table.from_pandas(frame, preserve_index=False)
+    if module == "polars":
+        if hasattr(data, "collect") and not hasattr(data, "to_arrow"):
+            data = data.collect()
+        return data.to_arrow()
+    if isinstance(data, dict):
+        columns = {}
+        for name, values in data.items():
+            if isinstance(values, np.ndarray) and values.ndim == 2:
+                columns[name] = _numpy_vectors_to_arrow(values, f"column {name!r}")
+            else:
+                columns[name] = values
+        try:
+            return pa.table(columns)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
+            raise SchemaError(f"cannot build a table from the dict of columns: {exc}") from exc
+    if isinstance(data, (list, tuple)):
+        if len(data) == 0:
+            raise SchemaError("no rows given (empty list)")
+        if all(isinstance(row, dict) for row in data):
+            try:
+                return pa.Table.from_pylist(list(data))
+            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
+                raise SchemaError(f"cannot build a table from the list of dicts: {exc}") from exc
+        try:
+            array = np.asarray(data)
+        except ValueError as exc:
+            raise InvalidVectorError(f"vectors are ragged (rows of different lengths): {exc}") from exc
+        if array.dtype == object:
+            raise InvalidVectorError("vectors are ragged or non-numeric")
+        return to_arrow_table(array, vector_column)
+    raise TypeError(
+        f"cannot add data of type {type(data).__name__}: give a pandas/polars DataFrame, "
+        "a pyarrow Table/RecordBatch/RecordBatchReader, a list of dicts, a dict of "
+        "columns or a 2-D NumPy array")
+
+
+def _decode_dictionaries(table: pa.Table) -> pa.Table:
+    for i, field in enumerate(table.schema):
+        if pa.types.is_dictionary(field.type):
+            table = table.set_column(i, field.name, table.column(i).cast(field.type.value_type))
+    return table
+
+
+def to_vector_array(column: pa.ChunkedArray | pa.Array, dim: int | None, name: str) -> pa.FixedSizeListArray:
+    """Validate a vector column and cast it to ``fixed_size_list<float32, dim>``."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    kind = column.type
+    if not (pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)):
+        raise InvalidVectorError(f"vector column {name!r} must hold lists of numbers, got {kind}")
+    value_type = kind.value_type
+    if not (pa.types.is_floating(value_type) or pa.types.is_integer(value_type) or pa.types.is_null(value_type)):
+        raise InvalidVectorError(f"vector column {name!r} must hold numbers, got lists of {value_type}")
+    if column.null_count:
+        row = int(np.flatnonzero(np.asarray(column.is_null()))[0])
+        raise InvalidVectorError(f"vector column {name!r} has a null vector at row {row}")
+    if len(column) == 0:
+        if dim is None:
+            raise SchemaError(f"cannot infer the dimension of {name!r} from zero rows; pass dim=")
+        return pa.FixedSizeListArray.from_arrays(pa.array([], pa.float32()), dim)
+    if pa.types.is_fixed_size_list(kind):
+        lengths = np.full(len(column), kind.list_size)
+        values = column.flatten()
+    else:
+        lengths = np.asarray(pc.list_value_length(column))
+        values = column.flatten()
+    expected = int(lengths[0]) if dim is None else dim
+    if expected <= 0:
+        raise DimensionError(f"vector column {name!r}: vectors must have at least one component")
+    wrong = np.flatnonzero(lengths != expected)
+    if wrong.size:
+        row = int(wrong[0])
+        if dim is None:
+            raise InvalidVectorError(
+                f"vector column {name!r} is ragged: row 0 has {expected} components, "
+                f"row {row} has {int(lengths[row])}")
+        raise DimensionError(
+            f"vector column {name!r}: row {row} has {int(lengths[row])} components, "
+            f"the table's dimension is {dim}")
+    if values.null_count:
+        bad = int(np.flatnonzero(np.asarray(values.is_null()))[0]) // expected
+        raise InvalidVectorError(f"vector column {name!r}: row {bad} contains a null component")
+    floats = np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float32)
+    finite = np.isfinite(floats)
+    if not finite.all():
+        row = int(np.flatnonzero(~finite)[0]) // expected
+        raise InvalidVectorError(f"vector column {name!r}: row {row} contains NaN or infinity")
+    return pa.FixedSizeListArray.from_arrays(pa.array(floats), expected)
+
+
+def infer_schema(table: pa.Table, *, id_column: str, vector_column: str, dim: int | None) -> tuple[pa.Schema, bool]:
+    """Schema of a new table made from ``table``: (schema, ids_assigned_by_omendb)."""
+    table = _decode_dictionaries(table)
+    if vector_column not in table.column_names:
+        raise SchemaError(
+            f"no vector column {vector_column!r} in the data (columns: {', '.join(table.column_names)}); "
+            "pass vector_column= to name it")
+    vectors = to_vector_array(table.column(vector_column), dim, vector_column)
+    fields = []
+    auto_ids = id_column not in table.column_names
+    if auto_ids:
+        fields.append(pa.field(id_column, pa.int64(), nullable=False))
+    for field in table.schema:
+        if field.name == vector_column:
+            fields.append(pa.field(vector_column, vectors.type, nullable=False))
+        elif field.name == id_column:
+            fields.append(pa.field(id_column, _id_type(field.type, id_column), nullable=False))
+        elif field.name.startswith("_"):
+            raise SchemaError(f"column {field.name!r}: names starting with '_' are reserved for omendb")
+        else:
+            fields.append(field.with_metadata(None))
+    return pa.schema(fields), auto_ids
+
+
+def _id_type(kind: pa.DataType, name: str) -> pa.DataType:
+    if pa.types.is_integer(kind):
+        return pa.int64()
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return pa.string()
+    raise SchemaError(f"primary key column {name!r} must be integers or strings, got {kind}")
+
+
+def conform(table: pa.Table, schema: pa.Schema, *, id_column: str, vector_column: str,
+            next_id: int, require_ids: bool = False) -> pa.Table:
+    """Make ``table`` fit ``schema`` exactly, assigning ids when absent.
+
+    Raises a :class:`SchemaError` naming the column on unknown columns, a missing
+    vector column, or values that cannot be cast safely to the column's type.
+    """
+    table = _decode_dictionaries(table)
+    unknown = [name for name in table.column_names if name not in schema.names]
+    if unknown:
+        raise SchemaError(f"unknown column(s) {', '.join(map(repr, unknown))}; "
+                          f"the table has {', '.join(schema.names)}")
+    if len(set(table.column_names)) != len(table.column_names):
+        raise SchemaError(f"duplicate column names in the data: {table.column_names}")
+    if vector_column not in table.column_names:
+        raise SchemaError(f"missing vector column {vector_column!r}")
+    dim = schema.field(vector_column).type.list_size
+    columns = []
+    for field in schema:
+        if field.name == vector_column:
+            columns.append(to_vector_array(table.column(vector_column), dim, vector_column))
+        elif field.name == id_column and id_column not in table.column_names:
+            if require_ids:
+                raise SchemaError(f"missing primary key column {id_column!r} (upsert needs it)")
+            columns.append(_assign_ids(field.type, table.num_rows, next_id))
+        elif field.name not in table.column_names:
+            if not field.nullable:
+                raise SchemaError(f"missing column {field.name!r}")
+            columns.append(pa.nulls(table.num_rows, field.type))
+        else:
+            columns.append(_cast_column(table.column(field.name), field))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _assign_ids(kind: pa.DataType, rows: int, next_id: int) -> pa.Array:
+    if pa.types.is_integer(kind):
+        return pa.array(np.arange(next_id, next_id + rows, dtype=np.int64))
+    return pa.array([uuid.uuid4().hex for _ in range(rows)], pa.string())
+
+
+def _cast_column(column: pa.ChunkedArray, field: pa.Field) -> pa.ChunkedArray:
+    if column.type != field.type:
+        if pa.types.is_null(column.type):
+            column = pa.chunked_array([pa.nulls(len(column), field.type)])
+        else:
+            try:
+                column = column.cast(field.type, safe=True)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+                raise SchemaError(
+                    f"column {field.name!r} should be {field.type}, got {column.type} "
+                    f"that cannot be converted: {exc}") from exc
+    if not field.nullable and column.null_count:
+        raise SchemaError(f"column {field.name!r} contains nulls")
+    return column
+
+
+def vectors_view(column: pa.ChunkedArray | pa.Array, dim: int) -> np.ndarray:
+    """Zero-copy (N, dim) float32 view of a validated vector column (one chunk)."""
+    if isinstance(column, pa.ChunkedArray):
+        if column.num_chunks == 0:
+            return np.zeros((0, dim), dtype=np.float32)
+        column = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+    values = column.values
+    start = column.offset * dim
+    flat = np.frombuffer(values.buffers()[1], dtype=np.float32,
+                         count=(values.offset + len(values)), offset=0)[values.offset:]
+    return flat[start:start + len(column) * dim].reshape(len(column), dim)

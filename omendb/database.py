@@ -1,0 +1,238 @@
+"""A database: a folder of tables, opened with :func:`omendb.open`."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from .convert import infer_schema, to_arrow_table, vector_type
+from .errors import (ClosedError, CorruptFileError, DimensionError, FormatVersionError,
+                     InvalidNameError, NotADatabaseError, SchemaError, TableExistsError,
+                     TableNotFoundError)
+from .storage.fileio import atomic_write, fsync_dir
+from .storage.manifest import ManifestStore
+from .table import MANIFESTS, Table, TableOptions, new_table_manifest
+
+__all__ = ["Database"]
+
+MARKER = "omendb.json"
+FORMAT_VERSION = 1
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]{0,127}$")
+
+
+def _check_name(name: Any) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise InvalidNameError(
+            f"invalid table name {name!r}: use 1-128 letters, digits, '_' or '-' "
+            "(no path characters, not starting with '-')")
+    return name
+
+
+class Database:
+    """A folder holding omendb tables. Thread-safe; use as a context manager."""
+
+    def __init__(self, path: str | os.PathLike, options: TableOptions) -> None:
+        self.path = Path(path)
+        self._options = options
+        self._tables: dict[str, Table] = {}
+        self._lock = threading.RLock()
+        self._closed = False
+        self._open_folder()
+
+    def _open_folder(self) -> None:
+        marker = self.path / MARKER
+        if self.path.exists() and not self.path.is_dir():
+            raise NotADatabaseError(f"{self.path}: is a file, not an omendb database folder")
+        if marker.exists():
+            try:
+                info = json.loads(marker.read_text())
+            except ValueError as exc:
+                raise CorruptFileError(f"{marker}: cannot be parsed: {exc}") from None
+            if info.get("format") != "omendb.database":
+                raise NotADatabaseError(f"{marker}: not an omendb database marker")
+            if info.get("format_version") != FORMAT_VERSION:
+                raise FormatVersionError(
+                    f"{marker}: database format version {info.get('format_version')} is not supported "
+                    f"(this omendb reads version {FORMAT_VERSION})")
+            self._remove_leftovers()
+            return
+        if self.path.exists() and any(self.path.iterdir()):
+            raise NotADatabaseError(
+                f"{self.path}: folder is not empty and is not an omendb database (no {MARKER})")
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write(marker, json.dumps({"format": "omendb.database", "format_version": FORMAT_VERSION}).encode())
+
+    def _remove_leftovers(self) -> None:
+        """Finish what a crash interrupted: half-created and half-dropped tables."""
+        for entry in os.listdir(self.path):
+            if entry.startswith((".creating-", ".dropped-")):
+                shutil.rmtree(self.path / entry, ignore_errors=True)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(f"database {self.path} is closed")
+
+    # ----------------------------------------------------------------- tables
+    def table_names(self) -> list[str]:
+        """Names of the tables, sorted."""
+        self._check_open()
+        names = []
+        for entry in sorted(os.listdir(self.path)):
+            if _NAME.match(entry) and ManifestStore(self.path / entry / MANIFESTS).versions():
+                names.append(entry)
+        return names
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and bool(_NAME.match(name)) and name in self.table_names()
+
+    def create_table(
+        self,
+        name: str,
+        data: Any = None,
+        *,
+        dim: int | None = None,
+        metric: str = "l2",
+        schema: pa.Schema | None = None,
+        id_column: str = "id",
+        vector_column: str = "vector",
+        format: str = "arrow",
+        exist_ok: bool = False,
+    ) -> Table:
+        """Create a table, from ``data`` (schema inferred) or empty (``dim`` or ``schema``).
+
+        Args:
+            name: table name (letters, digits, ``_``, ``-``).
+            data: optional first rows, any input ``Table.add`` accepts.
+            dim: vector dimension of an empty table.
+            metric: ``"l2"`` (squared Euclidean, default), ``"cosine"`` or ``"dot"``.
+            schema: explicit Arrow schema; its vector column may be a fixed-size list
+                of floats or a list (then ``dim`` is required).
+            id_column: primary key column (int64 or string); assigned when absent.
+            vector_column: the vector column's name.
+            format: segment file format; ``"arrow"`` (Arrow IPC).
+            exist_ok: return the existing table instead of raising ``TableExistsError``.
+        """
+        self._check_open()
+        _check_name(name)
+        if format != "arrow":
+            raise ValueError(f"format must be 'arrow', got {format!r}")
+        with self._lock:
+            if name in self.table_names():
+                if exist_ok:
+                    return self.open_table(name)
+                raise TableExistsError(f"table {name!r} already exists in {self.path}")
+            table_schema, auto_ids = self._new_schema(data, dim, schema, id_column, vector_column)
+            manifest = new_table_manifest(table_schema, id_column=id_column, vector_column=vector_column,
+                                          metric=metric, auto_ids=auto_ids)
+            staging = self.path / f".creating-{name}-{uuid.uuid4().hex[:8]}"
+            ManifestStore(staging / MANIFESTS).publish(manifest)
+            os.rename(staging, self.path / name)
+            fsync_dir(self.path)
+            table = self.open_table(name)
+        if data is not None:
+            try:
+                table.add(data)
+            except BaseException:
+                self.drop_table(name)
+                raise
+        return table
+
+    @staticmethod
+    def _new_schema(data: Any, dim: int | None, schema: pa.Schema | None, id_column: str,
+                    vector_column: str) -> tuple[pa.Schema, bool]:
+        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 1):
+            raise ValueError(f"dim must be a positive integer, got {dim!r}")
+        if schema is not None:
+            if not isinstance(schema, pa.Schema):
+                raise TypeError(f"schema must be a pyarrow.Schema, got {type(schema).__name__}")
+            if vector_column not in schema.names:
+                raise SchemaError(f"schema has no vector column {vector_column!r}")
+            kind = schema.field(vector_column).type
+            if pa.types.is_fixed_size_list(kind):
+                dim = dim or kind.list_size
+                if kind.list_size != dim:
+                    raise DimensionError(f"schema's vector column {vector_column!r} has dim "
+                                         f"{kind.list_size}, but dim={dim} was given")
+            elif not (pa.types.is_list(kind) or pa.types.is_large_list(kind)) or dim is None:
+                raise SchemaError(f"vector column {vector_column!r} must be fixed_size_list<float32, dim> "
+                                  f"(or a list type with dim=), got {kind}")
+            empty = pa.table({f.name: pa.array([], f.type) for f in schema})
+            inferred, auto_ids = infer_schema(empty, id_column=id_column, vector_column=vector_column, dim=dim)
+            return inferred, auto_ids
+        if data is not None:
+            return infer_schema(to_arrow_table(data, vector_column), id_column=id_column,
+                                vector_column=vector_column, dim=dim)
+        if dim is None:
+            raise ValueError("create_table needs data=, dim= or schema=")
+        return pa.schema([pa.field(id_column, pa.int64(), nullable=False),
+                          pa.field(vector_column, vector_type(dim), nullable=False)]), True
+
+    def open_table(self, name: str) -> Table:
+        """Open an existing table (the same object on every call)."""
+        self._check_open()
+        _check_name(name)
+        with self._lock:
+            table = self._tables.get(name)
+            if table is not None and not table._closed:
+                return table
+            if name not in self.table_names():
+                raise TableNotFoundError(f"table {name!r} does not exist in {self.path}")
+            table = Table(name, self.path / name, self._options)
+            self._tables[name] = table
+            return table
+
+    def drop_table(self, name: str) -> None:
+        """Delete a table and all its files."""
+        self._check_open()
+        _check_name(name)
+        with self._lock:
+            if name not in self.table_names():
+                raise TableNotFoundError(f"table {name!r} does not exist in {self.path}")
+            table = self._tables.pop(name, None)
+            if table is not None:
+                table._closed = True  # its files are going away: nothing to flush
+                table._wal.close()
+                table._writer_lock.release()
+            graveyard = self.path / f".dropped-{name}-{uuid.uuid4().hex[:8]}"
+            os.rename(self.path / name, graveyard)
+            fsync_dir(self.path)
+            shutil.rmtree(graveyard, ignore_errors=True)
+
+    def __getitem__(self, name: str) -> Table:
+        return self.open_table(name)
+
+    # ------------------------------------------------------------------ close
+    def close(self) -> None:
+        """Flush and close every open table."""
+        if self._closed:
+            return
+        with self._lock:
+            errors = []
+            for table in self._tables.values():
+                try:
+                    table.close()
+                except Exception as exc:  # close the rest, then report
+                    errors.append(exc)
+            self._tables.clear()
+            self._closed = True
+        if errors:
+            raise errors[0]
+
+    def __enter__(self) -> "Database":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<omendb.Database {str(self.path)!r}>"
+
+

@@ -1,0 +1,126 @@
+"""Exact nearest-neighbour search: one BLAS matrix product plus numexpr, then top-k.
+
+Distances (smaller is closer):
+
+* ``l2``     — squared Euclidean, ``|x|² - 2 x·q + |q|²``
+* ``cosine`` — ``1 - x·q / (|x| |q|)``
+* ``dot``    — ``-x·q``
+
+Ranking uses a cheaper monotone score (the constant ``|q|²`` and ``1 -`` terms are
+left out) and the true distance is computed only for the ``k`` winners.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numexpr as ne
+import numpy as np
+
+__all__ = ["METRICS", "Metric", "vector_norms", "exact_search", "SCORE_BLOCK_BYTES"]
+
+Metric = Literal["l2", "cosine", "dot"]
+METRICS: tuple[str, ...] = ("l2", "cosine", "dot")
+
+#: Upper bound on the score matrix of one block of a batched search.
+SCORE_BLOCK_BYTES = 64 << 20
+#: Below this fraction of allowed rows, gathering them beats scanning everything.
+GATHER_FRACTION = 0.25
+_TINY = np.float32(1e-30)
+
+
+def vector_norms(vectors: np.ndarray) -> np.ndarray:
+    """L2 norm of every row, float32."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if vectors.shape[0] == 0:
+        return np.zeros(0, dtype=np.float32)
+    return np.sqrt(ne.evaluate("sum(v * v, axis=1)", local_dict={"v": vectors})).astype(np.float32)
+
+
+def _scores(dots: np.ndarray, norms: np.ndarray, metric: str) -> np.ndarray:
+    """Monotone ranking score (smaller is closer) from ``dots`` (Q, N) or (N,)."""
+    if metric == "dot":
+        return ne.evaluate("-d", local_dict={"d": dots})
+    if metric == "cosine":
+        inv = 1.0 / np.maximum(norms, _TINY)
+        return ne.evaluate("-(d * inv)", local_dict={"d": dots, "inv": inv})
+    sq = norms * norms
+    return ne.evaluate("sq - 2 * d", local_dict={"d": dots, "sq": sq})
+
+
+def _distances(score: np.ndarray, qnorm: np.ndarray, metric: str) -> np.ndarray:
+    """True distance from the ranking score of the winners (qnorm broadcasts per query)."""
+    if metric == "dot":
+        return score
+    if metric == "cosine":
+        return np.clip(1.0 + score / np.maximum(qnorm, _TINY), 0.0, 2.0)
+    return np.maximum(score + qnorm * qnorm, 0.0)
+
+
+def _top_k(score: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row top ``k`` (ascending) of a 2-D score matrix: (scores, columns)."""
+    n = score.shape[1]
+    if k < n:
+        part = np.argpartition(score, k - 1, axis=1)[:, :k]
+        part_scores = np.take_along_axis(score, part, axis=1)
+    else:
+        part = np.broadcast_to(np.arange(n), score.shape)
+        part_scores = score
+    order = np.argsort(part_scores, axis=1, kind="stable")
+    return np.take_along_axis(part_scores, order, axis=1), np.take_along_axis(part, order, axis=1)
+
+
+def exact_search(
+    vectors: np.ndarray,
+    norms: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    metric: str,
+    allowed: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` of every query over ``vectors``.
+
+    Args:
+        vectors: (N, d) float32, C-contiguous (a memory-mapped view is fine).
+        norms: (N,) float32 row norms from :func:`vector_norms`.
+        queries: (Q, d) float32.
+        k: results per query.
+        metric: ``"l2"``, ``"cosine"`` or ``"dot"``.
+        allowed: optional boolean mask (N,) of rows that may be returned.
+
+    Returns:
+        ``(distances, positions)``, both (Q, min(k, candidates)), nearest first;
+        positions index ``vectors``. Rows with an infinite distance never appear.
+    """
+    n_queries = queries.shape[0]
+    if allowed is not None:
+        candidates = np.flatnonzero(allowed)
+        if candidates.size < GATHER_FRACTION * vectors.shape[0]:
+            dist, pos = exact_search(vectors[candidates], norms[candidates], queries, k, metric)
+            return dist, candidates[pos] if pos.size else pos.astype(np.int64)
+        blocked = ~allowed
+    else:
+        candidates = None
+        blocked = None
+    n_rows = vectors.shape[0] if candidates is None else candidates.size
+    k = min(k, n_rows)
+    if k == 0:
+        empty = np.zeros((n_queries, 0))
+        return empty.astype(np.float32), empty.astype(np.int64)
+    qnorm = vector_norms(queries)[:, None]
+    block = max(1, SCORE_BLOCK_BYTES // (4 * max(1, vectors.shape[0])))
+    out_dist = np.empty((n_queries, k), dtype=np.float32)
+    out_pos = np.empty((n_queries, k), dtype=np.int64)
+    for start in range(0, n_queries, block):
+        stop = min(n_queries, start + block)
+        if stop - start == 1:
+            dots = (vectors @ queries[start])[None, :]
+        else:
+            dots = queries[start:stop] @ vectors.T
+        score = _scores(dots, norms, metric)
+        if blocked is not None:
+            score[:, blocked] = np.inf
+        top_score, top_pos = _top_k(score, k)
+        out_dist[start:stop] = _distances(top_score, qnorm[start:stop], metric)
+        out_pos[start:stop] = top_pos
+    return out_dist, out_pos

@@ -1,0 +1,96 @@
+"""A table's view of one immutable segment: lazily mapped columns, norms and keys."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from .convert import vectors_view
+from .errors import CorruptFileError
+from .keys import KeyIndex
+from .storage.deletions import read_deletions
+from .storage.manifest import SegmentEntry
+from .storage.segment import open_segment
+
+__all__ = ["SegmentHandle", "NORM_COLUMN"]
+
+#: Column of precomputed vector norms stored in every segment file.
+NORM_COLUMN = "_norm"
+
+
+class SegmentHandle:
+    """One segment file; maps it on first use and verifies its checksum then."""
+
+    def __init__(self, directory: Path, entry: SegmentEntry, *, vector_column: str,
+                 id_column: str, dim: int, verified: bool = False) -> None:
+        self.directory = directory
+        self.entry = entry
+        self.vector_column = vector_column
+        self.id_column = id_column
+        self.dim = dim
+        self._verified = verified
+        self._lock = threading.Lock()
+        self._table: pa.Table | None = None
+        self._vectors: np.ndarray | None = None
+        self._norms: np.ndarray | None = None
+        self._keys: KeyIndex | None = None
+
+    @property
+    def file(self) -> str:
+        return self.entry.file
+
+    @property
+    def path(self) -> Path:
+        return self.directory / self.entry.file
+
+    def _load(self) -> None:
+        with self._lock:
+            if self._table is not None:
+                return
+            raw = open_segment(self.path, rows=self.entry.rows, size=self.entry.bytes,
+                               crc32=None if self._verified else self.entry.crc32)
+            if NORM_COLUMN not in raw.column_names or self.vector_column not in raw.column_names:
+                raise CorruptFileError(f"{self.path}: segment lacks its vector or norm column")
+            norms = raw.column(NORM_COLUMN)
+            self._norms = (np.asarray(norms.chunk(0).to_numpy(), dtype=np.float32)
+                           if norms.num_chunks == 1 else np.asarray(norms, dtype=np.float32))
+            self._vectors = vectors_view(raw.column(self.vector_column), self.dim)
+            self._table = raw.drop_columns([NORM_COLUMN])
+            self._verified = True
+
+    @property
+    def table(self) -> pa.Table:
+        """The segment's user columns (memory-mapped, zero copy)."""
+        self._load()
+        return self._table
+
+    @property
+    def vectors(self) -> np.ndarray:
+        self._load()
+        return self._vectors
+
+    @property
+    def norms(self) -> np.ndarray:
+        self._load()
+        return self._norms
+
+    def keys(self) -> KeyIndex:
+        if self._keys is None:
+            self._keys = KeyIndex(self.table.column(self.id_column))
+        return self._keys
+
+    def initial_live_mask(self) -> np.ndarray | None:
+        """Live-row mask from the manifest's deletion file (None: nothing deleted)."""
+        if not self.entry.deletions_file:
+            return None
+        deleted = read_deletions(self.directory / self.entry.deletions_file, segment_rows=self.entry.rows)
+        if deleted.size != self.entry.deleted:
+            raise CorruptFileError(
+                f"{self.directory / self.entry.deletions_file}: holds {deleted.size} deletions, "
+                f"manifest says {self.entry.deleted}")
+        live = np.ones(self.entry.rows, dtype=bool)
+        live[deleted] = False
+        return live

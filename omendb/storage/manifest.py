@@ -1,0 +1,122 @@
+"""Manifests: the versioned, atomically published description of a table.
+
+Spec: ``formats/manifest.md``. Version ``N`` lives in ``manifests/v{N:010d}.json``;
+the newest file is the table's current state. A manifest is never rewritten: a new
+version is a new file published with temp-file, fsync, rename, fsync-dir.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import zlib
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ..errors import CorruptFileError, FormatVersionError
+from .fileio import atomic_write
+
+__all__ = ["SegmentEntry", "Manifest", "ManifestStore", "FORMAT_VERSION"]
+
+FORMAT_VERSION = 1
+_NAME = re.compile(r"^v(\d{10})\.json$")
+
+
+@dataclass(frozen=True)
+class SegmentEntry:
+    """One segment as a manifest version sees it."""
+
+    file: str
+    rows: int
+    bytes: int
+    crc32: int
+    deleted: int = 0
+    deletions_file: str | None = None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """One published version of a table."""
+
+    version: int
+    table: dict[str, Any]          # schema and options; see formats/manifest.md
+    segments: tuple[SegmentEntry, ...] = ()
+    wal_seq: int = 0               # every WAL record up to this seq is in the segments
+    next_id: int = 0               # next auto-assigned int64 primary key
+    created_at: float = 0.0
+    change: str = "create"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        body = asdict(self)
+        body["segments"] = [asdict(s) for s in self.segments]
+        text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+        envelope = {"format": "omendb.manifest", "format_version": FORMAT_VERSION,
+                    "crc32": zlib.crc32(text.encode()), "body": body}
+        return json.dumps(envelope, sort_keys=True, indent=1).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes, path: Path) -> "Manifest":
+        try:
+            envelope = json.loads(data)
+            if envelope.get("format") != "omendb.manifest":
+                raise CorruptFileError(f"{path}: not an omendb manifest")
+            version = envelope.get("format_version")
+            if version != FORMAT_VERSION:
+                raise FormatVersionError(
+                    f"{path}: manifest format version {version} is not supported "
+                    f"(this omendb reads version {FORMAT_VERSION})")
+            body = envelope["body"]
+            text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+            if zlib.crc32(text.encode()) != envelope["crc32"]:
+                raise CorruptFileError(f"{path}: manifest checksum mismatch")
+            body["segments"] = tuple(SegmentEntry(**s) for s in body["segments"])
+            return cls(**body)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise CorruptFileError(f"{path}: manifest cannot be parsed: {exc}") from exc
+
+    def evolve(self, **changes: Any) -> "Manifest":
+        """A copy with the next version number and the given fields changed."""
+        return replace(self, version=self.version + 1, **changes)
+
+
+class ManifestStore:
+    """Reads and publishes the manifest versions of one table directory."""
+
+    def __init__(self, directory: str | os.PathLike) -> None:
+        self.directory = Path(directory)
+
+    def versions(self) -> list[int]:
+        """Every published version number, ascending."""
+        if not self.directory.is_dir():
+            return []
+        found = (_NAME.match(p) for p in os.listdir(self.directory))
+        return sorted(int(m.group(1)) for m in found if m)
+
+    def path_of(self, version: int) -> Path:
+        return self.directory / f"v{version:010d}.json"
+
+    def load(self, version: int) -> Manifest:
+        path = self.path_of(version)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise CorruptFileError(f"{path}: manifest version {version} does not exist") from None
+        manifest = Manifest.from_json(data, path)
+        if manifest.version != version:
+            raise CorruptFileError(f"{path}: holds version {manifest.version}, not {version}")
+        return manifest
+
+    def latest(self) -> Manifest | None:
+        versions = self.versions()
+        return self.load(versions[-1]) if versions else None
+
+    def publish(self, manifest: Manifest) -> None:
+        """Atomically write a new version; refuses to overwrite an existing one."""
+        path = self.path_of(manifest.version)
+        if path.exists():
+            raise CorruptFileError(f"{path}: manifest version {manifest.version} already exists")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, manifest.to_json())

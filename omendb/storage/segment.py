@@ -1,0 +1,101 @@
+"""Immutable segment files: one uncompressed Arrow IPC file, read through a memory map.
+
+Spec: ``formats/segment.md``. A segment holds exactly one record batch so that every
+column, the vector column included, is one contiguous buffer that can be viewed as
+a NumPy array without copying. Its size and CRC-32 are recorded in the manifest; the
+checksum is verified the first time a process maps the file.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+from ..errors import CorruptFileError, FormatVersionError
+from .fileio import fsync_dir
+
+__all__ = ["SegmentFileInfo", "write_segment", "open_segment", "FORMAT_VERSION"]
+
+FORMAT_VERSION = 1
+_FORMAT_KEY = b"omendb.format"
+_VERSION_KEY = b"omendb.format_version"
+
+
+@dataclass(frozen=True)
+class SegmentFileInfo:
+    """What the manifest records about a written segment file."""
+
+    file: str
+    rows: int
+    bytes: int
+    crc32: int
+
+
+def write_segment(directory: str | os.PathLike, name: str, table: pa.Table) -> SegmentFileInfo:
+    """Write ``table`` as segment ``name`` in ``directory``, durably.
+
+    The file is written under a temporary name, fsynced, renamed into place and the
+    directory fsynced, so a crash never leaves a partial file under the final name.
+    """
+    directory = Path(directory)
+    batch = table.combine_chunks().to_batches(max_chunksize=None)
+    metadata = dict(table.schema.metadata or {})
+    metadata.update({_FORMAT_KEY: b"segment", _VERSION_KEY: str(FORMAT_VERSION).encode()})
+    schema = table.schema.with_metadata(metadata)
+    tmp = directory / f".{name}.tmp"
+    options = pa.ipc.IpcWriteOptions(compression=None)
+    with pa.OSFile(str(tmp), "wb") as sink:
+        with pa.ipc.new_file(sink, schema, options=options) as writer:
+            if batch:
+                writer.write_batch(batch[0] if len(batch) == 1 else pa.concat_batches(batch))
+            else:
+                writer.write_batch(pa.RecordBatch.from_pylist([], schema=schema))
+    crc = 0
+    with open(tmp, "rb+") as handle:
+        while chunk := handle.read(16 << 20):
+            crc = zlib.crc32(chunk, crc)
+        os.fsync(handle.fileno())
+    final = directory / name
+    os.replace(tmp, final)
+    fsync_dir(directory)
+    return SegmentFileInfo(name, table.num_rows, final.stat().st_size, crc)
+
+
+def open_segment(path: str | os.PathLike, *, rows: int, size: int, crc32: int | None) -> pa.Table:
+    """Memory-map a segment file and return its (zero-copy) Arrow table.
+
+    Checks size, CRC-32 (when given), format tag, version and row count against what
+    the manifest recorded, and raises a clear error naming the file on any mismatch.
+    """
+    path = Path(path)
+    try:
+        actual_size = path.stat().st_size
+    except FileNotFoundError:
+        raise CorruptFileError(f"{path}: segment file is missing") from None
+    if actual_size != size:
+        raise CorruptFileError(f"{path}: segment is {actual_size} bytes, manifest says {size}")
+    source = pa.memory_map(str(path), "r")
+    if crc32 is not None:
+        actual_crc = zlib.crc32(source.read_buffer(size))
+        source.seek(0)
+        if actual_crc != crc32:
+            raise CorruptFileError(f"{path}: segment checksum mismatch (file is damaged)")
+    try:
+        table = pa.ipc.open_file(source).read_all()
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise CorruptFileError(f"{path}: not a readable Arrow IPC segment: {exc}") from exc
+    metadata = table.schema.metadata or {}
+    if metadata.get(_FORMAT_KEY) != b"segment":
+        raise CorruptFileError(f"{path}: not an omendb segment (no format tag)")
+    version = metadata.get(_VERSION_KEY, b"?").decode()
+    if version != str(FORMAT_VERSION):
+        raise FormatVersionError(
+            f"{path}: segment format version {version} is not supported "
+            f"(this omendb reads version {FORMAT_VERSION})")
+    if table.num_rows != rows:
+        raise CorruptFileError(f"{path}: segment has {table.num_rows} rows, manifest says {rows}")
+    return table

@@ -1,0 +1,178 @@
+"""Write-ahead log: checksummed records, each holding one Arrow IPC stream.
+
+Spec: ``formats/wal.md``. A record is appended with one ``writev`` and, by default,
+``fdatasync``-ed before the caller is told it is durable. On open, records are read
+back in order; an incomplete or unverifiable *last* record is a torn tail (the
+process died while writing it) and is cut off; a bad record followed by more data
+is corruption and raises :class:`~omendb.errors.CorruptFileError`.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+
+from ..errors import CorruptFileError, FormatVersionError
+
+__all__ = ["RecordKind", "WalRecord", "WalWriter", "read_wal", "encode_table", "decode_table"]
+
+FORMAT_VERSION = 1
+FILE_MAGIC = b"OMENWAL\x00"
+FILE_HEADER = struct.Struct("<8sII")  # magic, format_version, crc32(magic+version)
+RECORD_MAGIC = b"WREC"
+RECORD_HEADER = struct.Struct("<4sBBHQII")  # magic, kind, flags, reserved, seq, length, crc32
+
+
+class RecordKind(enum.IntEnum):
+    """What a WAL record asks the table to do with its Arrow payload."""
+
+    ADD = 1
+    UPSERT = 2
+    DELETE = 3
+
+
+@dataclass(frozen=True)
+class WalRecord:
+    """One committed log record."""
+
+    seq: int
+    kind: RecordKind
+    payload: pa.Table
+
+
+def encode_table(table: pa.Table | pa.RecordBatch) -> pa.Buffer:
+    """Serialise Arrow data as an IPC stream (the payload of a record)."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write(table)
+    return sink.getvalue()
+
+
+def decode_table(payload: pa.Buffer | bytes) -> pa.Table:
+    """Inverse of :func:`encode_table`."""
+    return pa.ipc.open_stream(payload).read_all()
+
+
+def _header_bytes() -> bytes:
+    head = FILE_MAGIC + struct.pack("<I", FORMAT_VERSION)
+    return FILE_HEADER.pack(FILE_MAGIC, FORMAT_VERSION, zlib.crc32(head))
+
+
+def _record_crc(header_fields: bytes, payload: memoryview | bytes | pa.Buffer) -> int:
+    return zlib.crc32(payload, zlib.crc32(header_fields))
+
+
+class WalWriter:
+    """Appends records to one WAL file. Not thread-safe: the table serialises writes."""
+
+    def __init__(self, path: str | os.PathLike, *, fsync: bool = True) -> None:
+        self.path = Path(path)
+        self.fsync = fsync
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        if new:
+            os.write(self._fd, _header_bytes())
+            os.fsync(self._fd)
+
+    def append(self, seq: int, kind: RecordKind, payload: pa.Buffer, *, fsync: bool | None = None) -> None:
+        """Append one record; return once it is on stable storage if ``fsync``."""
+        fields = struct.pack("<BBHQI", int(kind), 0, 0, seq, payload.size)
+        header = RECORD_HEADER.pack(RECORD_MAGIC, int(kind), 0, 0, seq, payload.size,
+                                    _record_crc(fields, payload))
+        expected = len(header) + payload.size
+        written = os.writev(self._fd, [header, payload])
+        if written != expected:  # short write: finish it byte-exactly
+            rest = (header + payload.to_pybytes())[written:]
+            while rest:
+                rest = rest[os.write(self._fd, rest):]
+        if self.fsync if fsync is None else fsync:
+            os.fdatasync(self._fd)
+
+    def sync(self) -> None:
+        """Force everything appended so far to stable storage."""
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def read_wal(path: str | os.PathLike, *, repair: bool = True) -> Iterator[WalRecord]:
+    """Yield the committed records of a WAL file in order.
+
+    A torn tail is cut off (the file truncated) when ``repair`` is true.
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    if len(data) < FILE_HEADER.size:
+        # The file was created but its header never fully reached disk: nothing
+        # in it was ever acknowledged.
+        if repair:
+            with open(path, "r+b") as handle:
+                handle.truncate(0)
+        return
+    magic, version, crc = FILE_HEADER.unpack_from(data, 0)
+    if magic != FILE_MAGIC or crc != zlib.crc32(data[:12]):
+        raise CorruptFileError(f"{path}: not an omendb write-ahead log (bad header)")
+    if version != FORMAT_VERSION:
+        raise FormatVersionError(
+            f"{path}: write-ahead log format version {version} is not supported "
+            f"(this omendb reads version {FORMAT_VERSION})")
+    view = memoryview(data)
+    offset = FILE_HEADER.size
+    while offset < len(data):
+        problem = None
+        if len(data) - offset < RECORD_HEADER.size:
+            problem = "incomplete record header"
+        else:
+            magic, kind, flags, reserved, seq, length, crc = RECORD_HEADER.unpack_from(data, offset)
+            end = offset + RECORD_HEADER.size + length
+            if magic != RECORD_MAGIC:
+                problem = "bad record magic"
+            elif end > len(data):
+                problem = "incomplete record"
+            else:
+                payload = view[offset + RECORD_HEADER.size:end]
+                fields = data[offset + 4:offset + RECORD_HEADER.size - 4]
+                if _record_crc(fields, payload) != crc:
+                    problem = "checksum mismatch"
+        if problem is not None:
+            torn_tail = problem.startswith("incomplete") or _nothing_valid_after(data, offset)
+            if not torn_tail:
+                raise CorruptFileError(
+                    f"{path}: {problem} in record at byte {offset}, followed by more records")
+            if repair:
+                with open(path, "r+b") as handle:
+                    handle.truncate(offset)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            return
+        try:
+            record_kind = RecordKind(kind)
+            table = decode_table(payload)
+        except (ValueError, pa.ArrowInvalid) as exc:
+            raise CorruptFileError(f"{path}: record at byte {offset} cannot be decoded: {exc}") from exc
+        yield WalRecord(seq, record_kind, table)
+        offset = end
+
+
+def _nothing_valid_after(data: bytes, offset: int) -> bool:
+    """True when no verifiable record starts after ``offset``: the damage is a torn tail."""
+    start = data.find(RECORD_MAGIC, offset + 1)
+    while start >= 0 and len(data) - start >= RECORD_HEADER.size:
+        _, _, _, _, _, length, crc = RECORD_HEADER.unpack_from(data, start)
+        end = start + RECORD_HEADER.size + length
+        if end <= len(data):
+            fields = data[start + 4:start + RECORD_HEADER.size - 4]
+            if _record_crc(fields, memoryview(data)[start + RECORD_HEADER.size:end]) == crc:
+                return False
+        start = data.find(RECORD_MAGIC, start + 1)
+    return True
