@@ -14,20 +14,22 @@ from .database import Database
 from .errors import (ClosedError, CorruptFileError, DimensionError, DuplicateKeyError, FilterError,
                      FormatVersionError, InvalidNameError, InvalidVectorError, NotADatabaseError,
                      OmenError, ReadOnlyError, SchemaError, TableExistsError, TableNotFoundError)
+from .index.hnsw import HnswConfig
 from .locking import TableLockedError
 from .table import Table, TableOptions
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "open", "Database", "Table", "TableOptions", "__version__",
+    "open", "Database", "Table", "TableOptions", "HnswConfig", "__version__",
     "OmenError", "SchemaError", "DimensionError", "InvalidVectorError", "DuplicateKeyError",
     "TableNotFoundError", "TableExistsError", "InvalidNameError", "FilterError", "CorruptFileError",
     "FormatVersionError", "NotADatabaseError", "ReadOnlyError", "ClosedError", "TableLockedError",
 ]
 
 
-def open(path: str | os.PathLike, *, fsync: bool = True, memtable_bytes: int = 64 << 20) -> Database:  # noqa: A001
+def open(path: str | os.PathLike, *, fsync: bool = True, memtable_bytes: int = 64 << 20,  # noqa: A001
+         build_indexes: bool = True) -> Database:
     """Open the omendb database in folder ``path``, creating it if missing.
 
     Args:
@@ -36,5 +38,8 @@ def open(path: str | os.PathLike, *, fsync: bool = True, memtable_bytes: int = 6
             return (default). ``False`` is for bulk loads: writes then survive a
             crash of the process but not of the machine until ``flush()``/``close()``.
         memtable_bytes: size at which buffered rows are flushed to a segment file.
+        build_indexes: build HNSW indexes of large segments on a background thread
+            (default). ``False`` leaves segments unindexed until ``create_index``.
     """
-    return Database(path, TableOptions(fsync=fsync, memtable_bytes=memtable_bytes))
+    return Database(path, TableOptions(fsync=fsync, memtable_bytes=memtable_bytes,
+                                       build_indexes=build_indexes))

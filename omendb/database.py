@@ -17,6 +17,8 @@ from .convert import infer_schema, to_arrow_table, vector_type
 from .errors import (ClosedError, CorruptFileError, DimensionError, FormatVersionError,
                      InvalidNameError, NotADatabaseError, SchemaError, TableExistsError,
                      TableNotFoundError)
+from .builder import IndexBuilder
+from .index.hnsw import HnswConfig
 from .storage.fileio import atomic_write, fsync_dir
 from .storage.manifest import ManifestStore
 from .table import MANIFESTS, Table, TableOptions, new_table_manifest
@@ -46,6 +48,7 @@ class Database:
         self._lock = threading.RLock()
         self._closed = False
         self._open_folder()
+        self._builder = IndexBuilder(self.path.name)
 
     def _open_folder(self) -> None:
         marker = self.path / MARKER
@@ -105,6 +108,7 @@ class Database:
         vector_column: str = "vector",
         format: str = "arrow",
         exist_ok: bool = False,
+        index: HnswConfig | None = None,
     ) -> Table:
         """Create a table, from ``data`` (schema inferred) or empty (``dim`` or ``schema``).
 
@@ -119,6 +123,8 @@ class Database:
             vector_column: the vector column's name.
             format: segment file format; ``"arrow"`` (Arrow IPC).
             exist_ok: return the existing table instead of raising ``TableExistsError``.
+            index: HNSW parameters (default ``HnswConfig()``); change them later with
+                ``Table.create_index``.
         """
         self._check_open()
         _check_name(name)
@@ -131,7 +137,7 @@ class Database:
                 raise TableExistsError(f"table {name!r} already exists in {self.path}")
             table_schema, auto_ids = self._new_schema(data, dim, schema, id_column, vector_column)
             manifest = new_table_manifest(table_schema, id_column=id_column, vector_column=vector_column,
-                                          metric=metric, auto_ids=auto_ids)
+                                          metric=metric, auto_ids=auto_ids, index=index)
             staging = self.path / f".creating-{name}-{uuid.uuid4().hex[:8]}"
             ManifestStore(staging / MANIFESTS).publish(manifest)
             os.rename(staging, self.path / name)
@@ -185,7 +191,7 @@ class Database:
                 return table
             if name not in self.table_names():
                 raise TableNotFoundError(f"table {name!r} does not exist in {self.path}")
-            table = Table(name, self.path / name, self._options)
+            table = Table(name, self.path / name, self._options, self._builder)
             self._tables[name] = table
             return table
 
@@ -198,7 +204,7 @@ class Database:
                 raise TableNotFoundError(f"table {name!r} does not exist in {self.path}")
             table = self._tables.pop(name, None)
             if table is not None:
-                table._closed = True  # its files are going away: nothing to flush
+                table._closing = table._closed = True  # its files are going away: nothing to flush
                 table._wal.close()
                 table._writer_lock.release()
             graveyard = self.path / f".dropped-{name}-{uuid.uuid4().hex[:8]}"
@@ -223,6 +229,7 @@ class Database:
                     errors.append(exc)
             self._tables.clear()
             self._closed = True
+            self._builder.close()
         if errors:
             raise errors[0]
 

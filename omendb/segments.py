@@ -10,6 +10,7 @@ import pyarrow as pa
 
 from .convert import vectors_view
 from .errors import CorruptFileError
+from .index.hnsw import HnswIndex, load_hnsw
 from .keys import KeyIndex
 from .storage.deletions import read_deletions
 from .storage.manifest import SegmentEntry
@@ -25,18 +26,21 @@ class SegmentHandle:
     """One segment file; maps it on first use and verifies its checksum then."""
 
     def __init__(self, directory: Path, entry: SegmentEntry, *, vector_column: str,
-                 id_column: str, dim: int, verified: bool = False) -> None:
+                 id_column: str, dim: int, metric: str, verified: bool = False) -> None:
         self.directory = directory
         self.entry = entry
         self.vector_column = vector_column
         self.id_column = id_column
         self.dim = dim
+        self.metric = metric
         self._verified = verified
         self._lock = threading.Lock()
         self._table: pa.Table | None = None
         self._vectors: np.ndarray | None = None
         self._norms: np.ndarray | None = None
         self._keys: KeyIndex | None = None
+        self._hnsw: HnswIndex | None = None
+        self._hnsw_file: str | None = None
 
     @property
     def file(self) -> str:
@@ -81,6 +85,27 @@ class SegmentHandle:
         if self._keys is None:
             self._keys = KeyIndex(self.table.column(self.id_column))
         return self._keys
+
+    def hnsw(self) -> HnswIndex | None:
+        """The segment's graph per the current entry (loaded once; None when unindexed).
+
+        Raises :class:`CorruptFileError` when the index file fails verification.
+        """
+        entry = self.entry
+        if entry.index_file is None:
+            return None
+        with self._lock:
+            if self._hnsw_file != entry.index_file:
+                self._hnsw = load_hnsw(self.directory / entry.index_file, metric=self.metric,
+                                       size=entry.index_bytes, crc32=entry.index_crc32, rows=entry.rows)
+                self._hnsw_file = entry.index_file
+            return self._hnsw
+
+    def adopt_index(self, entry: SegmentEntry, index: HnswIndex) -> None:
+        """Point at a freshly built graph without reloading it from disk."""
+        with self._lock:
+            self.entry = entry
+            self._hnsw, self._hnsw_file = index, entry.index_file
 
     def initial_live_mask(self) -> np.ndarray | None:
         """Live-row mask from the manifest's deletion file (None: nothing deleted)."""

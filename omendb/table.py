@@ -12,6 +12,7 @@ import base64
 import os
 import threading
 import time
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -21,9 +22,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .convert import conform, to_arrow_table
-from .errors import (ClosedError, DimensionError, DuplicateKeyError, InvalidVectorError,
-                     SchemaError)
+from .builder import IndexBuilder
+from .errors import (ClosedError, CorruptFileError, DimensionError, DuplicateKeyError,
+                     InvalidVectorError, SchemaError)
 from .index.flat import METRICS
+from .index.hnsw import BuildCancelled, HnswConfig, HnswIndex, build_hnsw
 from .keys import keys_to_numpy
 from .locking import WriterLock
 from .memtable import Memtable
@@ -49,10 +52,12 @@ class TableOptions:
             ``False`` a write survives a crash of the process but not of the machine
             until the next ``flush()``/``close()``; use it for bulk loads.
         memtable_bytes: flush the memtable to a segment once it holds this many bytes.
+        build_indexes: build HNSW indexes of large segments in the background.
     """
 
     fsync: bool = True
     memtable_bytes: int = 64 << 20
+    build_indexes: bool = True
 
 
 def schema_to_text(schema: pa.Schema) -> str:
@@ -66,15 +71,20 @@ def schema_from_text(text: str) -> pa.Schema:
 class Table:
     """One table of a database. Obtain it from ``Database.create_table``/``open_table``."""
 
-    def __init__(self, name: str, directory: Path, options: TableOptions) -> None:
+    def __init__(self, name: str, directory: Path, options: TableOptions, builder: IndexBuilder) -> None:
         self.name = name
         self._dir = Path(directory)
         self._options = options
+        self._builder = builder
+        self._index_cond = threading.Condition()
+        self._index_errors: dict[str, BaseException] = {}
+        self._bad_indexes: set[str] = set()
         self._store = ManifestStore(self._dir / MANIFESTS)
         self._writer_lock = WriterLock(self._dir / "LOCK", name)
         self._write_lock = threading.RLock()
         self._lock = threading.Lock()
         self._closed = False
+        self._closing = False
         try:
             self._open()
         except BaseException:
@@ -93,6 +103,7 @@ class Table:
         self.vector_column: str = info["vector_column"]
         self._metric: str = info["metric"]
         self._dim: int = int(info["dim"])
+        self._index_config = HnswConfig(**info.get("index", {}))
         self._segments = [self._handle(e) for e in manifest.segments]
         self._live = {h.file: h.initial_live_mask() for h in self._segments}
         self._dirty: set[str] = set()
@@ -114,10 +125,11 @@ class Table:
                 self._flush_locked("flush")
         else:
             self._start_new_wal(remove=wal_files)
+        self._schedule_index_builds()
 
     def _handle(self, entry: SegmentEntry, verified: bool = False) -> SegmentHandle:
         return SegmentHandle(self._dir / SEGMENTS, entry, vector_column=self.vector_column,
-                             id_column=self.id_column, dim=self._dim, verified=verified)
+                             id_column=self.id_column, dim=self._dim, metric=self._metric, verified=verified)
 
     def _start_new_wal(self, remove: Iterable[Path] = ()) -> None:
         self._wal = WalWriter(self._dir / WAL / f"{self._seq + 1:020d}.wal", fsync=self._options.fsync)
@@ -131,9 +143,7 @@ class Table:
         referenced: set[str] = set()
         for version in self._store.versions():
             for entry in self._store.load(version).segments:
-                referenced.add(entry.file)
-                if entry.deletions_file:
-                    referenced.add(entry.deletions_file)
+                referenced.update(f for f in (entry.file, entry.deletions_file, entry.index_file) if f)
         seg_dir = self._dir / SEGMENTS
         seg_dir.mkdir(exist_ok=True)
         for name in os.listdir(seg_dir):
@@ -366,14 +376,147 @@ class Table:
         old_wal = self._wal
         old_wal.close()
         self._start_new_wal(remove=[old_wal.path])
+        if new_handle is not None and not self._closing:
+            self._schedule_index_builds()
+
+    # ------------------------------------------------------------------ indexes
+    def _needs_index(self, handle: SegmentHandle) -> bool:
+        config = self._index_config
+        entry = handle.entry
+        return (entry.rows >= config.min_rows and handle.file not in self._index_errors
+                and (entry.index_file is None or entry.index_params != config.build_params()
+                     or handle.file in self._bad_indexes))
+
+    def _schedule_index_builds(self) -> None:
+        if not self._options.build_indexes:
+            return
+        with self._lock:
+            todo = [h.file for h in self._segments if self._needs_index(h)]
+        for file in todo:
+            self._builder.submit(self, file)
+
+    def _build_index(self, segment_file: str) -> None:
+        """Builder thread: build one segment's graph, then publish it (never under the write lock)."""
+        with self._lock:
+            handle = next((h for h in self._segments if h.file == segment_file), None)
+            config = self._index_config
+        if handle is None or self._closed or self._closing or not self._needs_index(handle):
+            return
+        index = build_hnsw(handle.vectors, handle.norms, self._metric, config,
+                           should_stop=lambda: self._closed or self._closing)
+        name = f"{Path(segment_file).stem}.{os.urandom(4).hex()}.hnsw"
+        path = self._dir / SEGMENTS / name
+        size, crc = index.save(path)
+        with self._write_lock:
+            current = [e for e in self._manifest.segments if e.file == segment_file]
+            if self._closed or not current or config != self._index_config:
+                path.unlink(missing_ok=True)  # the segment or the parameters changed meanwhile
+                return
+            entry = replace(current[0], index_file=name, index_bytes=size, index_crc32=crc,
+                            index_params=config.build_params())
+            manifest = self._manifest.evolve(
+                segments=tuple(entry if e.file == segment_file else e for e in self._manifest.segments),
+                created_at=time.time(), change="index")
+            self._store.publish(manifest)
+            with self._lock:
+                handle.adopt_index(entry, index)
+                self._bad_indexes.discard(segment_file)
+                self._manifest = manifest
+
+    def _index_failed(self, segment_file: str, exc: BaseException) -> None:
+        if isinstance(exc, BuildCancelled):
+            return
+        with self._index_cond:
+            self._index_errors[segment_file] = exc
+        warnings.warn(f"omendb: building the index of {segment_file} in table {self.name!r} failed: {exc}",
+                      RuntimeWarning, stacklevel=1)
+
+    def _index_progress(self) -> None:
+        with self._index_cond:
+            self._index_cond.notify_all()
+
+    def _segment_index(self, handle: SegmentHandle) -> HnswIndex | None:
+        """The graph to search in ``handle``, or None (unindexed, stale or damaged)."""
+        if handle.file in self._bad_indexes or handle.entry.index_params != self._index_config.build_params():
+            return None
+        try:
+            return handle.hnsw()
+        except CorruptFileError as exc:
+            warnings.warn(f"omendb: {exc}; searching that segment exactly and rebuilding its index",
+                          RuntimeWarning, stacklevel=3)
+            self._bad_indexes.add(handle.file)
+            if self._options.build_indexes and not self._closed:
+                self._builder.submit(self, handle.file)
+            return None
+
+    def create_index(self, m: int = 16, ef_construction: int = 200, *, ef_search: int | None = None,
+                     min_rows: int | None = None) -> None:
+        """Set the HNSW parameters and (re)build, in the background, every index they change.
+
+        Segments with at least ``min_rows`` rows get an index; smaller ones (and rows
+        not yet flushed) are searched exactly. Use :meth:`wait_for_index` to wait.
+        See :class:`omendb.HnswConfig` for what each parameter trades.
+        """
+        self._check_open()
+        current = self._index_config
+        config = HnswConfig(m=m, ef_construction=ef_construction,
+                            ef_search=current.ef_search if ef_search is None else ef_search,
+                            min_rows=current.min_rows if min_rows is None else min_rows)
+        with self._write_lock:
+            self._check_open()
+            if config != current:
+                info = dict(self._manifest.table, index=config.to_dict())
+                manifest = self._manifest.evolve(table=info, created_at=time.time(), change="create_index")
+                self._store.publish(manifest)
+                with self._lock:
+                    self._manifest = manifest
+                    self._index_config = config
+                    self._index_errors.clear()
+        if not self._options.build_indexes:
+            for handle in list(self._segments):
+                if self._needs_index(handle):
+                    self._build_index(handle.file)
+        self._schedule_index_builds()
+
+    def wait_for_index(self, timeout: float | None = None) -> bool:
+        """Wait until every segment that should have an index has a current one.
+
+        Returns True when done, False on timeout. Raises the builder's error if a
+        build failed.
+        """
+        self._check_open()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._index_cond:
+            while True:
+                if self._index_errors:
+                    file, exc = next(iter(self._index_errors.items()))
+                    raise RuntimeError(f"building the index of {file} failed: {exc}") from exc
+                with self._lock:
+                    missing = [h for h in self._segments if self._needs_index(h)]
+                if not missing:
+                    return True
+                if not self._options.build_indexes:
+                    return False
+                for handle in missing:
+                    self._builder.submit(self, handle.file)
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._index_cond.wait(0.5 if remaining is None else min(0.5, remaining))
+
+    @property
+    def index_config(self) -> HnswConfig:
+        """The table's HNSW parameters."""
+        return self._index_config
 
     # -------------------------------------------------------------------- reads
-    def _snapshot_parts(self) -> list[SearchPart]:
+    def _snapshot_parts(self, exact: bool = True) -> list[SearchPart]:
         with self._lock:
             segments = list(self._segments)
             live = dict(self._live)
             mem = self._memtable.view()
-        parts = [SearchPart(h.table, h.vectors, h.norms, live[h.file]) for h in segments]
+        parts = [SearchPart(h.table, h.vectors, h.norms, live[h.file], None if exact else self._segment_index(h))
+                 for h in segments]
         parts.append(SearchPart(mem.table, mem.vectors, mem.norms, None if mem.live.all() else mem.live))
         return parts
 
@@ -419,8 +562,9 @@ class Table:
             where: SQL predicate over metadata columns, applied before ranking: when
                 at least ``k`` rows match, ``k`` rows come back.
             columns: columns to return (default: all); ``_distance`` is always added.
-            exact: force the exact flat scan (the only strategy until HNSW indexes).
-            ef: HNSW search breadth (ignored by the exact scan).
+            exact: force the exact flat scan, bypassing HNSW indexes.
+            ef: HNSW candidate list size for this call (default
+                ``index_config.ef_search``); larger is slower and more accurate.
 
         Returns:
             A ``pyarrow.Table`` (``.to_pandas()`` / ``polars.from_arrow`` to convert).
@@ -430,8 +574,12 @@ class Table:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         queries, batch = self._queries(q)
         names = self._columns(columns)
-        return knn(self._snapshot_parts(), queries, int(k), self._metric, where=where, columns=names,
-                   vector_column=self.vector_column, batch=batch, empty_schema=self._schema)
+        if ef is not None and (isinstance(ef, bool) or not isinstance(ef, (int, np.integer)) or ef < 1):
+            raise ValueError(f"ef must be a positive integer, got {ef!r}")
+        ef = self._index_config.ef_search if ef is None else int(ef)
+        return knn(self._snapshot_parts(exact), queries, int(k), self._metric, where=where, columns=names,
+                   vector_column=self.vector_column, batch=batch, empty_schema=self._schema,
+                   exact=exact, ef=max(ef, int(k)))
 
     def get(self, ids: Any, columns: Sequence[str] | None = None) -> pa.Table:
         """Rows with the given primary keys, in the order asked; missing ids are skipped."""
@@ -490,14 +638,19 @@ class Table:
             mem_rows = self._memtable.live_rows
         deleted = sum(h.entry.rows - int(live[h.file].sum()) for h in segments if live[h.file] is not None)
         seg_rows = sum(h.entry.rows for h in segments)
+        indexed = [h for h in segments if h.entry.index_file and h.file not in self._bad_indexes
+                   and h.entry.index_params == self._index_config.build_params()]
         disk = sum(p.stat().st_size for p in self._dir.rglob("*") if p.is_file())
         return {
             "rows": seg_rows - deleted + mem_rows,
             "deleted_rows": deleted,
             "segments": len(segments),
             "segment_rows": seg_rows,
-            "indexed_segments": 0,
-            "unindexed_segments": len(segments),
+            "indexed_segments": len(indexed),
+            "unindexed_segments": len(segments) - len(indexed),
+            "indexed_rows": sum(h.entry.rows for h in indexed),
+            "unindexed_rows": seg_rows - sum(h.entry.rows for h in indexed) + mem_rows,
+            "index": self._index_config.to_dict(),
             "memtable_rows": mem_rows,
             "bytes": disk,
             "version": self.version,
@@ -510,6 +663,7 @@ class Table:
         """Flush the memtable and release the table's files and writer lock."""
         if self._closed:
             return
+        self._closing = True  # cancels an index build of this table in progress
         with self._write_lock:
             try:
                 self._flush_locked("close")
@@ -520,12 +674,13 @@ class Table:
 
 
 def new_table_manifest(schema: pa.Schema, *, id_column: str, vector_column: str, metric: str,
-                       auto_ids: bool) -> Manifest:
+                       auto_ids: bool, index: HnswConfig | None = None) -> Manifest:
     """Version 1 of a new, empty table."""
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
     dim = schema.field(vector_column).type.list_size
     info = {"schema": schema_to_text(schema), "id_column": id_column, "vector_column": vector_column,
-            "metric": metric, "dim": dim, "auto_ids": auto_ids, "format": "arrow"}
+            "metric": metric, "dim": dim, "auto_ids": auto_ids, "format": "arrow",
+            "index": (index or HnswConfig()).to_dict()}
     return Manifest(version=1, table=info, created_at=time.time(), change="create")
 

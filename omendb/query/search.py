@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..index.flat import exact_search
+from ..index.hnsw import HnswIndex
 from .filters import filter_mask
 
 __all__ = ["SearchPart", "knn", "allowed_rows"]
@@ -29,6 +30,13 @@ class SearchPart:
     vectors: np.ndarray          # (N, d) float32
     norms: np.ndarray            # (N,) float32
     live: np.ndarray | None      # (N,) bool, None when no row is deleted
+    index: HnswIndex | None = None
+
+
+#: With at most this many allowed rows, the exact scan over them beats a filtered graph walk.
+EXACT_MAX_ALLOWED = 4_096
+#: ... and likewise below this fraction of the segment's rows.
+EXACT_MAX_FRACTION = 0.03
 
 
 def allowed_rows(part: SearchPart, where: str | None, vector_column: str) -> np.ndarray | None:
@@ -40,9 +48,33 @@ def allowed_rows(part: SearchPart, where: str | None, vector_column: str) -> np.
     return mask if part.live is None else mask & part.live
 
 
+def search_part(part: SearchPart, queries: np.ndarray, k: int, metric: str,
+                allowed: np.ndarray | None, *, exact: bool, ef: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` of one part: its HNSW graph when it has one and it pays, else exact.
+
+    Plan: exact scan when asked, when the part has no graph, or when the allowed rows
+    are few (gathering them is cheaper and exact); otherwise a graph walk filtered by
+    the allowed-row bitmap. Any query for which the walk found fewer than
+    ``min(k, allowed)`` rows is redone exactly, so a search never comes back short.
+    """
+    rows = part.vectors.shape[0]
+    n_allowed = rows if allowed is None else int(np.count_nonzero(allowed))
+    if (exact or part.index is None or n_allowed <= EXACT_MAX_ALLOWED
+            or n_allowed < EXACT_MAX_FRACTION * rows):
+        return exact_search(part.vectors, part.norms, queries, k, metric, allowed)
+    dist, pos = part.index.search(queries, k, ef, allowed)
+    want = min(k, n_allowed)
+    short = np.flatnonzero((pos[:, :want] < 0).any(axis=1))
+    if short.size:
+        exact_dist, exact_pos = exact_search(part.vectors, part.norms, queries[short], k, metric, allowed)
+        dist[short], pos[short] = np.inf, -1
+        dist[short, :exact_pos.shape[1]], pos[short, :exact_pos.shape[1]] = exact_dist, exact_pos
+    return dist, pos
+
+
 def knn(parts: list[SearchPart], queries: np.ndarray, k: int, metric: str, *,
         where: str | None, columns: list[str], vector_column: str, batch: bool,
-        empty_schema: pa.Schema) -> pa.Table:
+        empty_schema: pa.Schema, exact: bool = False, ef: int | None = None) -> pa.Table:
     """Exact top-``k`` of every query over all parts, as an Arrow table.
 
     Columns: ``_query`` (only when ``batch``), the requested ``columns``, ``_distance``;
@@ -54,7 +86,7 @@ def knn(parts: list[SearchPart], queries: np.ndarray, k: int, metric: str, *,
         if part.vectors.shape[0] == 0:
             continue
         allowed = allowed_rows(part, where, vector_column)
-        dist, pos = exact_search(part.vectors, part.norms, queries, k, metric, allowed)
+        dist, pos = search_part(part, queries, k, metric, allowed, exact=exact, ef=ef)
         dists.append(dist)
         positions.append(pos)
         part_ids.append(np.full(pos.shape, part_id, dtype=np.int32))
@@ -67,14 +99,16 @@ def knn(parts: list[SearchPart], queries: np.ndarray, k: int, metric: str, *,
     dist = np.take_along_axis(dist, order, axis=1)
     pos = np.take_along_axis(pos, order, axis=1)
     pid = np.take_along_axis(pid, order, axis=1)
-    query_ids = np.broadcast_to(np.arange(n_queries, dtype=np.int32)[:, None], dist.shape)
-    flat_pid, flat_pos = pid.reshape(-1), pos.reshape(-1)
+    query_ids = np.broadcast_to(np.arange(n_queries, dtype=np.int32)[:, None], dist.shape).reshape(-1)
+    found = np.isfinite(dist.reshape(-1))  # graph walks may leave empty slots
+    flat_pid, flat_pos = pid.reshape(-1)[found], pos.reshape(-1)[found]
+    query_ids, flat_dist = query_ids[found], dist.reshape(-1)[found]
     pieces = []
     for part_id in np.unique(flat_pid):
         picked = np.flatnonzero(flat_pid == part_id)
         taken = parts[part_id].table.select(columns).take(pa.array(flat_pos[picked]))
         pieces.append((picked, taken))
-    return _assemble(pieces, query_ids.reshape(-1), dist.reshape(-1), columns, batch, empty_schema)
+    return _assemble(pieces, query_ids, flat_dist, columns, batch, empty_schema)
 
 
 def _assemble(pieces: list[tuple[np.ndarray, pa.Table]], query_ids: np.ndarray, dist: np.ndarray,

@@ -34,6 +34,10 @@ class SegmentEntry:
     crc32: int
     deleted: int = 0
     deletions_file: str | None = None
+    index_file: str | None = None      # the segment's HNSW graph, when built
+    index_bytes: int = 0
+    index_crc32: int = 0
+    index_params: dict[str, Any] | None = None  # build parameters of that graph
 
 
 @dataclass(frozen=True)

@@ -145,7 +145,7 @@ def read_wal(path: str | os.PathLike, *, repair: bool = True) -> Iterator[WalRec
                 if _record_crc(fields, payload) != crc:
                     problem = "checksum mismatch"
         if problem is not None:
-            torn_tail = problem.startswith("incomplete") or _nothing_valid_after(data, offset)
+            torn_tail = _nothing_valid_after(data, offset)
             if not torn_tail:
                 raise CorruptFileError(
                     f"{path}: {problem} in record at byte {offset}, followed by more records")

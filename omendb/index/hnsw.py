@@ -1,0 +1,167 @@
+"""HNSW graphs over one segment's vectors, built and searched with faiss.
+
+Each segment gets its own ``faiss.IndexHNSWFlat``; row ``i`` of the segment is id ``i``
+in the graph. Cosine tables index unit-normalised copies with inner product; ``dot``
+uses inner product and ``l2`` squared Euclidean, so faiss' scores convert to omendb's
+distances (smaller is closer) exactly as the exact scan computes them.
+
+Filtering (deleted rows, ``where``) happens inside the graph walk with an
+``IDSelectorBitmap``, so a filtered search still returns ``k`` rows when ``k`` match
+(the caller falls back to the exact scan in the rare case the walk finds fewer).
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import faiss
+import numpy as np
+
+from ..errors import CorruptFileError
+from ..storage.fileio import fsync_dir
+
+__all__ = ["HnswConfig", "HnswIndex", "BuildCancelled", "build_hnsw", "load_hnsw"]
+
+_FAISS_METRIC = {"l2": faiss.METRIC_L2, "cosine": faiss.METRIC_INNER_PRODUCT, "dot": faiss.METRIC_INNER_PRODUCT}
+
+
+@dataclass(frozen=True)
+class HnswConfig:
+    """Parameters of the per-segment HNSW indexes (faiss ``IndexHNSWFlat``).
+
+    Attributes:
+        m: graph degree (links per node; layer 0 has ``2*m``). Higher ``m`` gives
+            better recall at a given ``ef`` and handles hard data better, at the cost
+            of a larger index (about ``8*m`` bytes per row on top of the vectors) and
+            slower builds. 16 is a good default for 100-1000 dimensions.
+        ef_construction: candidate list size while building. Higher builds a better
+            graph, linearly slower. 200 builds near-best graphs; 64-100 builds ~2x
+            faster for a small recall loss.
+        ef_search: default candidate list size at query time (``search(ef=...)``
+            overrides it per call). It must be >= ``k``; raising it trades latency for
+            recall. 64 gives recall@10 >= 0.95 on 384-d sentence embeddings (see
+            ``benchmarks/``).
+        min_rows: segments with fewer rows are searched by the exact scan, which is
+            as fast as the graph at that size and needs no build.
+    """
+
+    m: int = 16
+    ef_construction: int = 200
+    ef_search: int = 64
+    min_rows: int = 10_000
+
+    def __post_init__(self) -> None:
+        for name in ("m", "ef_construction", "ef_search", "min_rows"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name != "min_rows" else 0):
+                raise ValueError(f"HnswConfig.{name} must be a positive integer, got {value!r}")
+        if self.m < 2:
+            raise ValueError(f"HnswConfig.m must be >= 2, got {self.m}")
+
+    def build_params(self) -> dict[str, int]:
+        """The parameters that shape a built graph (an index is stale if they change)."""
+        return {"m": self.m, "ef_construction": self.ef_construction}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _prepare(vectors: np.ndarray, norms: np.ndarray | None, metric: str) -> np.ndarray:
+    if metric != "cosine":
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+    if norms is None:
+        norms = np.linalg.norm(vectors, axis=1)
+    return np.ascontiguousarray(vectors / np.maximum(norms, 1e-30)[:, None], dtype=np.float32)
+
+
+class HnswIndex:
+    """One segment's graph: search it, save it atomically, load it memory-mapped."""
+
+    def __init__(self, index: faiss.Index, metric: str) -> None:
+        self._index = index
+        self.metric = metric
+
+    @property
+    def rows(self) -> int:
+        return self._index.ntotal
+
+    def search(self, queries: np.ndarray, k: int, ef: int,
+               allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Approximate top-``k``: ``(distances, positions)`` (Q, k), missing slots -1/inf."""
+        queries = _prepare(queries, None, self.metric)
+        params = faiss.SearchParametersHNSW(efSearch=max(ef, k))
+        if allowed is not None:
+            bits = np.packbits(allowed, bitorder="little")
+            selector = faiss.IDSelectorBitmap(allowed.size, faiss.swig_ptr(bits))
+            params.sel = selector
+        scores, positions = self._index.search(queries, k, params=params)
+        missing = positions < 0
+        if self.metric == "cosine":
+            distances = np.clip(1.0 - scores, 0.0, 2.0)
+        elif self.metric == "dot":
+            distances = -scores
+        else:
+            distances = np.maximum(scores, 0.0)
+        distances[missing] = np.inf
+        return distances.astype(np.float32), positions.astype(np.int64)
+
+    def save(self, path: Path) -> tuple[int, int]:
+        """Write atomically (temp, fsync, rename, fsync dir); returns (bytes, crc32)."""
+        tmp = path.with_name(f".{path.name}.tmp")
+        faiss.write_index(self._index, str(tmp))
+        crc = 0
+        with open(tmp, "rb+") as handle:
+            while chunk := handle.read(16 << 20):
+                crc = zlib.crc32(chunk, crc)
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+        return path.stat().st_size, crc
+
+
+class BuildCancelled(Exception):
+    """``build_hnsw`` was asked to stop (its table closed)."""
+
+
+def build_hnsw(vectors: np.ndarray, norms: np.ndarray | None, metric: str, config: HnswConfig,
+               should_stop: Callable[[], bool] = lambda: False, chunk_rows: int = 8_192) -> HnswIndex:
+    """Build a graph over ``vectors`` (row ``i`` becomes id ``i``).
+
+    Rows are added in chunks so that ``should_stop`` is checked every few seconds;
+    it returning true raises :class:`BuildCancelled`.
+    """
+    index = faiss.IndexHNSWFlat(vectors.shape[1], config.m, _FAISS_METRIC[metric])
+    index.hnsw.efConstruction = config.ef_construction
+    for start in range(0, vectors.shape[0], chunk_rows):
+        if should_stop():
+            raise BuildCancelled()
+        stop = start + chunk_rows
+        index.add(_prepare(vectors[start:stop], None if norms is None else norms[start:stop], metric))
+    return HnswIndex(index, metric)
+
+
+def load_hnsw(path: Path, *, metric: str, size: int, crc32: int, rows: int) -> HnswIndex:
+    """Verify size and checksum, then memory-map the index file."""
+    try:
+        actual = path.stat().st_size
+    except FileNotFoundError:
+        raise CorruptFileError(f"{path}: index file is missing") from None
+    if actual != size:
+        raise CorruptFileError(f"{path}: index is {actual} bytes, manifest says {size}")
+    crc = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(16 << 20):
+            crc = zlib.crc32(chunk, crc)
+    if crc != crc32:
+        raise CorruptFileError(f"{path}: index checksum mismatch (file is damaged)")
+    try:
+        index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)
+    except RuntimeError as exc:
+        raise CorruptFileError(f"{path}: not a readable HNSW index: {exc}") from None
+    if index.ntotal != rows:
+        raise CorruptFileError(f"{path}: index has {index.ntotal} rows, segment has {rows}")
+    return HnswIndex(index, metric)
