@@ -130,6 +130,8 @@ class Database:
         _check_name(name)
         if format != "arrow":
             raise ValueError(f"format must be 'arrow', got {format!r}")
+        if data is not None:  # once: a RecordBatchReader can be read only once
+            data = to_arrow_table(data, vector_column)
         with self._lock:
             if name in self.table_names():
                 if exist_ok:

@@ -1,9 +1,11 @@
 """The memtable: rows acknowledged since the last flush, searchable at once.
 
-Vectors live in one growing float32 buffer (amortised doubling) so a search sees a
-contiguous matrix without concatenating; metadata stays as Arrow batches,
-concatenated lazily and cached until the next write. Rows deleted or replaced while
-still in the memtable are masked out and dropped when it is flushed.
+Vectors live in one float32 buffer, preallocated for the flush threshold (untouched
+pages cost no memory) and grown by doubling only when one write is larger, so a
+search sees a contiguous matrix and an append copies each vector once. Metadata stays
+as Arrow batches; the vector column of :meth:`Memtable.table` is a zero-copy view of
+the buffer. Rows deleted or replaced while still here are masked out and dropped
+when the memtable is flushed.
 """
 
 from __future__ import annotations
@@ -33,15 +35,18 @@ class MemtableView:
 class Memtable:
     """Rows written since the last flush. The owning table serialises writers."""
 
-    def __init__(self, schema: pa.Schema, id_column: str, vector_column: str) -> None:
+    def __init__(self, schema: pa.Schema, id_column: str, vector_column: str, capacity_bytes: int = 0) -> None:
         self.schema = schema
         self.id_column = id_column
         self.vector_column = vector_column
         self.dim = schema.field(vector_column).type.list_size
+        self._vector_index = schema.get_field_index(vector_column)
+        self._metadata_schema = schema.remove(self._vector_index)
+        capacity = min(max(1024, capacity_bytes // (4 * self.dim)), 1 << 18)
+        self._vectors = np.empty((capacity, self.dim), dtype=np.float32)
+        self._norms = np.empty(capacity, dtype=np.float32)
+        self._live = np.zeros(capacity, dtype=bool)
         self._batches: list[pa.Table] = []
-        self._vectors = np.zeros((0, self.dim), dtype=np.float32)
-        self._norms = np.zeros(0, dtype=np.float32)
-        self._live = np.zeros(0, dtype=bool)
         self._rows = 0
         self._key_rows: dict = {}
         self._table_cache: pa.Table | None = None
@@ -54,28 +59,30 @@ class Memtable:
     def live_rows(self) -> int:
         return len(self._key_rows)
 
+    def _reserve(self, rows: int) -> None:
+        if rows <= self._vectors.shape[0]:
+            return
+        capacity = max(rows, 2 * self._vectors.shape[0])
+        grown = np.empty((capacity, self.dim), dtype=np.float32)
+        grown[: self._rows] = self._vectors[: self._rows]
+        norms = np.empty(capacity, dtype=np.float32)
+        norms[: self._rows] = self._norms[: self._rows]
+        live = np.zeros(capacity, dtype=bool)
+        live[: self._rows] = self._live[: self._rows]
+        self._vectors, self._norms, self._live = grown, norms, live
+
     def append(self, table: pa.Table) -> None:
         """Append conformed rows (keys must not be live here already)."""
         n = table.num_rows
-        vectors = vectors_view(table.column(self.vector_column), self.dim)
         need = self._rows + n
-        if need > self._vectors.shape[0]:
-            capacity = max(need, 2 * self._vectors.shape[0], 1024)
-            grown = np.empty((capacity, self.dim), dtype=np.float32)
-            grown[: self._rows] = self._vectors[: self._rows]
-            norms = np.empty(capacity, dtype=np.float32)
-            norms[: self._rows] = self._norms[: self._rows]
-            live = np.zeros(capacity, dtype=bool)
-            live[: self._rows] = self._live[: self._rows]
-            self._vectors, self._norms, self._live = grown, norms, live
-        self._vectors[self._rows:need] = vectors
+        self._reserve(need)
+        vectors = self._vectors[self._rows:need]
+        vectors[:] = vectors_view(table.column(self.vector_column), self.dim)
         self._norms[self._rows:need] = vector_norms(vectors)
-        live = self._live.copy()  # copy-on-write: open snapshots keep their mask
-        live[self._rows:need] = True
-        self._live = live
+        self._live[self._rows:need] = True  # snapshots only see rows before these
         for offset, key in enumerate(keys_to_numpy(table.column(self.id_column)).tolist()):
             self._key_rows[key] = self._rows + offset
-        self._batches.append(table)
+        self._batches.append(table.remove_column(self._vector_index))
         self._rows = need
         self._table_cache = None
         self.nbytes += table.nbytes
@@ -94,7 +101,7 @@ class Memtable:
         """Mark memtable rows dead (copy-on-write)."""
         if len(rows) == 0:
             return
-        live = self._live.copy()
+        live = self._live.copy()  # copy-on-write: open snapshots keep their mask
         live[rows] = False
         self._live = live
         keys = keys_to_numpy(self.table().column(self.id_column).take(pa.array(rows)))
@@ -102,12 +109,14 @@ class Memtable:
             self._key_rows.pop(key, None)
 
     def table(self) -> pa.Table:
+        """All rows (live and dead) with every column; vectors are a view of the buffer."""
         if self._table_cache is None:
-            if self._batches:
-                self._table_cache = pa.concat_tables(self._batches)
-                self._batches = [self._table_cache]
-            else:
-                self._table_cache = self.schema.empty_table()
+            metadata = pa.concat_tables(self._batches) if self._batches else self._metadata_schema.empty_table()
+            self._batches = [metadata] if self._batches else []
+            flat = self._vectors[: self._rows].reshape(-1)
+            vectors = pa.FixedSizeListArray.from_arrays(pa.array(flat), self.dim)
+            self._table_cache = metadata.add_column(self._vector_index, self.schema.field(self.vector_column),
+                                                    pa.chunked_array([vectors]))
         return self._table_cache
 
     def view(self) -> MemtableView:

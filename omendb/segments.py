@@ -58,9 +58,9 @@ class SegmentHandle:
                                crc32=None if self._verified else self.entry.crc32)
             if NORM_COLUMN not in raw.column_names or self.vector_column not in raw.column_names:
                 raise CorruptFileError(f"{self.path}: segment lacks its vector or norm column")
-            norms = raw.column(NORM_COLUMN)
-            self._norms = (np.asarray(norms.chunk(0).to_numpy(), dtype=np.float32)
-                           if norms.num_chunks == 1 else np.asarray(norms, dtype=np.float32))
+            norms = raw.column(NORM_COLUMN).chunk(0)  # one batch per segment: one chunk
+            self._norms = np.frombuffer(norms.buffers()[1], dtype=np.float32,
+                                        count=norms.offset + len(norms))[norms.offset:]
             self._vectors = vectors_view(raw.column(self.vector_column), self.dim)
             self._table = raw.drop_columns([NORM_COLUMN])
             self._verified = True

@@ -109,7 +109,8 @@ class Table:
         self._dirty: set[str] = set()
         self._next_id = manifest.next_id
         self._seq = manifest.wal_seq
-        self._memtable = Memtable(self._schema, self.id_column, self.vector_column)
+        self._memtable = Memtable(self._schema, self.id_column, self.vector_column,
+                                      self._options.memtable_bytes)
         (self._dir / WAL).mkdir(exist_ok=True)
         wal_files = sorted((self._dir / WAL).glob("*.wal"))
         for path in wal_files:
@@ -239,7 +240,7 @@ class Table:
         with self._write_lock:
             self._check_open()
             if ids is not None:
-                keys = self._keys_array(ids)
+                keys = pc.unique(self._keys_array(ids))
                 located = self._locate(keys_to_numpy(keys))
                 keys = keys.take(pa.array(np.sort(np.concatenate([i for i, _, _ in located])))) \
                     if located else keys.slice(0, 0)
@@ -283,27 +284,31 @@ class Table:
             self._flush_locked("flush")
 
     def _apply(self, kind: RecordKind, table: pa.Table) -> None:
-        """Apply a logged change to memory (also used by WAL replay)."""
+        """Apply a logged change to memory (also used by WAL replay).
+
+        Holds the state lock throughout, so a reader sees an upsert's old rows or its
+        new rows, never neither.
+        """
         keys = table.column(self.id_column)
-        if kind in (RecordKind.UPSERT, RecordKind.DELETE):
-            self._delete_keys(keys_to_numpy(keys))
-        if kind in (RecordKind.ADD, RecordKind.UPSERT):
-            with self._lock:
+        with self._lock:
+            if kind in (RecordKind.UPSERT, RecordKind.DELETE):
+                self._delete_keys(keys_to_numpy(keys))
+            if kind in (RecordKind.ADD, RecordKind.UPSERT):
                 self._memtable.append(table)
-            if pa.types.is_integer(keys.type) and len(keys):
-                self._next_id = max(self._next_id, int(pc.max(keys).as_py()) + 1)
+        if kind is not RecordKind.DELETE and pa.types.is_integer(keys.type) and len(keys):
+            self._next_id = max(self._next_id, int(pc.max(keys).as_py()) + 1)
 
     def _delete_keys(self, keys: np.ndarray) -> None:
+        """Mark the live rows of ``keys`` deleted (caller holds the state lock)."""
         for _, where, positions in self._locate(keys):
-            with self._lock:
-                if where is None:
-                    self._memtable.delete_rows(positions)
-                else:
-                    live = self._live[where.file]
-                    live = np.ones(where.entry.rows, bool) if live is None else live.copy()
-                    live[positions] = False
-                    self._live[where.file] = live
-                    self._dirty.add(where.file)
+            if where is None:
+                self._memtable.delete_rows(positions)
+            else:
+                live = self._live[where.file]
+                live = np.ones(where.entry.rows, bool) if live is None else live.copy()
+                live[positions] = False
+                self._live[where.file] = live
+                self._dirty.add(where.file)
 
     def _locate(self, keys: np.ndarray) -> list[tuple[np.ndarray, SegmentHandle | None, np.ndarray]]:
         """Live rows holding ``keys``: (indices into keys, segment or None=memtable, positions)."""
@@ -372,7 +377,8 @@ class Table:
             self._live = {h.file: self._live[h.file] for h in handles}
             self._dirty = set()
             self._manifest = manifest
-            self._memtable = Memtable(self._schema, self.id_column, self.vector_column)
+            self._memtable = Memtable(self._schema, self.id_column, self.vector_column,
+                                      self._options.memtable_bytes)
         old_wal = self._wal
         old_wal.close()
         self._start_new_wal(remove=[old_wal.path])
@@ -515,8 +521,8 @@ class Table:
             segments = list(self._segments)
             live = dict(self._live)
             mem = self._memtable.view()
-        parts = [SearchPart(h.table, h.vectors, h.norms, live[h.file], None if exact else self._segment_index(h))
-                 for h in segments]
+        parts = [SearchPart(h.table, h.vectors, h.norms, live[h.file], None if exact else self._segment_index(h),
+                            cache_key=str(h.path)) for h in segments]
         parts.append(SearchPart(mem.table, mem.vectors, mem.norms, None if mem.live.all() else mem.live))
         return parts
 

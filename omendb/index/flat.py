@@ -34,7 +34,7 @@ def vector_norms(vectors: np.ndarray) -> np.ndarray:
     vectors = np.asarray(vectors, dtype=np.float32)
     if vectors.shape[0] == 0:
         return np.zeros(0, dtype=np.float32)
-    return np.sqrt(ne.evaluate("sum(v * v, axis=1)", local_dict={"v": vectors})).astype(np.float32)
+    return np.sqrt(np.einsum("ij,ij->i", vectors, vectors)).astype(np.float32, copy=False)
 
 
 def _scores(dots: np.ndarray, norms: np.ndarray, metric: str) -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 
 import duckdb
 import numpy as np
@@ -10,7 +11,7 @@ import pyarrow as pa
 
 from ..errors import FilterError
 
-__all__ = ["filter_mask", "validate_predicate"]
+__all__ = ["filter_mask", "validate_predicate", "MaskCache"]
 
 _ROW = "__omendb_row"
 _local = threading.local()
@@ -26,15 +27,13 @@ def _connection() -> duckdb.DuckDBPyConnection:
 
 
 def validate_predicate(where: str) -> str:
-    """Reject what cannot be a single predicate before it is run."""
+    """Check that ``where`` parses as exactly one SQL expression (no statements, no escapes)."""
     if not isinstance(where, str) or not where.strip():
         raise FilterError("where must be a non-empty SQL predicate string")
     try:
-        statements = _connection().extract_statements(f"SELECT 1 WHERE ({where})")
+        duckdb.SQLExpression(where)
     except duckdb.Error as exc:
-        raise FilterError(f"invalid where predicate {where!r}: {str(exc).splitlines()[0]}") from exc
-    if len(statements) != 1:
-        raise FilterError(f"where must be one SQL predicate, not several statements: {where!r}")
+        raise FilterError(f"invalid where predicate {where!r}: {str(exc).splitlines()[0]}") from None
     return where
 
 
@@ -45,12 +44,41 @@ def filter_mask(table: pa.Table, where: str) -> np.ndarray:
     con = _connection()
     con.register("t", numbered)
     try:
-        rows = con.execute(f"SELECT {_ROW} FROM t WHERE ({where})").fetchnumpy()[_ROW]
+        # The newline ends a trailing "--" comment; the predicate parsed as one expression.
+        rows = con.execute(f"SELECT {_ROW} FROM t WHERE ({where}\n)").fetchnumpy()[_ROW]
     except duckdb.Error as exc:
         message = str(exc).splitlines()[0]
-        raise FilterError(f"invalid where predicate {where!r}: {message}") from exc
+        raise FilterError(f"invalid where predicate {where!r}: {message}") from None
     finally:
         con.unregister("t")
     mask = np.zeros(table.num_rows, dtype=bool)
     mask[np.asarray(rows, dtype=np.int64)] = True
     return mask
+
+
+class MaskCache:
+    """A small LRU of filter masks of immutable segments, keyed by (segment, predicate)."""
+
+    def __init__(self, max_bytes: int = 64 << 20) -> None:
+        self._entries: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+        self._bytes = 0
+        self._max_bytes = max_bytes
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str]) -> np.ndarray | None:
+        with self._lock:
+            mask = self._entries.get(key)
+            if mask is not None:
+                self._entries.move_to_end(key)
+            return mask
+
+    def put(self, key: tuple[str, str], mask: np.ndarray) -> None:
+        mask.setflags(write=False)  # shared between searches
+        with self._lock:
+            if key in self._entries:
+                return
+            self._entries[key] = mask
+            self._bytes += mask.nbytes
+            while self._bytes > self._max_bytes and len(self._entries) > 1:
+                _, old = self._entries.popitem(last=False)
+                self._bytes -= old.nbytes

@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from ..index.flat import exact_search
 from ..index.hnsw import HnswIndex
-from .filters import filter_mask
+from .filters import MaskCache, filter_mask
 
 __all__ = ["SearchPart", "knn", "allowed_rows"]
 
@@ -31,7 +31,10 @@ class SearchPart:
     norms: np.ndarray            # (N,) float32
     live: np.ndarray | None      # (N,) bool, None when no row is deleted
     index: HnswIndex | None = None
+    cache_key: str | None = None  # set for immutable parts: their filter masks are cached
 
+
+_MASKS = MaskCache()
 
 #: With at most this many allowed rows, the exact scan over them beats a filtered graph walk.
 EXACT_MAX_ALLOWED = 4_096
@@ -43,8 +46,11 @@ def allowed_rows(part: SearchPart, where: str | None, vector_column: str) -> np.
     """Mask of rows a query may return: live and matching ``where`` (None = all)."""
     if where is None:
         return part.live
-    metadata = part.table.drop_columns([vector_column])
-    mask = filter_mask(metadata, where)
+    mask = _MASKS.get((part.cache_key, where)) if part.cache_key else None
+    if mask is None:
+        mask = filter_mask(part.table.drop_columns([vector_column]), where)
+        if part.cache_key:
+            _MASKS.put((part.cache_key, where), mask)
     return mask if part.live is None else mask & part.live
 
 
@@ -83,9 +89,9 @@ def knn(parts: list[SearchPart], queries: np.ndarray, k: int, metric: str, *,
     n_queries = queries.shape[0]
     dists, part_ids, positions = [], [], []
     for part_id, part in enumerate(parts):
+        allowed = allowed_rows(part, where, vector_column)  # also checks `where` on empty parts
         if part.vectors.shape[0] == 0:
             continue
-        allowed = allowed_rows(part, where, vector_column)
         dist, pos = search_part(part, queries, k, metric, allowed, exact=exact, ef=ef)
         dists.append(dist)
         positions.append(pos)

@@ -1,0 +1,742 @@
+#!/usr/bin/env python
+"""Core benchmark: omendb next to the raw bound it should approach, in one run.
+
+Measures, on the pypi-minilm-100k dataset (100,000 x 384, unit vectors):
+
+1. durable ingest in 1,000-row batches (``omendb.open(fsync=True)``, cosine table)
+   vs. appending each batch's Arrow IPC stream bytes to a plain file with one
+   ``os.fsync`` per batch;                                        target ratio >= 0.5
+2. exact single-query search latency p50/p99 (``tbl.search(q, k=10, exact=True)``
+   on the flushed, closed and reopened table) vs. NumPy ``X @ q`` + argpartition
+   over the same vectors held in memory as float32;               target ratio <= 1.3
+3. 1,000 queries as one batch (``tbl.search(Q, k=10, exact=True)``) vs. NumPy
+   ``Q @ X.T`` + per-row argpartition (plain and chunked);       target ratio <= 1.2
+4. RSS / RssAnon of a FRESH process after opening the table and after its first
+   search (opening must not read the vectors into anonymous memory);
+5. recall@10 of exact search vs. gt.parquet (sanity, ~1.0).
+
+Results: benchmarks/results/core.json and core.md (``--quick``: core-quick.*; ``--out``,
+``--name`` to change). omendb's background HNSW builder, where it exists, is off unless
+``--build-indexes``: exact search does not use it and a build would race the timings.
+
+    python benchmarks/bench_core.py            # full run (100K rows); run it alone
+    python benchmarks/bench_core.py --quick    # 20K rows, fewer queries: sanity check
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import gc
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+import omendb
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "pypi-minilm-100k"
+TABLE = "pypi"
+K = 10
+#: NumPy chunked batch path: the same score-block budget omendb's flat scan uses.
+CHUNK_BYTES = 64 << 20
+
+
+# ----------------------------------------------------------------------------- helpers
+def now_ns() -> int:
+    return time.perf_counter_ns()
+
+
+def pct(samples_ns, q: float) -> float:
+    """Percentile of nanosecond samples, in milliseconds."""
+    return float(np.percentile(np.asarray(samples_ns, dtype=np.float64), q)) / 1e6
+
+
+def proc_status() -> dict[str, int]:
+    """RssAnon / RssFile / RssShmem / VmRSS from /proc/self/status, in bytes."""
+    out = {}
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
+                out[key] = int(value.split()[0]) * 1024
+    return out
+
+
+def memory_snapshot() -> dict[str, float]:
+    status = proc_status()
+    mib = 1 << 20
+    return {
+        "rss_mib": psutil.Process().memory_info().rss / mib,
+        "rss_anon_mib": status.get("RssAnon", 0) / mib,
+        "rss_file_mib": status.get("RssFile", 0) / mib,
+    }
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def fs_type(path: Path) -> str:
+    """Filesystem type of the mount holding ``path`` (from /proc/mounts)."""
+    path = str(path.resolve())
+    best, kind = "", "?"
+    try:
+        with open("/proc/mounts") as fh:
+            for line in fh:
+                parts = line.split()
+                mount, fstype = parts[1], parts[2]
+                if (path == mount or path.startswith(mount.rstrip("/") + "/")) and len(mount) > len(best):
+                    best, kind = mount, fstype
+    except OSError:
+        pass
+    return kind
+
+
+def git_revision() -> str:
+    """Commit of the omendb actually imported (+dirty when its omendb/ has local changes)."""
+    root = Path(omendb.__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "omendb"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return rev + ("+dirty(omendb/)" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "? (not a git checkout)"
+
+
+def machine_info(workdir: Path) -> dict:
+    info = {
+        "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "memory_gib": round(psutil.virtual_memory().total / (1 << 30), 1),
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "pyarrow": pa.__version__,
+        "numexpr": _version("numexpr"),
+        "psutil": psutil.__version__,
+        "omendb": omendb.__version__,
+        "omendb_git": git_revision(),
+        "omendb_path": str(Path(omendb.__file__).resolve().parent),
+        "workdir": str(workdir),
+        "workdir_fs": fs_type(workdir),
+        "env": {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
+                                                "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS", "NUMEXPR_MAX_THREADS")
+                if os.environ.get(k) is not None},
+    }
+    try:
+        import numexpr
+        info["numexpr_threads"] = numexpr.get_num_threads()
+    except Exception:  # pragma: no cover - informational only
+        pass
+    try:
+        from threadpoolctl import threadpool_info
+        info["blas"] = [{k: p.get(k) for k in ("internal_api", "version", "num_threads", "architecture")}
+                        for p in threadpool_info() if p.get("user_api") == "blas"]
+    except Exception:  # pragma: no cover - threadpoolctl is optional
+        pass
+    return info
+
+
+def _version(module: str) -> str | None:
+    try:
+        return __import__(module).__version__
+    except Exception:
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
+def open_kwargs(build_indexes: bool) -> dict:
+    """Options for ``omendb.open`` besides its defaults (fsync=True, default memtable).
+
+    Versions with a background HNSW builder get ``build_indexes=False`` unless asked:
+    a build racing the timings (and holding a copy of the vectors) is not what these
+    benchmarks measure. Exact search never uses the graphs either way.
+    """
+    import inspect
+
+    if not build_indexes and "build_indexes" in inspect.signature(omendb.open).parameters:
+        return {"build_indexes": False}
+    return {}
+
+
+def builder_threads() -> list[str]:
+    import threading
+
+    return [t.name for t in threading.enumerate() if "index-builder" in t.name and t.is_alive()]
+
+
+# ----------------------------------------------------------------------------- data
+def vectors_f32(column: pa.ChunkedArray, dim: int) -> np.ndarray:
+    flat = column.combine_chunks().flatten()
+    return np.asarray(flat.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
+
+
+def load_data(data: Path, rows: int, n_queries: int):
+    """Base rows as an Arrow table with float32 vectors (sharing memory with X), X, Q, query ids."""
+    base = pq.read_table(data / "base.parquet")
+    if rows > base.num_rows:
+        raise SystemExit(f"--rows {rows} > {base.num_rows} rows in {data / 'base.parquet'}")
+    base = base.slice(0, rows)
+    dim = base.schema.field("vector").type.list_size
+    X = vectors_f32(base["vector"], dim)
+    vec = pa.FixedSizeListArray.from_arrays(pa.array(X.reshape(-1)), dim)  # zero copy view of X
+    table = pa.table({"id": base["id"].combine_chunks(), "name": base["name"].combine_chunks(),
+                      "summary": base["summary"].combine_chunks(), "vector": vec})
+    queries = pq.read_table(data / "queries.parquet").slice(0, n_queries)
+    Q = np.ascontiguousarray(vectors_f32(queries["vector"], dim))
+    return table, X, Q, queries["id"].to_numpy(), dim
+
+
+def omendb_schema(dim: int) -> pa.Schema:
+    return pa.schema([pa.field("id", pa.int64(), nullable=False), pa.field("name", pa.string()),
+                      pa.field("summary", pa.string()),
+                      pa.field("vector", pa.list_(pa.float32(), dim), nullable=False)])
+
+
+def ipc_stream(table: pa.Table) -> pa.Buffer:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write(table)
+    return sink.getvalue()
+
+
+# ----------------------------------------------------------------------------- 1. ingest
+def raw_ingest(table: pa.Table, batch: int, path: Path) -> dict:
+    """Each batch's Arrow IPC stream appended to a plain file, one os.fsync per batch."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+    encode_ns, io_ns, nbytes = [], [], 0
+    try:
+        for start in range(0, table.num_rows, batch):
+            part = table.slice(start, batch)
+            t0 = now_ns()
+            payload = memoryview(ipc_stream(part))
+            t1 = now_ns()
+            view = payload
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+            t2 = now_ns()
+            encode_ns.append(t1 - t0)
+            io_ns.append(t2 - t1)
+            nbytes += len(payload)
+    finally:
+        os.close(fd)
+    path.unlink()
+    rows = table.num_rows
+    return {
+        "rows": rows, "batches": len(io_ns), "bytes": nbytes,
+        "seconds_io": sum(io_ns) / 1e9,
+        "seconds_with_encode": (sum(io_ns) + sum(encode_ns)) / 1e9,
+        "rows_per_s": rows / (sum(io_ns) / 1e9),
+        "rows_per_s_with_encode": rows / ((sum(io_ns) + sum(encode_ns)) / 1e9),
+        "batch_p50_ms": pct(io_ns, 50), "batch_p99_ms": pct(io_ns, 99),
+    }
+
+
+def omendb_ingest(table: pa.Table, batch: int, db_dir: Path, dim: int, kwargs: dict) -> dict:
+    db = omendb.open(db_dir, **kwargs)  # fsync=True, default memtable size
+    tbl = db.create_table(TABLE, schema=omendb_schema(dim), metric="cosine")
+    add_ns = []
+    gc.collect()
+    for start in range(0, table.num_rows, batch):
+        part = table.slice(start, batch)
+        t0 = now_ns()
+        added = tbl.add(part)
+        add_ns.append(now_ns() - t0)
+        if added != part.num_rows:
+            raise RuntimeError(f"add() returned {added}, expected {part.num_rows}")
+    stats_before_close = tbl.stats()
+    t0 = now_ns()
+    db.close()  # flushes the memtable to a segment
+    close_ns = now_ns() - t0
+    rows = table.num_rows
+    adds = sum(add_ns) / 1e9
+    slow = np.argsort(add_ns)[::-1][:3]
+    return {
+        "rows": rows, "batches": len(add_ns),
+        "seconds_adds": adds, "seconds_close": close_ns / 1e9,
+        "rows_per_s": rows / adds,
+        "rows_per_s_with_close": rows / (adds + close_ns / 1e9),
+        "add_p50_ms": pct(add_ns, 50), "add_p99_ms": pct(add_ns, 99), "add_max_ms": max(add_ns) / 1e6,
+        "slowest_adds": [{"batch": int(i), "ms": add_ns[i] / 1e6} for i in slow],
+        "segments_before_close": stats_before_close["segments"],
+        "memtable_rows_before_close": stats_before_close["memtable_rows"],
+        "table_bytes_on_disk": dir_bytes(db_dir / TABLE),
+    }
+
+
+# ----------------------------------------------------------------------------- 2./3. search
+def np_single(X: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
+    scores = X @ q
+    idx = np.argpartition(scores, -k)[-k:]
+    return idx[np.argsort(-scores[idx], kind="stable")]
+
+
+def np_batch_block(X: np.ndarray, Q: np.ndarray, k: int) -> np.ndarray:
+    scores = Q @ X.T
+    idx = np.argpartition(scores, -k, axis=1)[:, -k:]
+    top = np.take_along_axis(scores, idx, axis=1)
+    return np.take_along_axis(idx, np.argsort(-top, axis=1, kind="stable"), axis=1)
+
+
+def np_batch_chunked(X: np.ndarray, Q: np.ndarray, k: int, rows_per_chunk: int) -> np.ndarray:
+    out = np.empty((Q.shape[0], k), dtype=np.int64)
+    for start in range(0, Q.shape[0], rows_per_chunk):
+        out[start:start + rows_per_chunk] = np_batch_block(X, Q[start:start + rows_per_chunk], k)
+    return out
+
+
+def result_ids(result: pa.Table, n_queries: int, k: int) -> np.ndarray:
+    ids = result.column("id").to_numpy()
+    if ids.size != n_queries * k:
+        raise RuntimeError(f"search returned {ids.size} rows, expected {n_queries * k}")
+    if "_query" in result.column_names:
+        qcol = result.column("_query").to_numpy()
+        if not np.array_equal(qcol, np.repeat(np.arange(n_queries), k)):
+            raise RuntimeError("batch search rows are not grouped by query in order")
+    return ids.reshape(n_queries, k)
+
+
+def bench_single(tbl, X: np.ndarray, Q: np.ndarray, k: int, warmup: int) -> dict:
+    """Interleaved per query: omendb (all columns), omendb (id only), NumPy."""
+    n = Q.shape[0]
+    for i in range(min(warmup, n)):
+        tbl.search(Q[i], k=k, exact=True)
+        tbl.search(Q[i], k=k, exact=True, columns=["id"])
+        np_single(X, Q[i], k)
+    omen_ns, omen_id_ns, np_ns, agree = [], [], [], 0
+    gc.collect()
+    for i in range(n):
+        q = Q[i]
+        t0 = now_ns()
+        res = tbl.search(q, k=k, exact=True)
+        t1 = now_ns()
+        tbl.search(q, k=k, exact=True, columns=["id"])
+        t2 = now_ns()
+        ref = np_single(X, q, k)
+        t3 = now_ns()
+        omen_ns.append(t1 - t0)
+        omen_id_ns.append(t2 - t1)
+        np_ns.append(t3 - t2)
+        agree += len(set(res.column("id").to_pylist()) & set(ref.tolist()))
+    out = {"queries": n}
+    for name, samples in (("omendb", omen_ns), ("omendb_id_only", omen_id_ns), ("numpy", np_ns)):
+        out[name] = {"p50_ms": pct(samples, 50), "p99_ms": pct(samples, 99), "mean_ms": float(np.mean(samples)) / 1e6}
+    out["ratio_p50"] = out["omendb"]["p50_ms"] / out["numpy"]["p50_ms"]
+    out["ratio_p99"] = out["omendb"]["p99_ms"] / out["numpy"]["p99_ms"]
+    out["ratio_p50_id_only"] = out["omendb_id_only"]["p50_ms"] / out["numpy"]["p50_ms"]
+    out["overlap_with_numpy_at10"] = agree / (n * k)
+    return out
+
+
+def bench_batch(tbl, X: np.ndarray, Q: np.ndarray, k: int, repeats: int) -> tuple[dict, np.ndarray, np.ndarray]:
+    nq = Q.shape[0]
+    chunk_rows = max(1, CHUNK_BYTES // (4 * X.shape[0]))
+    # warm-up (small) so first-call effects do not land in the timings
+    tbl.search(Q[:8], k=k, exact=True)
+    np_batch_block(X, Q[:8], k)
+    times = {"omendb": [], "numpy_plain": [], "numpy_chunked": []}
+    omen_ids = ref_ids = None
+    for _ in range(repeats):
+        gc.collect()
+        t0 = now_ns()
+        res = tbl.search(Q, k=k, exact=True)
+        times["omendb"].append(now_ns() - t0)
+        omen_ids = result_ids(res, nq, k)
+        del res
+        gc.collect()
+        t0 = now_ns()
+        ref_ids = np_batch_block(X, Q, k)
+        times["numpy_plain"].append(now_ns() - t0)
+        gc.collect()
+        t0 = now_ns()
+        chunked = np_batch_chunked(X, Q, k, chunk_rows)
+        times["numpy_chunked"].append(now_ns() - t0)
+    out = {"queries": nq, "repeats": repeats, "numpy_chunk_queries": chunk_rows}
+    for name, samples in times.items():
+        out[name] = {"median_s": float(np.median(samples)) / 1e9, "min_s": min(samples) / 1e9,
+                     "all_s": [s / 1e9 for s in samples]}
+    best_np = min(out["numpy_plain"]["median_s"], out["numpy_chunked"]["median_s"])
+    out["ratio_vs_best_numpy"] = out["omendb"]["median_s"] / best_np
+    out["ratio_vs_plain"] = out["omendb"]["median_s"] / out["numpy_plain"]["median_s"]
+    out["ratio_vs_chunked"] = out["omendb"]["median_s"] / out["numpy_chunked"]["median_s"]
+    out["numpy_chunked_equals_plain"] = bool(np.array_equal(np.sort(chunked, 1), np.sort(ref_ids, 1)))
+    return out, omen_ids, ref_ids
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int) -> float:
+    hits = sum(len(set(f[:k].tolist()) & set(t[:k].tolist())) for f, t in zip(found, truth))
+    return hits / (found.shape[0] * k)
+
+
+def bench_recall(data: Path, query_ids: np.ndarray, rows: int, total_rows: int, omen_ids: np.ndarray,
+                 numpy_ids: np.ndarray, k: int) -> dict:
+    out = {"queries": int(omen_ids.shape[0]), "k": k}
+    if rows == total_rows:
+        gt = pq.read_table(data / "gt.parquet")
+        gt_qid = gt["query_id"].to_numpy()
+        neighbors = np.asarray(gt["neighbors"].combine_chunks().flatten().to_numpy()).reshape(gt.num_rows, -1)
+        by_qid = {int(q): i for i, q in enumerate(gt_qid)}
+        truth = neighbors[[by_qid[int(q)] for q in query_ids]]
+        out["truth"] = "gt.parquet"
+        out["recall_omendb"] = recall_at_k(omen_ids, truth, k)
+        out["recall_numpy"] = recall_at_k(numpy_ids, truth, k)
+    else:
+        out["truth"] = f"NumPy brute force over the first {rows} rows (gt.parquet covers all {total_rows})"
+        out["recall_omendb"] = recall_at_k(omen_ids, numpy_ids, k)
+        out["recall_numpy"] = 1.0
+    return out
+
+
+# ----------------------------------------------------------------------------- 4. RSS probe
+def top_modules() -> set[str]:
+    return {name.partition(".")[0] for name in list(sys.modules)}
+
+
+def rss_probe(db_dir: str, query_file: str, preimport: str | None, kwargs: dict) -> None:
+    """Runs in a fresh process: memory after imports, after open, after first search."""
+    q = np.load(query_file)
+    for module in filter(None, (preimport or "").split(",")):
+        try:
+            __import__(module)
+        except ImportError:
+            pass
+    gc.collect()
+    out = {"preimported": preimport or "", "after_imports": memory_snapshot()}
+    seen = top_modules()
+    t0 = now_ns()
+    db = omendb.open(db_dir, **kwargs)
+    tbl = db.open_table(TABLE)
+    out["open_kwargs"] = kwargs
+    out["open_ms"] = (now_ns() - t0) / 1e6
+    out["rows"] = tbl.count()
+    out["after_open"] = memory_snapshot()
+    out["modules_imported_by_open"] = sorted(top_modules() - seen)
+    seen = top_modules()
+    t0 = now_ns()
+    tbl.search(q[0], k=K, exact=True)
+    out["first_search_ms"] = (now_ns() - t0) / 1e6
+    out["after_first_search"] = memory_snapshot()
+    out["modules_imported_by_first_search"] = sorted(top_modules() - seen)
+    out["index_builder_threads_after_first_search"] = builder_threads()
+    t0 = now_ns()
+    tbl.search(q[1 % len(q)], k=K, exact=True)
+    out["second_search_ms"] = (now_ns() - t0) / 1e6
+    out["after_second_search"] = memory_snapshot()
+    db.close()
+    print(json.dumps(out))
+
+
+def run_probe(db_dir: Path, qfile: Path, kwargs: dict, preimport: str = "") -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--rss-probe", str(db_dir), "--rss-query", str(qfile),
+           "--rss-open-kwargs", json.dumps(kwargs)]
+    if preimport:
+        cmd += ["--rss-preimport", preimport]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"RSS probe failed ({proc.returncode}):\n{proc.stderr}")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    base = out["after_imports"]
+    for stage in ("after_open", "after_first_search", "after_second_search"):
+        out[stage + "_delta"] = {key: out[stage][key] - base[key] for key in base}
+    return out
+
+
+def bench_rss(db_dir: Path, Q: np.ndarray, rows: int, dim: int, kwargs: dict) -> dict:
+    """Fresh process as a user would start it; then again with pandas already imported,
+    because pyarrow's ``Array.to_numpy`` imports pandas lazily (~25 MiB of anonymous
+    memory that has nothing to do with the table's size)."""
+    qfile = db_dir.parent / "rss_queries.npy"
+    np.save(qfile, Q[:2])
+    try:
+        out = run_probe(db_dir, qfile, kwargs)
+        out["pandas_preimported"] = run_probe(db_dir, qfile, kwargs, "pandas")
+        if kwargs:  # also as a user opens it: omendb.open(path) with every default
+            out["default_open"] = run_probe(db_dir, qfile, {})
+    finally:
+        qfile.unlink(missing_ok=True)
+    out["vector_mib"] = rows * dim * 4 / (1 << 20)
+    return out
+
+
+# ----------------------------------------------------------------------------- report
+def fmt(x: float, digits: int = 3) -> str:
+    return f"{x:,.{digits}f}"
+
+
+def verdict(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+def blas_text(machine: dict) -> str:
+    libs = machine.get("blas") or []
+    return ", ".join(f"{b.get('internal_api')} {b.get('version')} ({b.get('architecture')}, "
+                     f"{b.get('num_threads')} threads)" for b in libs) or "?"
+
+
+def markdown(res: dict) -> str:
+    m, cfg = res["machine"], res["config"]
+    ing, single, batch, rss, rec = res["ingest"], res["single"], res["batch"], res["rss"], res["recall"]
+    raw = ing["raw"]
+    lines = [
+        f"# omendb core benchmark{' (--quick)' if cfg['quick'] else ''}",
+        "",
+        f"`{res['command']}`",
+        "",
+        f"{cfg['rows']:,} rows x {cfg['dim']} dims (pypi-minilm-100k, float16 on disk -> float32), cosine, k={K}; "
+        f"ingest batches of {cfg['batch_rows']:,}; {single['queries']} single queries; "
+        f"{batch['queries']} queries per batch x {batch['repeats']} repeats. "
+        f"`omendb.open(path{''.join(f', {k}={v!r}' for k, v in cfg['omendb_open_kwargs'].items())})` "
+        f"(fsync=True default{'; background HNSW builder off, `--build-indexes` to keep it' if cfg['omendb_open_kwargs'] else ''}); "
+        f"indexed segments at the end: {res['table_stats'].get('indexed_segments', 0)} of "
+        f"{res['table_stats'].get('segments', '?')}.",
+        "",
+        "| benchmark | omendb | raw bound / NumPy | ratio | target | met |",
+        "| --- | ---: | ---: | ---: | ---: | :---: |",
+        f"| durable ingest, rows/s (adds; each returns durable) | {fmt(ing['omendb']['rows_per_s'], 0)} | "
+        f"{fmt(raw['rows_per_s'], 0)} | {fmt(ing['ratio'], 2)}x | >= 0.5x | {verdict(ing['ratio'] >= 0.5)} |",
+        f"| durable ingest incl. final close/flush, rows/s | {fmt(ing['omendb']['rows_per_s_with_close'], 0)} | "
+        f"{fmt(raw['rows_per_s'], 0)} | {fmt(ing['ratio_with_close'], 2)}x | | |",
+        f"| exact single query p50, ms | {fmt(single['omendb']['p50_ms'])} | {fmt(single['numpy']['p50_ms'])} | "
+        f"{fmt(single['ratio_p50'], 2)}x | <= 1.3x | {verdict(single['ratio_p50'] <= 1.3)} |",
+        f"| exact single query p99, ms | {fmt(single['omendb']['p99_ms'])} | {fmt(single['numpy']['p99_ms'])} | "
+        f"{fmt(single['ratio_p99'], 2)}x | | |",
+        f"| exact single query p50, `columns=['id']`, ms | {fmt(single['omendb_id_only']['p50_ms'])} | "
+        f"{fmt(single['numpy']['p50_ms'])} | {fmt(single['ratio_p50_id_only'], 2)}x | | |",
+        f"| batch of {batch['queries']} queries, s (median) | {fmt(batch['omendb']['median_s'])} | "
+        f"plain {fmt(batch['numpy_plain']['median_s'])} / chunked {fmt(batch['numpy_chunked']['median_s'])} | "
+        f"{fmt(batch['ratio_vs_best_numpy'], 2)}x (vs plain {fmt(batch['ratio_vs_plain'], 2)}x) | <= 1.2x | "
+        f"{verdict(batch['ratio_vs_best_numpy'] <= 1.2)} |",
+        f"| recall@10, exact ({rec['queries']} queries) | {fmt(rec['recall_omendb'], 4)} | "
+        f"{fmt(rec['recall_numpy'], 4)} | | ~1.0 | {verdict(rec['recall_omendb'] >= 0.999)} |",
+        "",
+        f"Raw bound: each batch's Arrow IPC stream ({raw['bytes'] / raw['batches'] / 1024:,.0f} KiB/batch) "
+        f"appended to a plain file + `os.fsync`, the faster of two passes (before/after omendb: "
+        f"{fmt(ing['raw_passes'][0]['rows_per_s'], 0)} / {fmt(ing['raw_passes'][1]['rows_per_s'], 0)} rows/s); "
+        f"including IPC encoding {fmt(raw['rows_per_s_with_encode'], 0)} rows/s. "
+        f"omendb add latency p50 {fmt(ing['omendb']['add_p50_ms'], 2)} ms, p99 {fmt(ing['omendb']['add_p99_ms'], 2)} ms, "
+        f"max {fmt(ing['omendb']['add_max_ms'], 1)} ms; final close {fmt(ing['omendb']['seconds_close'], 2)} s; "
+        f"{ing['omendb']['segments_before_close']} segment(s) before close; table on disk "
+        f"{ing['omendb']['table_bytes_on_disk'] / (1 << 20):,.1f} MiB.",
+        "",
+        f"Search runs on the table after close + reopen (first search after reopen: {fmt(single['first_search_after_reopen_ms'], 1)} ms). "
+        f"NumPy side: `X @ q` / `Q @ X.T` on the same float32 vectors in memory, argpartition + sort of the top {K}; "
+        f"chunked = {batch['numpy_chunk_queries']} queries per block (64 MiB score block, as omendb). "
+        f"Single-query overlap omendb vs NumPy: {fmt(single['overlap_with_numpy_at10'], 4)}.",
+        "",
+        "## Memory of a fresh process opening the table (MiB)",
+        "",
+        f"Vectors in the table: {rss['vector_mib']:,.1f} MiB float32. Deltas are against the same process after imports.",
+        "",
+        "| stage | RSS | RssAnon | RssFile | RSS delta | RssAnon delta | RssFile delta |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for stage in ("after_imports", "after_open", "after_first_search", "after_second_search"):
+        s = rss[stage]
+        d = rss.get(stage + "_delta", {"rss_mib": 0.0, "rss_anon_mib": 0.0, "rss_file_mib": 0.0})
+        lines.append(f"| {stage.replace('_', ' ')} | {fmt(s['rss_mib'], 1)} | {fmt(s['rss_anon_mib'], 1)} | "
+                     f"{fmt(s['rss_file_mib'], 1)} | {fmt(d['rss_mib'], 1)} | {fmt(d['rss_anon_mib'], 1)} | "
+                     f"{fmt(d['rss_file_mib'], 1)} |")
+    pre = rss["pandas_preimported"]
+    lines += [
+        "",
+        f"Open: {fmt(rss['open_ms'], 1)} ms; first search: {fmt(rss['first_search_ms'], 1)} ms "
+        f"(maps the segments and verifies their CRC-32); second search: {fmt(rss['second_search_ms'], 1)} ms. "
+        f"Modules first imported by open: {', '.join(rss['modules_imported_by_open']) or 'none'}; "
+        f"by the first search: {', '.join(rss['modules_imported_by_first_search']) or 'none'}.",
+        "",
+        f"Same probe with pandas imported before the baseline (isolates the table's own memory): "
+        f"RssAnon delta after open {fmt(pre['after_open_delta']['rss_anon_mib'], 1)} MiB, after first search "
+        f"{fmt(pre['after_first_search_delta']['rss_anon_mib'], 1)} MiB, RssFile delta after first search "
+        f"{fmt(pre['after_first_search_delta']['rss_file_mib'], 1)} MiB "
+        f"(vectors: {fmt(rss['vector_mib'], 1)} MiB).",
+    ]
+    default = rss.get("default_open")
+    if default:
+        lines += [
+            "",
+            f"Same probe with plain `omendb.open(path)` (every default, background index builder on): RssAnon delta "
+            f"after open {fmt(default['after_open_delta']['rss_anon_mib'], 1)} MiB, after first search "
+            f"{fmt(default['after_first_search_delta']['rss_anon_mib'], 1)} MiB, after second search "
+            f"{fmt(default['after_second_search_delta']['rss_anon_mib'], 1)} MiB; builder threads alive after the "
+            f"first search: {len(default['index_builder_threads_after_first_search'])}.",
+        ]
+    lines += [
+        "",
+        "## Machine",
+        "",
+        f"- date (UTC): {m['date_utc']}",
+        f"- CPU: {m['cpu_model']}, cpu_count {m['cpu_count']} (affinity {m['cpu_affinity']}), RAM {m['memory_gib']} GiB",
+        f"- {m['platform']}",
+        f"- Python {m['python']}, numpy {m['numpy']}, pyarrow {m['pyarrow']}, numexpr {m['numexpr']} "
+        f"({m.get('numexpr_threads')} threads), psutil {m['psutil']}",
+        f"- BLAS: {blas_text(m)}",
+        f"- omendb {m['omendb']} (git {m['omendb_git']}, {m['omendb_path']})",
+        f"- workdir {m['workdir']} ({m['workdir_fs']}); page cache not dropped",
+        f"- env: {m['env'] or '(no BLAS/thread variables set)'}",
+        f"- load average at start {m['loadavg_at_start']}, at end {res['loadavg_at_end']} "
+        "(anything above ~0 means other work shared the CPUs)",
+        f"- wall time of the run: {fmt(res['wall_seconds'], 1)} s",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- main
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="dataset folder (default: %(default)s)")
+    p.add_argument("--quick", action="store_true", help="20,000 rows, fewer queries: a fast sanity run")
+    p.add_argument("--rows", type=int, help="base rows to use (default 100000, --quick 20000)")
+    p.add_argument("--batch-rows", type=int, default=1000, help="rows per add() (default %(default)s)")
+    p.add_argument("--single-queries", type=int, help="single-query searches (default 200, --quick 50)")
+    p.add_argument("--batch-queries", type=int, help="queries in the batch search (default 1000, --quick 250)")
+    p.add_argument("--batch-repeats", type=int, help="repeats of the batch search (default 3, --quick 2)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed single queries first (default %(default)s)")
+    p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()),
+                   help="parent of the temporary database folder (default %(default)s)")
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results",
+                   help="results folder (default benchmarks/results)")
+    p.add_argument("--name", help="result file stem (default core, --quick core-quick)")
+    p.add_argument("--keep", action="store_true", help="keep the temporary database folder")
+    p.add_argument("--rss-probe", help=argparse.SUPPRESS)
+    p.add_argument("--rss-query", help=argparse.SUPPRESS)
+    p.add_argument("--rss-preimport", help=argparse.SUPPRESS)
+    p.add_argument("--rss-open-kwargs", help=argparse.SUPPRESS)
+    p.add_argument("--build-indexes", action="store_true",
+                   help="keep omendb's background HNSW builder on (default: off when omendb has one)")
+    args = p.parse_args(argv)
+    args.rows = args.rows or (20_000 if args.quick else 100_000)
+    args.single_queries = args.single_queries or (50 if args.quick else 200)
+    args.batch_queries = args.batch_queries or (250 if args.quick else 1000)
+    args.batch_repeats = args.batch_repeats or (2 if args.quick else 3)
+    args.name = args.name or ("core-quick" if args.quick else "core")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.rss_probe:
+        rss_probe(args.rss_probe, args.rss_query, args.rss_preimport, json.loads(args.rss_open_kwargs or "{}"))
+        return 0
+    started = time.perf_counter()
+    data = args.data.resolve()
+    command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
+    n_queries = max(args.single_queries, args.batch_queries)
+    kwargs = open_kwargs(args.build_indexes)
+    print(f"loading {data} ({args.rows:,} rows, {n_queries} queries)", flush=True)
+    total_rows = pq.ParquetFile(data / "base.parquet").metadata.num_rows
+    table, X, Q, query_ids, dim = load_data(data, args.rows, n_queries)
+
+    tmp = Path(tempfile.mkdtemp(prefix="omendb-bench-", dir=args.workdir))
+    results: dict = {"command": command, "cwd": os.getcwd(), "machine": machine_info(tmp),
+                     "config": {"quick": args.quick, "rows": args.rows, "dim": dim, "k": K, "metric": "cosine",
+                                "batch_rows": args.batch_rows, "single_queries": args.single_queries,
+                                "batch_queries": args.batch_queries, "batch_repeats": args.batch_repeats,
+                                "data": str(data), "omendb_open_kwargs": kwargs}}
+    try:
+        db_dir = tmp / "db.omen"
+        # 1. ingest: raw pass, omendb, raw pass again (report the faster raw pass)
+        print("1/5 ingest: raw bound ...", flush=True)
+        raw_a = raw_ingest(table, args.batch_rows, tmp / "raw-a.bin")
+        print("1/5 ingest: omendb ...", flush=True)
+        omen = omendb_ingest(table, args.batch_rows, db_dir, dim, kwargs)
+        print("1/5 ingest: raw bound again ...", flush=True)
+        raw_b = raw_ingest(table, args.batch_rows, tmp / "raw-b.bin")
+        raw = max(raw_a, raw_b, key=lambda r: r["rows_per_s"])
+        results["ingest"] = {"omendb": omen, "raw": raw, "raw_passes": [raw_a, raw_b],
+                             "ratio": omen["rows_per_s"] / raw["rows_per_s"],
+                             "ratio_with_close": omen["rows_per_s_with_close"] / raw["rows_per_s"]}
+        print(f"    omendb {omen['rows_per_s']:,.0f} rows/s, raw {raw['rows_per_s']:,.0f} rows/s, "
+              f"ratio {results['ingest']['ratio']:.2f}", flush=True)
+
+        # 4. RSS in a fresh process (before this process maps the table: page cache is warm either way)
+        print("4/5 RSS of a fresh process ...", flush=True)
+        results["rss"] = bench_rss(db_dir, Q, args.rows, dim, kwargs)
+        rss, pre = results["rss"], results["rss"]["pandas_preimported"]
+        print(f"    RssAnon delta after open {rss['after_open_delta']['rss_anon_mib']:.1f} MiB, "
+              f"after first search {rss['after_first_search_delta']['rss_anon_mib']:.1f} MiB "
+              f"({pre['after_first_search_delta']['rss_anon_mib']:.1f} MiB with pandas pre-imported; "
+              f"vectors {rss['vector_mib']:.1f} MiB)", flush=True)
+
+        # 2./3. search on the reopened table
+        db = omendb.open(db_dir, **kwargs)
+        tbl = db.open_table(TABLE)
+        if tbl.count() != args.rows:
+            raise RuntimeError(f"reopened table has {tbl.count()} rows, expected {args.rows}")
+        t0 = now_ns()
+        tbl.search(Q[0], k=K, exact=True)
+        first_ms = (now_ns() - t0) / 1e6
+        print("2/5 single-query search ...", flush=True)
+        single = bench_single(tbl, X, Q[:args.single_queries], K, args.warmup)
+        single["first_search_after_reopen_ms"] = first_ms
+        results["single"] = single
+        print(f"    p50 omendb {single['omendb']['p50_ms']:.3f} ms, numpy {single['numpy']['p50_ms']:.3f} ms, "
+              f"ratio {single['ratio_p50']:.2f}", flush=True)
+        print("3/5 batch search ...", flush=True)
+        batch, omen_ids, np_ids = bench_batch(tbl, X, Q[:args.batch_queries], K, args.batch_repeats)
+        results["batch"] = batch
+        print(f"    omendb {batch['omendb']['median_s']:.3f} s, numpy plain {batch['numpy_plain']['median_s']:.3f} s, "
+              f"chunked {batch['numpy_chunked']['median_s']:.3f} s, ratio {batch['ratio_vs_best_numpy']:.2f}",
+              flush=True)
+        results["table_stats"] = tbl.stats()
+        results["index_builder_threads_after_search"] = builder_threads()
+        db.close()
+
+        # 5. recall
+        print("5/5 recall@10 ...", flush=True)
+        results["recall"] = bench_recall(data, query_ids[:args.batch_queries], args.rows, total_rows,
+                                         omen_ids, np_ids, K)
+        print(f"    recall@10 omendb {results['recall']['recall_omendb']:.4f} ({results['recall']['truth']})",
+              flush=True)
+    finally:
+        if args.keep:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    results["wall_seconds"] = time.perf_counter() - started
+    results["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    args.out.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = args.out / f"{args.name}.json", args.out / f"{args.name}.md"
+    json_path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    text = markdown(results)
+    md_path.write_text(text)
+    print()
+    print(text)
+    print(f"wrote {json_path} and {md_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,981 @@
+#!/usr/bin/env python
+"""HNSW benchmark: omendb's per-segment graph next to raw faiss and peer stores, in one run.
+
+Measures, on the pypi-minilm-100k dataset (100,000 x 384 unit vectors, cosine), k=10:
+
+1. omendb: cosine table, every row ingested into ONE segment (``memtable_bytes`` 1 GiB,
+   then ``flush()``), ``HnswConfig(m=16, ef_construction=200, min_rows=1000)``; index
+   build time = from ``flush()`` returning to ``wait_for_index()`` returning; then
+   recall@10 (vs gt.parquet) and single-query p50/p99 of
+   ``tbl.search(q, k=10, ef=ef, columns=['id'])`` over an ef sweep.
+2. raw faiss (the library omendb wraps) with the same parameters:
+   ``IndexHNSWFlat(384, 16, METRIC_INNER_PRODUCT)`` on the normalised float32 vectors,
+   efConstruction=200, same threads; build time, recall@10, p50/p99 per ef.
+   Targets: omendb p50 <= 1.3x raw faiss at recall >= 0.95; build <= 1.2x raw.
+   An "index layer" column times omendb's ``HnswIndex.search`` alone (no table/planner/
+   Arrow), which splits any overhead between the faiss wrapper and the query path.
+3. peers, each in a subprocess run with ``--peer-python`` (a separate venv, see
+   benchmarks/requirements-peers.txt), one at a time: LanceDB (IVF_HNSW_SQ with
+   m/ef_construction as above and an ef sweep; IVF_PQ with an nprobes x refine_factor
+   sweep) and Chroma (hnsw space cosine, same M / construction_ef, search_ef sweep):
+   build time, recall@10, p50/p99, bytes on disk, RSS of a fresh process after open +
+   first search. Skipped when ``--peer-python`` is not given.
+4. omendb filtered search (``where="bucket < t"`` with ``bucket = id % 100``: ~1%, 10%,
+   50% and 100% of rows): recall@10 vs. an exact NumPy top-10 over the allowed rows,
+   p50/p99, rows violating the filter, queries answered with fewer than k rows; raw
+   faiss with an ``IDSelectorBitmap`` at the same ef as a reference.
+5. RSS of a FRESH process after opening the table and its first search, and the index
+   bytes on disk (``stats()`` and the sizes of ``segments/*.hnsw``).
+
+Results: benchmarks/results/hnsw.json and hnsw.md (``--quick``: hnsw-quick.*).
+
+    python benchmarks/bench_hnsw.py --peer-python /work/benchvenv/bin/python   # full; run it alone
+    python benchmarks/bench_hnsw.py --quick                                   # 20K rows, 200 queries
+
+Only numpy, pyarrow and psutil are imported at module level: the same file runs the peer
+parts under the peer venv's python (``--role peer-*``), where omendb and faiss are absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import gc
+import json
+import math
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "pypi-minilm-100k"
+TABLE = "pypi"
+K = 10
+M = 16
+EF_CONSTRUCTION = 200
+FULL_EFS = (16, 32, 48, 64, 96, 128, 200)
+QUICK_EFS = (16, 32, 64, 128)
+#: ef used by the filtered-search part (omendb's default ``HnswConfig.ef_search``).
+FILTER_EF = 64
+#: bucket = id % 100; ``bucket < t`` selects ~t% of the rows (None = no filter).
+FILTER_THRESHOLDS = (1, 10, 50, None)
+RECALL_TARGET = 0.95
+P50_TARGET = 1.3
+BUILD_TARGET = 1.2
+WARMUP = 20
+#: LanceDB IVF_PQ sweep: (nprobes, refine_factor); refine_factor None = no re-ranking.
+PQ_SWEEP_FULL = ((16, None), (8, 10), (16, 10), (32, 10), (64, 10), (16, 30), (32, 30), (64, 30))
+PQ_SWEEP_QUICK = ((16, None), (8, 10), (32, 10), (32, 30))
+#: LanceDB IVF_HNSW_SQ refine factors swept with every ef (SQ codes need re-ranking for high recall).
+SQ_REFINE = (None, 2)
+
+
+# ============================================================================ helpers
+def now_ns() -> int:
+    return time.perf_counter_ns()
+
+
+def pct(samples_ns, q: float) -> float:
+    """Percentile of nanosecond samples, in milliseconds."""
+    return float(np.percentile(np.asarray(samples_ns, dtype=np.float64), q)) / 1e6
+
+
+def proc_status() -> dict[str, int]:
+    """VmRSS / RssAnon / RssFile / RssShmem / VmHWM from /proc/self/status, in bytes."""
+    out = {}
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key in ("VmRSS", "RssAnon", "RssFile", "RssShmem", "VmHWM"):
+                    out[key] = int(value.split()[0]) * 1024
+    except OSError:
+        pass
+    return out
+
+
+def mem_mib() -> dict[str, float]:
+    s = proc_status()
+    mib = float(1 << 20)
+    return {"rss_mib": s.get("VmRSS", 0) / mib, "rss_anon_mib": s.get("RssAnon", 0) / mib,
+            "rss_file_mib": s.get("RssFile", 0) / mib, "peak_rss_mib": s.get("VmHWM", 0) / mib}
+
+
+def dir_bytes(path: Path, pattern: str = "*") -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob(pattern) if p.is_file())
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int = K) -> float:
+    """Mean |found[:k] & truth[:k]| / k over queries (found rows may hold -1 padding)."""
+    hits = 0
+    for f, t in zip(found, truth):
+        hits += len(set(int(x) for x in f[:k] if x >= 0) & set(int(x) for x in t[:k]))
+    return hits / (k * len(truth))
+
+
+def pad_ids(rows: list[np.ndarray], k: int = K) -> np.ndarray:
+    out = np.full((len(rows), k), -1, dtype=np.int64)
+    for i, r in enumerate(rows):
+        r = np.asarray(r, dtype=np.int64)[:k]
+        out[i, :r.size] = r
+    return out
+
+
+def time_queries(run, Q: np.ndarray, warmup: int = WARMUP):
+    """Call ``run(q)`` for every query, timing each call alone.
+
+    ``run`` returns an opaque result; ids are extracted by the caller afterwards, so
+    result conversion is not timed. Returns (results, latencies_ns).
+    """
+    for q in Q[:warmup]:
+        run(q)
+    results, lat = [], np.empty(len(Q), dtype=np.int64)
+    gc.collect()
+    gc.disable()
+    try:
+        for i, q in enumerate(Q):
+            t0 = now_ns()
+            r = run(q)
+            lat[i] = now_ns() - t0
+            results.append(r)
+    finally:
+        gc.enable()
+    return results, lat
+
+
+def lat_summary(lat_ns) -> dict[str, float]:
+    return {"p50_ms": pct(lat_ns, 50), "p99_ms": pct(lat_ns, 99), "mean_ms": float(np.mean(lat_ns)) / 1e6}
+
+
+def load_vectors(column, dim: int) -> np.ndarray:
+    flat = column.combine_chunks().flatten()
+    return np.asarray(flat.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
+
+
+def load_dataset(data: Path, rows: int, n_queries: int):
+    """(base Arrow table sliced to ``rows`` with float16 vectors as stored, X float32, Q float32, dim)."""
+    import pyarrow.parquet as pq
+
+    base = pq.read_table(data / "base.parquet")
+    if rows > base.num_rows:
+        raise SystemExit(f"--rows {rows} > {base.num_rows} rows in {data / 'base.parquet'}")
+    base = base.slice(0, rows).combine_chunks()
+    dim = base.schema.field("vector").type.list_size
+    X = load_vectors(base["vector"], dim)
+    queries = pq.read_table(data / "queries.parquet")
+    if n_queries > queries.num_rows:
+        raise SystemExit(f"--queries {n_queries} > {queries.num_rows} rows in {data / 'queries.parquet'}")
+    Q = np.ascontiguousarray(load_vectors(queries.slice(0, n_queries)["vector"], dim))
+    return base, X, Q, dim
+
+
+def exact_topk(X: np.ndarray, Q: np.ndarray, k: int, allowed: np.ndarray | None = None,
+               block: int = 100) -> np.ndarray:
+    """Exact top-k row ids by inner product (ties -> lower id), optionally among ``allowed`` rows."""
+    rows = np.arange(X.shape[0]) if allowed is None else np.flatnonzero(allowed)
+    Xa = X[rows]
+    out = np.empty((Q.shape[0], min(k, rows.size)), dtype=np.int64)
+    for s in range(0, Q.shape[0], block):
+        scores = Q[s:s + block] @ Xa.T
+        kk = out.shape[1]
+        part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk] if kk < rows.size else \
+            np.broadcast_to(np.arange(rows.size), scores.shape)
+        ps = np.take_along_axis(scores, part, axis=1)
+        pid = rows[part]
+        for i in range(part.shape[0]):
+            o = np.lexsort((pid[i], -ps[i]))  # score descending, then lower id
+            out[s + i] = pid[i][o]
+    return out
+
+
+def _version(module: str) -> str | None:
+    try:
+        mod = __import__(module)
+        return getattr(mod, "__version__", None)
+    except Exception:
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
+def fs_type(path: Path) -> str:
+    path = str(Path(path).resolve())
+    best, kind = "", "?"
+    try:
+        with open("/proc/mounts") as fh:
+            for line in fh:
+                parts = line.split()
+                mount, fstype = parts[1], parts[2]
+                if (path == mount or path.startswith(mount.rstrip("/") + "/")) and len(mount) > len(best):
+                    best, kind = mount, fstype
+    except OSError:
+        pass
+    return kind
+
+
+# ============================================================================ peers (peer venv)
+def peer_lancedb(args, X, Q, base, gt, workdir: Path) -> dict:
+    import pyarrow as pa
+    import lancedb
+    from lancedb.index import HnswSq, IvfPq
+
+    n, dim = X.shape
+    out: dict = {"system": "lancedb", "version": lancedb.__version__,
+                 "pylance": _version("lance"), "configs": []}
+    path = workdir / "lancedb"
+    shutil.rmtree(path, ignore_errors=True)
+    vec = pa.FixedSizeListArray.from_arrays(pa.array(X.reshape(-1)), dim)
+    table = pa.table({"id": base["id"], "name": base["name"], "summary": base["summary"], "vector": vec})
+    db = lancedb.connect(str(path))
+    t0 = now_ns()
+    tbl = db.create_table(TABLE, data=table)
+    out["ingest_s"] = (now_ns() - t0) / 1e9
+    del table, vec
+    efs = args.efs
+
+    def search_sweep(index_label: str, configs):
+        for cfg in configs:
+            ef, nprobes, refine = cfg.get("ef"), cfg["nprobes"], cfg.get("refine_factor")
+
+            def run(q, ef=ef, nprobes=nprobes, refine=refine):
+                b = tbl.search(q, vector_column_name="vector").distance_type("cosine").limit(K).nprobes(nprobes)
+                if ef is not None:
+                    b = b.ef(ef)
+                if refine is not None:
+                    b = b.refine_factor(refine)
+                return b.select(["id"]).to_arrow()
+
+            res, lat = time_queries(run, Q)
+            ids = pad_ids([r["id"].to_numpy() for r in res])
+            row = {"index": index_label, **cfg, "recall": recall_at_k(ids, gt), **lat_summary(lat),
+                   "short_queries": int((ids < 0).any(axis=1).sum())}
+            out["configs"].append(row)
+            print(f"  lancedb {index_label} {cfg}: recall {row['recall']:.4f} p50 {row['p50_ms']:.3f} ms "
+                  f"p99 {row['p99_ms']:.3f} ms", flush=True)
+
+    # --- IVF_HNSW_SQ: one partition = one graph, like omendb's one segment
+    before = dir_bytes(path)
+    t0 = now_ns()
+    tbl.create_index("vector", config=HnswSq(distance_type="cosine", num_partitions=1, m=M,
+                                             ef_construction=EF_CONSTRUCTION), name="vec_hnsw_sq")
+    _lance_wait(tbl, "vec_hnsw_sq")
+    out["ivf_hnsw_sq"] = {"build_s": (now_ns() - t0) / 1e9, "num_partitions": 1, "m": M,
+                          "ef_construction": EF_CONSTRUCTION,
+                          "index_bytes": dir_bytes(path / f"{TABLE}.lance" / "_indices")}
+    out["ivf_hnsw_sq"]["table_bytes"] = dir_bytes(path)
+    print(f"  lancedb IVF_HNSW_SQ built in {out['ivf_hnsw_sq']['build_s']:.2f} s", flush=True)
+    search_sweep("IVF_HNSW_SQ", [{"ef": ef, "nprobes": 1, "refine_factor": rf} for rf in SQ_REFINE for ef in efs])
+    out["rss_after_hnsw_sq_sweep"] = mem_mib()
+
+    # --- IVF_PQ (replaces the HNSW index on the column)
+    partitions = max(8, int(round(math.sqrt(n))))
+    sub_vectors = dim // 8 if dim % 8 == 0 else dim // 16 if dim % 16 == 0 else 1
+    t0 = now_ns()
+    tbl.create_index("vector", config=IvfPq(distance_type="cosine", num_partitions=partitions,
+                                            num_sub_vectors=sub_vectors), name="vec_ivf_pq", replace=True)
+    _lance_wait(tbl, "vec_ivf_pq")
+    try:
+        names = [i.name for i in tbl.list_indices()]
+        if "vec_hnsw_sq" in names:
+            tbl.drop_index("vec_hnsw_sq")
+    except Exception as exc:  # informational
+        print(f"  (lancedb: could not drop the HNSW_SQ index: {exc})", flush=True)
+    out["ivf_pq"] = {"build_s": (now_ns() - t0) / 1e9, "num_partitions": partitions,
+                     "num_sub_vectors": sub_vectors, "num_bits": 8}
+    try:
+        out["indices"] = [str(i) for i in tbl.list_indices()]
+    except Exception:
+        pass
+    print(f"  lancedb IVF_PQ built in {out['ivf_pq']['build_s']:.2f} s", flush=True)
+    sweep = PQ_SWEEP_QUICK if args.quick else PQ_SWEEP_FULL
+    search_sweep("IVF_PQ", [{"nprobes": p, "refine_factor": r} for p, r in sweep])
+    out["ivf_pq"]["table_bytes"] = dir_bytes(path)
+    out["table_bytes_total"] = dir_bytes(path)
+    return out
+
+
+def _lance_wait(tbl, name: str) -> None:
+    try:
+        from datetime import timedelta
+
+        tbl.wait_for_index([name], timeout=timedelta(seconds=3600))
+    except Exception:
+        pass  # local tables build synchronously; older/newer APIs may not have wait_for_index
+
+
+def peer_chroma(args, X, Q, base, gt, workdir: Path) -> dict:
+    import chromadb
+    from chromadb.config import Settings
+
+    n, dim = X.shape
+    out: dict = {"system": "chroma", "version": chromadb.__version__, "configs": []}
+    path = workdir / "chroma"
+    shutil.rmtree(path, ignore_errors=True)
+    client = chromadb.PersistentClient(path=str(path), settings=Settings(anonymized_telemetry=False))
+    hnsw = {"space": "cosine", "max_neighbors": M, "ef_construction": EF_CONSTRUCTION, "ef_search": 64,
+            "num_threads": os.cpu_count() or 1}
+    col = client.create_collection(TABLE, embedding_function=None, configuration={"hnsw": hnsw})
+    batch = client.get_max_batch_size()
+    ids = [str(int(i)) for i in base["id"].to_numpy()]
+    t0 = now_ns()
+    for s in range(0, n, batch):
+        col.add(ids=ids[s:s + batch], embeddings=X[s:s + batch])
+    out["build_s"] = (now_ns() - t0) / 1e9  # Chroma builds its HNSW graph while adding
+    out["add_batch"] = batch
+    out["hnsw"] = hnsw
+    out["count"] = col.count()
+    print(f"  chroma: {out['count']} rows added + indexed in {out['build_s']:.2f} s (batches of {batch})", flush=True)
+    for ef in args.efs:
+        col.modify(configuration={"hnsw": {"ef_search": ef}})
+
+        def run(q):
+            return col.query(query_embeddings=[q], n_results=K, include=["distances"])
+
+        res, lat = time_queries(run, Q)
+        found = pad_ids([np.array([int(x) for x in r["ids"][0]], dtype=np.int64) for r in res])
+        row = {"index": "hnsw", "ef": ef, "recall": recall_at_k(found, gt), **lat_summary(lat),
+               "short_queries": int((found < 0).any(axis=1).sum())}
+        out["configs"].append(row)
+        print(f"  chroma ef={ef}: recall {row['recall']:.4f} p50 {row['p50_ms']:.3f} ms "
+              f"p99 {row['p99_ms']:.3f} ms", flush=True)
+    out["bytes_total"] = dir_bytes(path)
+    out["index_bytes"] = sum(dir_bytes(p) for p in path.iterdir() if p.is_dir())  # per-segment HNSW folders
+    out["rss_after_sweep"] = mem_mib()
+    return out
+
+
+def peer_rss(system: str, workdir: Path, q: np.ndarray) -> dict:
+    """Fresh process: RSS after imports, after open, after the first and second search."""
+    import pyarrow  # noqa: F401  (imported by both peers anyway)
+
+    if system == "lancedb":
+        import lancedb
+    else:
+        import chromadb
+        from chromadb.config import Settings
+    gc.collect()
+    stages = {"after_imports": mem_mib()}
+    t0 = now_ns()
+    if system == "lancedb":
+        tbl = lancedb.connect(str(workdir / "lancedb")).open_table(TABLE)
+        search = lambda: tbl.search(q).distance_type("cosine").limit(K).nprobes(32).refine_factor(10) \
+            .select(["id"]).to_arrow()  # noqa: E731
+    else:
+        client = chromadb.PersistentClient(path=str(workdir / "chroma"), settings=Settings(anonymized_telemetry=False))
+        col = client.get_collection(TABLE)
+        search = lambda: col.query(query_embeddings=[q], n_results=K, include=["distances"])  # noqa: E731
+    open_s = (now_ns() - t0) / 1e9
+    stages["after_open"] = mem_mib()
+    t0 = now_ns()
+    search()
+    first_s = (now_ns() - t0) / 1e9
+    stages["after_first_search"] = mem_mib()
+    t0 = now_ns()
+    search()
+    second_s = (now_ns() - t0) / 1e9
+    stages["after_second_search"] = mem_mib()
+    return {"stages": stages, "open_s": open_s, "first_search_s": first_s, "second_search_s": second_s,
+            "note": "lancedb: the IVF_PQ index (nprobes 32, refine 10) is the one left on the table"
+            if system == "lancedb" else "chroma: hnsw"}
+
+
+def run_peer_role(args) -> None:
+    workdir = Path(args.workdir)
+    out_path = Path(args.result)
+    os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    if args.role == "peer-rss":
+        Q = np.load(workdir / "queries.npy")
+        result = peer_rss(args.system, workdir, Q[0])
+    else:
+        base, X, Q, _ = load_dataset(Path(args.data), args.rows, args.queries)
+        gt = np.load(workdir / "gt10.npy")
+        fn = peer_lancedb if args.system == "lancedb" else peer_chroma
+        t0 = time.time()
+        result = fn(args, X, Q, base, gt, workdir)
+        result["wall_s"] = time.time() - t0
+    out_path.write_text(json.dumps(result, indent=1, default=str))
+
+
+# ============================================================================ omendb + faiss (main venv)
+def omendb_schema(dim: int):
+    import pyarrow as pa
+
+    return pa.schema([pa.field("id", pa.int64(), nullable=False), pa.field("name", pa.string()),
+                      pa.field("summary", pa.string()), pa.field("bucket", pa.int64()),
+                      pa.field("vector", pa.list_(pa.float32(), dim), nullable=False)])
+
+
+def bench_omendb_build(base, dim: int, workdir: Path, batch: int = 10_000):
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import omendb
+
+    path = workdir / "omendb"
+    shutil.rmtree(path, ignore_errors=True)
+    db = omendb.open(path, fsync=False, memtable_bytes=1 << 30)
+    config = omendb.HnswConfig(m=M, ef_construction=EF_CONSTRUCTION, min_rows=1000)
+    tbl = db.create_table(TABLE, schema=omendb_schema(dim), metric="cosine", index=config)
+    data = base.select(["id", "name", "summary"]).append_column(
+        "bucket", pc.remainder(base["id"], pa.scalar(100, pa.int64()))).append_column("vector", base["vector"])
+    t0 = now_ns()
+    for s in range(0, data.num_rows, batch):
+        tbl.add(data.slice(s, batch))  # float16 vectors: omendb casts them to float32
+    ingest_s = (now_ns() - t0) / 1e9
+    t0 = now_ns()
+    tbl.flush()
+    t1 = now_ns()
+    ok = tbl.wait_for_index()
+    t2 = now_ns()
+    stats = tbl.stats()
+    res = {"ingest_s": ingest_s, "ingest_rows_per_s": data.num_rows / ingest_s, "flush_s": (t1 - t0) / 1e9,
+           "build_s": (t2 - t1) / 1e9, "flush_plus_build_s": (t2 - t0) / 1e9, "wait_ok": bool(ok),
+           "stats": stats, "config": config.to_dict(), "memtable_bytes": 1 << 30, "add_batch": batch}
+    if stats["segments"] != 1 or stats["indexed_segments"] != 1:
+        res["warning"] = f"expected 1 indexed segment, got {stats['segments']} segment(s), " \
+                         f"{stats['indexed_segments']} indexed"
+    return db, tbl, res
+
+
+def index_layer(tbl):
+    """omendb's HnswIndex of the table's single segment (internal API; None if it moved)."""
+    try:
+        parts = [p for p in tbl._snapshot_parts(exact=False) if p.index is not None]
+        return parts[0].index if len(parts) == 1 else None
+    except Exception:
+        return None
+
+
+def faiss_build(X: np.ndarray):
+    import faiss
+
+    t0 = now_ns()
+    Xn = np.ascontiguousarray(X / np.maximum(np.linalg.norm(X, axis=1), 1e-30)[:, None], dtype=np.float32)
+    t1 = now_ns()
+    index = faiss.IndexHNSWFlat(X.shape[1], M, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = EF_CONSTRUCTION
+    index.add(Xn)
+    t2 = now_ns()
+    return index, {"build_s": (t2 - t1) / 1e9, "normalise_s": (t1 - t0) / 1e9,
+                   "omp_threads": faiss.omp_get_max_threads(),
+                   "index_bytes": int(faiss.serialize_index(index).size)}
+
+
+def sweep(tbl, findex, layer, Q: np.ndarray, gt: np.ndarray, efs) -> list[dict]:
+    """Per ef: omendb table.search, omendb index layer, raw faiss — one after the other."""
+    import faiss
+
+    rows = []
+    for ef in efs:
+        res, lat = time_queries(lambda q: tbl.search(q, k=K, ef=ef, columns=["id"]), Q)
+        o_ids = pad_ids([r["id"].to_numpy() for r in res])
+        om = {"recall": recall_at_k(o_ids, gt), **lat_summary(lat),
+              "short_queries": int((o_ids < 0).any(axis=1).sum())}
+        lay = None
+        if layer is not None:
+            Q2 = Q[:, None, :]
+            res, lat = time_queries(lambda q2: layer.search(q2, K, ef), Q2)
+            l_ids = np.stack([r[1][0] for r in res])
+            lay = {"recall": recall_at_k(l_ids, gt), **lat_summary(lat)}
+        findex.hnsw.efSearch = ef
+        Q2 = Q[:, None, :]
+        res, lat = time_queries(lambda q2: findex.search(q2, K), Q2)
+        f_ids = np.stack([r[1][0] for r in res])
+        fa = {"recall": recall_at_k(f_ids, gt), **lat_summary(lat)}
+        row = {"ef": ef, "omendb": om, "index_layer": lay, "faiss": fa,
+               "p50_ratio": om["p50_ms"] / fa["p50_ms"], "p99_ratio": om["p99_ms"] / fa["p99_ms"],
+               "same_results_as_faiss": float(np.mean([len(set(a) & set(b)) / K for a, b in zip(o_ids, f_ids)]))}
+        rows.append(row)
+        print(f"  ef={ef:4d}  omendb recall {om['recall']:.4f} p50 {om['p50_ms']:.3f} p99 {om['p99_ms']:.3f} | "
+              + (f"layer p50 {lay['p50_ms']:.3f} | " if lay else "")
+              + f"faiss recall {fa['recall']:.4f} p50 {fa['p50_ms']:.3f} p99 {fa['p99_ms']:.3f} | "
+              f"ratio p50 {row['p50_ratio']:.2f}x", flush=True)
+    return rows
+
+
+def bench_filtered(tbl, findex, X: np.ndarray, Q: np.ndarray, ids: np.ndarray, ef: int) -> list[dict]:
+    import faiss
+
+    bucket = ids % 100
+    out = []
+    for t in FILTER_THRESHOLDS:
+        where = None if t is None else f"bucket < {t}"
+        allowed = None if t is None else bucket < t
+        truth_pos = exact_topk(X, Q, K, allowed)
+        truth = ids[truth_pos]
+        n_allowed = int(X.shape[0] if allowed is None else allowed.sum())
+        res, lat = time_queries(lambda q: tbl.search(q, k=K, ef=ef, where=where, columns=["id", "bucket"]), Q)
+        got = [r["id"].to_numpy() for r in res]
+        violations = sum(int((r["bucket"].to_numpy() >= t).sum()) for r in res) if t is not None else 0
+        want = min(K, n_allowed)
+        short = sum(1 for g in got if len(g) < want)
+        o_ids = pad_ids(got)
+        row = {"where": where, "allowed_rows": n_allowed, "allowed_fraction": n_allowed / X.shape[0],
+               "omendb": {"recall": recall_at_k(o_ids, truth), **lat_summary(lat),
+                          "violating_rows": violations, "short_queries": short}}
+        # raw faiss reference: the same graph walk restricted by a bitmap selector
+        findex.hnsw.efSearch = ef
+        if allowed is None:
+            params = faiss.SearchParametersHNSW(efSearch=ef)
+        else:
+            bits = np.packbits(allowed, bitorder="little")
+            sel = faiss.IDSelectorBitmap(allowed.size, faiss.swig_ptr(bits))
+            params = faiss.SearchParametersHNSW(efSearch=ef, sel=sel)
+        Q2 = Q[:, None, :]
+        res, lat = time_queries(lambda q2: findex.search(q2, K, params=params), Q2)
+        f_ids = np.stack([r[1][0] for r in res])
+        row["faiss_selector"] = {"recall": recall_at_k(f_ids, truth), **lat_summary(lat),
+                                 "short_queries": int((f_ids < 0).any(axis=1).sum())}
+        if allowed is not None:
+            del sel, bits
+        out.append(row)
+        print(f"  where={where!s:12s} allowed {n_allowed:6d}: omendb recall {row['omendb']['recall']:.4f} "
+              f"p50 {row['omendb']['p50_ms']:.3f} ms violations {violations} short {short} | faiss+selector "
+              f"recall {row['faiss_selector']['recall']:.4f} p50 {row['faiss_selector']['p50_ms']:.3f} ms",
+              flush=True)
+    return out
+
+
+def rss_probe_role(args) -> None:
+    """Fresh process (main venv): RSS after imports / open / first search / second search."""
+    workdir = Path(args.workdir)
+    q = np.load(workdir / "queries.npy")[0]
+    import omendb
+
+    gc.collect()
+    stages = {"after_imports": mem_mib()}
+    t0 = now_ns()
+    db = omendb.open(workdir / "omendb")
+    tbl = db.open_table(TABLE)
+    open_s = (now_ns() - t0) / 1e9
+    stages["after_open"] = mem_mib()
+    t0 = now_ns()
+    tbl.search(q, k=K, columns=["id"])
+    first_s = (now_ns() - t0) / 1e9
+    stages["after_first_search"] = mem_mib()
+    t0 = now_ns()
+    tbl.search(q, k=K, columns=["id"])
+    second_s = (now_ns() - t0) / 1e9
+    stages["after_second_search"] = mem_mib()
+    stats = tbl.stats()
+    db.close()
+    Path(args.result).write_text(json.dumps({"stages": stages, "open_s": open_s, "first_search_s": first_s,
+                                             "second_search_s": second_s, "stats": stats}, indent=1))
+
+
+def run_child(cmd: list[str], result: Path, env: dict | None = None, timeout: float = 4 * 3600) -> dict:
+    result.unlink(missing_ok=True)
+    print(f"$ {' '.join(shlex.quote(c) for c in cmd)}", flush=True)
+    proc = subprocess.run(cmd, env=env, timeout=timeout)
+    if proc.returncode != 0 or not result.exists():
+        return {"error": f"exit code {proc.returncode}"}
+    return json.loads(result.read_text())
+
+
+def peer_versions(python: str) -> dict:
+    code = ("import json, importlib.metadata as m\n"
+            "out = {}\n"
+            "for p in ('lancedb', 'pylance', 'chromadb', 'pyarrow', 'numpy', 'pandas', 'psutil'):\n"
+            "    try: out[p] = m.version(p)\n"
+            "    except Exception: out[p] = None\n"
+            "import platform; out['python'] = platform.python_version(); print(json.dumps(out))")
+    try:
+        return json.loads(subprocess.run([python, "-c", code], capture_output=True, text=True, check=True).stdout)
+    except Exception as exc:
+        return {"error": str(exc)}
+
+
+def machine_info(workdir: Path) -> dict:
+    import faiss
+    import psutil
+    import pyarrow as pa
+    import omendb
+
+    root = Path(omendb.__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "omendb"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        git = rev + ("+dirty(omendb/)" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        git = "?"
+    info = {
+        "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "platform": platform.platform(), "cpu_model": _cpu_model(), "cpu_count": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "memory_gib": round(psutil.virtual_memory().total / (1 << 30), 1),
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(), "numpy": np.__version__, "pyarrow": pa.__version__,
+        "faiss": faiss.__version__, "faiss_omp_threads": faiss.omp_get_max_threads(),
+        "duckdb": _version("duckdb"), "psutil": psutil.__version__,
+        "omendb": omendb.__version__, "omendb_git": git, "omendb_path": str(Path(omendb.__file__).resolve().parent),
+        "workdir": str(workdir), "workdir_fs": fs_type(workdir),
+        "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                                           "LANCE_CPU_THREADS", "RAYON_NUM_THREADS") if k in os.environ},
+    }
+    return info
+
+
+# ============================================================================ report
+def f3(x) -> str:
+    return "—" if x is None else f"{x:.3f}"
+
+
+def f4(x) -> str:
+    return "—" if x is None else f"{x:.4f}"
+
+
+def mib(x) -> str:
+    return "—" if x is None else f"{x / (1 << 20):,.1f}"
+
+
+def best_at_recall(rows: list[dict], recall: float):
+    """Fastest (by p50) config reaching ``recall``; rows are flat dicts with recall/p50_ms."""
+    ok = [r for r in rows if r.get("recall", 0) >= recall]
+    return min(ok, key=lambda r: r["p50_ms"]) if ok else None
+
+
+def write_markdown(res: dict, path: Path) -> None:
+    a = res["args"]
+    L = [f"# omendb HNSW benchmark{' (--quick)' if a['quick'] else ''}", "",
+         f"`{res['command']}`", "",
+         f"{a['rows']:,} rows x {res['dim']} dims (pypi-minilm-100k, float16 on disk -> float32), cosine, "
+         f"k={K}; {a['queries']:,} single queries (each timed alone, {WARMUP} warm-up calls per config); "
+         f"ground truth: {res['ground_truth']}. HNSW m={M}, ef_construction={EF_CONSTRUCTION}.", ""]
+    s = res["summary"]
+    L += ["## Targets", "",
+          "| check | omendb | raw faiss | ratio | target | met |", "| --- | ---: | ---: | ---: | ---: | :---: |"]
+    b = res["omendb"]["build"]
+    L.append(f"| index build, s (flush -> wait_for_index) | {b['build_s']:.2f} | {res['faiss']['build_s']:.2f} | "
+             f"{s['build_ratio']:.2f}x | <= {BUILD_TARGET}x | {'yes' if s['build_ok'] else '**no**'} |")
+    if s.get("target_ef") is not None:
+        r = next(x for x in res["sweep"] if x["ef"] == s["target_ef"])
+        L.append(f"| p50 at the smallest ef with omendb recall >= {RECALL_TARGET} (ef={s['target_ef']}, "
+                 f"recall {r['omendb']['recall']:.4f}), ms | {r['omendb']['p50_ms']:.3f} | {r['faiss']['p50_ms']:.3f} | "
+                 f"{r['p50_ratio']:.2f}x | <= {P50_TARGET}x | {'yes' if s['p50_ok'] else '**no**'} |")
+    else:
+        L.append(f"| p50 at recall >= {RECALL_TARGET} | not reached in the sweep | | | <= {P50_TARGET}x | **no** |")
+    L += ["", f"omendb build detail: ingest {b['ingest_s']:.2f} s ({b['ingest_rows_per_s']:,.0f} rows/s, "
+          f"fsync=False, batches of {b['add_batch']:,}), flush {b['flush_s']:.2f} s, build {b['build_s']:.2f} s "
+          f"(includes normalising, saving + fsync + crc of the index file, manifest publish); "
+          f"segments {b['stats']['segments']}, indexed {b['stats']['indexed_segments']}. "
+          f"Raw faiss: normalising {res['faiss']['normalise_s']:.2f} s (not counted), one `add` of all rows, "
+          f"{res['faiss']['omp_threads']} OpenMP threads."
+          + (f" **{b['warning']}**" if b.get("warning") else ""), ""]
+    L += ["## ef sweep: omendb vs raw faiss (single query, k=10)", "",
+          "| ef | omendb recall | omendb p50 ms | omendb p99 ms | index layer p50 ms | faiss recall | faiss p50 ms "
+          "| faiss p99 ms | p50 ratio | p99 ratio | same ids |",
+          "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in res["sweep"]:
+        o, f, lay = r["omendb"], r["faiss"], r["index_layer"]
+        L.append(f"| {r['ef']} | {f4(o['recall'])} | {f3(o['p50_ms'])} | {f3(o['p99_ms'])} | "
+                 f"{f3(lay['p50_ms']) if lay else '—'} | {f4(f['recall'])} | {f3(f['p50_ms'])} | {f3(f['p99_ms'])} | "
+                 f"{r['p50_ratio']:.2f}x | {r['p99_ratio']:.2f}x | {r['same_results_as_faiss']:.3f} |")
+    L += ["", "omendb = `tbl.search(q, k=10, ef=ef, columns=['id'])`; index layer = omendb's `HnswIndex.search` "
+          "alone (query normalising, `SearchParametersHNSW`, distance conversion; no table, planner or Arrow); "
+          "faiss = `index.search(q[None], 10)` with `hnsw.efSearch = ef`. same ids = mean overlap of omendb's "
+          "and faiss' top-10 (the graphs differ: omendb adds rows in chunks of 8,192).", ""]
+    if res["omendb"].get("short_queries_total"):
+        L += [f"**omendb returned fewer than k rows for {res['omendb']['short_queries_total']} query calls.**", ""]
+    L += ["## Filtered search (omendb, ef=%d)" % res["filter_ef"], "",
+          "`where='bucket < t'` with `bucket = id % 100`; truth = exact NumPy top-10 over the allowed rows.", "",
+          "| where | allowed rows | omendb recall | p50 ms | p99 ms | violating rows | short queries "
+          "| faiss+IDSelectorBitmap recall | faiss p50 ms |",
+          "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in res["filtered"]:
+        o, f = r["omendb"], r["faiss_selector"]
+        L.append(f"| `{r['where']}` | {r['allowed_rows']:,} ({100 * r['allowed_fraction']:.0f}%) | {f4(o['recall'])} | "
+                 f"{f3(o['p50_ms'])} | {f3(o['p99_ms'])} | {o['violating_rows']} | {o['short_queries']} | "
+                 f"{f4(f['recall'])} | {f3(f['p50_ms'])} |")
+    L += ["", "omendb's planner scans exactly when <= 4,096 rows (or < 3%) of a segment are allowed, else walks "
+          "the graph with an allowed-row bitmap (and redoes a short answer exactly).", ""]
+    # memory / disk
+    rss = res.get("rss_probe", {})
+    disk = res["disk"]
+    L += ["## Memory and disk", "",
+          f"omendb table on disk: {mib(disk['table_bytes'])} MiB (`stats()['bytes']` {mib(disk['stats_bytes'])} MiB): "
+          f"segments/*.arrow {mib(disk['segment_bytes'])} MiB, segments/*.hnsw {mib(disk['hnsw_bytes'])} MiB "
+          f"(of which the flat float32 vector copy faiss stores is {mib(disk['vector_bytes'])} MiB). "
+          f"Raw faiss serialised index: {mib(res['faiss']['index_bytes'])} MiB.", ""]
+    if "stages" in rss:
+        L += ["Fresh process opening the omendb table (MiB):", "",
+              "| stage | RSS | RssAnon | RssFile |", "| --- | ---: | ---: | ---: |"]
+        for k, v in rss["stages"].items():
+            L.append(f"| {k.replace('_', ' ')} | {v['rss_mib']:.1f} | {v['rss_anon_mib']:.1f} | {v['rss_file_mib']:.1f} |")
+        L += ["", f"open {rss['open_s'] * 1e3:.1f} ms; first search {rss['first_search_s'] * 1e3:.1f} ms "
+              f"(maps the segment, verifies and loads the index); second search {rss['second_search_s'] * 1e3:.2f} ms.", ""]
+    elif rss:
+        L += [f"RSS probe failed: {rss}", ""]
+    # peers
+    peers = res.get("peers")
+    L += ["## Peers", ""]
+    if not peers:
+        L += ["Skipped (no `--peer-python`).", ""]
+    else:
+        L += ["Each peer ran alone in a subprocess of the peer venv "
+              f"({', '.join(f'{k} {v}' for k, v in res.get('peer_versions', {}).items() if v)}).", "",
+              "| system | index | params | build s | recall@10 | p50 ms | p99 ms |",
+              "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
+        best_rows = [("omendb", "HNSW (faiss)", best_at_recall(
+            [{"recall": r["omendb"]["recall"], "p50_ms": r["omendb"]["p50_ms"], "p99_ms": r["omendb"]["p99_ms"],
+              "ef": r["ef"]} for r in res["sweep"]], RECALL_TARGET), b["build_s"]),
+                     ("faiss", "IndexHNSWFlat", best_at_recall(
+            [{"recall": r["faiss"]["recall"], "p50_ms": r["faiss"]["p50_ms"], "p99_ms": r["faiss"]["p99_ms"],
+              "ef": r["ef"]} for r in res["sweep"]], RECALL_TARGET), res["faiss"]["build_s"])]
+        for name, p in peers.items():
+            if "error" in p:
+                L.append(f"| {name} | failed: {p['error']} | | | | | |")
+                continue
+            for r in p["configs"]:
+                params = ", ".join(f"{k}={r[k]}" for k in ("ef", "nprobes", "refine_factor") if k in r)
+                if name == "lancedb":
+                    build = p["ivf_hnsw_sq"]["build_s"] if r["index"] == "IVF_HNSW_SQ" else p["ivf_pq"]["build_s"]
+                else:
+                    build = p["build_s"]
+                L.append(f"| {name} | {r['index']} | {params} | {build:.2f} | {f4(r['recall'])} | "
+                         f"{f3(r['p50_ms'])} | {f3(r['p99_ms'])} |")
+            if name == "lancedb":
+                for idx in ("IVF_HNSW_SQ", "IVF_PQ"):
+                    bs = p["ivf_hnsw_sq"]["build_s"] if idx == "IVF_HNSW_SQ" else p["ivf_pq"]["build_s"]
+                    best_rows.append((name, idx, best_at_recall([r for r in p["configs"] if r["index"] == idx],
+                                                                RECALL_TARGET), bs))
+            else:
+                best_rows.append((name, "hnsw", best_at_recall(p["configs"], RECALL_TARGET), p["build_s"]))
+        L += ["", f"Fastest configuration reaching recall@10 >= {RECALL_TARGET}:", "",
+              "| system | index | params | build s | recall@10 | p50 ms | p99 ms |",
+              "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
+        for name, idx, r, bs in best_rows:
+            if r is None:
+                L.append(f"| {name} | {idx} | not reached | {bs:.2f} | | | |")
+            else:
+                params = ", ".join(f"{k}={r[k]}" for k in ("ef", "nprobes", "refine_factor") if k in r)
+                L.append(f"| {name} | {idx} | {params} | {bs:.2f} | {f4(r['recall'])} | {f3(r['p50_ms'])} | "
+                         f"{f3(r['p99_ms'])} |")
+        L += ["", "Build: omendb = flush -> wait_for_index; faiss = one `add`; LanceDB = `create_index` "
+              "(after `create_table`); Chroma = all `add` calls (it indexes while adding, so this includes ingest).", "",
+              "| system | ingest s | on disk MiB | index MiB | fresh-process RSS after first search MiB (anon / file) |",
+              "| --- | ---: | ---: | ---: | ---: |"]
+        st = rss.get("stages", {}).get("after_first_search")
+        L.append(f"| omendb | {b['ingest_s']:.2f} | {mib(disk['table_bytes'])} | {mib(disk['hnsw_bytes'])} | "
+                 + (f"{st['rss_mib']:.1f} ({st['rss_anon_mib']:.1f} / {st['rss_file_mib']:.1f})" if st else "—") + " |")
+        for name, p in peers.items():
+            if "error" in p:
+                continue
+            pr = p.get("rss_probe", {}).get("stages", {}).get("after_first_search")
+            rss_txt = f"{pr['rss_mib']:.1f} ({pr['rss_anon_mib']:.1f} / {pr['rss_file_mib']:.1f})" if pr else "—"
+            if name == "lancedb":
+                L.append(f"| lancedb | {p['ingest_s']:.2f} | {mib(p['table_bytes_total'])} (with IVF_PQ) | "
+                         f"HNSW_SQ {mib(p['ivf_hnsw_sq']['index_bytes'])} | {rss_txt} (IVF_PQ table) |")
+            else:
+                L.append(f"| chroma | (in build) | {mib(p['bytes_total'])} | {mib(p['index_bytes'])} | {rss_txt} |")
+        L.append("")
+    m = res["machine"]
+    L += ["## Machine", "",
+          f"- date (UTC): {m['date_utc']}; total wall time {res['wall_s']:.0f} s",
+          f"- CPU: {m['cpu_model']}, cpu_count {m['cpu_count']} (affinity {m['cpu_affinity']}), RAM {m['memory_gib']} GiB, "
+          f"load average at start {m['loadavg_at_start']}",
+          f"- {m['platform']}; work dir {m['workdir']} ({m['workdir_fs']})",
+          f"- Python {m['python']}, numpy {m['numpy']}, pyarrow {m['pyarrow']}, faiss {m['faiss']} "
+          f"({m['faiss_omp_threads']} OpenMP threads), duckdb {m['duckdb']}, psutil {m['psutil']}",
+          f"- omendb {m['omendb']} ({m['omendb_git']}) from {m['omendb_path']}"]
+    if res.get("peer_python"):
+        L.append(f"- peers: {res['peer_python']}: {json.dumps(res.get('peer_versions', {}))}")
+    if m["env"]:
+        L.append(f"- env: {m['env']}")
+    L.append("")
+    path.write_text("\n".join(L))
+
+
+# ============================================================================ main
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="dataset folder (default: %(default)s)")
+    p.add_argument("--quick", action="store_true", help="20K rows, 200 queries, 4 ef values: a sanity check")
+    p.add_argument("--rows", type=int, help="base rows to use (default 100,000; --quick 20,000)")
+    p.add_argument("--queries", type=int, help="queries to time (default 1,000; --quick 200)")
+    p.add_argument("--efs", type=lambda s: [int(x) for x in s.split(",")],
+                   help=f"ef values, comma-separated (default {','.join(map(str, FULL_EFS))}; "
+                        f"--quick {','.join(map(str, QUICK_EFS))})")
+    p.add_argument("--peer-python", help="python of a venv with lancedb + chromadb "
+                   "(benchmarks/requirements-peers.txt); peers are skipped without it")
+    p.add_argument("--peers", default="lancedb,chroma", help="peers to run (default: %(default)s)")
+    p.add_argument("--out", type=Path, help="results path without suffix (default benchmarks/results/hnsw, "
+                   "--quick: hnsw-quick)")
+    p.add_argument("--workdir", type=Path, help="where databases are written (default: a fresh temp dir, removed)")
+    p.add_argument("--keep", action="store_true", help="keep the work dir")
+    # internal: subprocess roles
+    p.add_argument("--role", choices=["main", "rss-probe", "peer", "peer-rss"], default="main", help=argparse.SUPPRESS)
+    p.add_argument("--system", choices=["lancedb", "chroma"], help=argparse.SUPPRESS)
+    p.add_argument("--result", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.rows is None:
+        args.rows = 20_000 if args.quick else 100_000
+    if args.queries is None:
+        args.queries = 200 if args.quick else 1_000
+    if args.efs is None:
+        args.efs = list(QUICK_EFS if args.quick else FULL_EFS)
+    if any(ef < K for ef in args.efs):
+        p.error(f"every ef must be >= k={K}")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.role == "rss-probe":
+        rss_probe_role(args)
+        return 0
+    if args.role in ("peer", "peer-rss"):
+        run_peer_role(args)
+        return 0
+
+    import faiss  # noqa: F401  (fail early, before any work, if the main venv lacks it)
+
+    wall0 = time.time()
+    command = " ".join(shlex.quote(c) for c in [sys.executable, *sys.argv])
+    out = args.out or (REPO / "benchmarks" / "results" / ("hnsw-quick" if args.quick else "hnsw"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    own_workdir = args.workdir is None
+    workdir = Path(tempfile.mkdtemp(prefix="omendb-bench-hnsw-")) if own_workdir else args.workdir
+    workdir.mkdir(parents=True, exist_ok=True)
+    res: dict = {"command": command, "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                                              if k not in ("role", "system", "result")}}
+    res["machine"] = machine_info(workdir)
+    try:
+        print(f"loading {args.rows:,} rows, {args.queries:,} queries from {args.data}", flush=True)
+        base, X, Q, dim = load_dataset(args.data, args.rows, args.queries)
+        ids = base["id"].to_numpy()
+        res["dim"] = dim
+        if not np.array_equal(ids, np.arange(args.rows)):
+            raise SystemExit("base.parquet ids are expected to be 0..N-1 in file order")
+        gt_path = args.data / "gt.parquet"
+        if args.rows == 100_000 and gt_path.exists():
+            import pyarrow.parquet as pq
+
+            g = pq.read_table(gt_path)
+            qid = g["query_id"].to_numpy()
+            nb = np.asarray(g["neighbors"].combine_chunks().flatten().to_numpy()).reshape(len(qid), -1)
+            order = np.argsort(qid)
+            gt = np.ascontiguousarray(nb[order][:args.queries, :K])
+            res["ground_truth"] = "gt.parquet (exact top-100 by cosine over all 100,000 rows)"
+        else:
+            t0 = time.time()
+            gt = exact_topk(X, Q, K)
+            res["ground_truth"] = (f"exact top-10 by brute-force NumPy over the {args.rows:,}-row subset "
+                                   f"({time.time() - t0:.1f} s)")
+        np.save(workdir / "gt10.npy", gt)
+        np.save(workdir / "queries.npy", Q)
+
+        # ---- 1. omendb: ingest, flush, build
+        print("omendb: ingest + flush + index build", flush=True)
+        db, tbl, build = bench_omendb_build(base, dim, workdir)
+        print(f"  ingest {build['ingest_s']:.2f} s, flush {build['flush_s']:.2f} s, build {build['build_s']:.2f} s "
+              f"({build['stats']['segments']} segment(s), {build['stats']['indexed_segments']} indexed)", flush=True)
+        res["omendb"] = {"build": build}
+        del base
+        gc.collect()
+
+        # ---- 2. raw faiss build (omendb's builder thread is idle by now)
+        print("raw faiss: build", flush=True)
+        findex, fres = faiss_build(X)
+        res["faiss"] = fres
+        res["build_ratio"] = build["build_s"] / fres["build_s"]
+        print(f"  build {fres['build_s']:.2f} s -> omendb/faiss build ratio {res['build_ratio']:.2f}x", flush=True)
+
+        # ---- ef sweep, each ef: omendb, index layer, faiss (one after the other)
+        print("ef sweep (single queries)", flush=True)
+        layer = index_layer(tbl)
+        res["sweep"] = sweep(tbl, findex, layer, Q, gt, args.efs)
+        res["omendb"]["short_queries_total"] = sum(r["omendb"]["short_queries"] for r in res["sweep"])
+
+        # ---- 4. filtered
+        print(f"filtered search (ef={FILTER_EF})", flush=True)
+        res["filter_ef"] = FILTER_EF
+        res["filtered"] = bench_filtered(tbl, findex, X, Q, ids, FILTER_EF)
+
+        # ---- 5. disk
+        stats = tbl.stats()
+        seg = workdir / "omendb" / TABLE / "segments"
+        res["disk"] = {"stats_bytes": stats["bytes"], "table_bytes": dir_bytes(workdir / "omendb" / TABLE),
+                       "segment_bytes": dir_bytes(seg, "*.arrow"), "hnsw_bytes": dir_bytes(seg, "*.hnsw"),
+                       "hnsw_files": sorted(p.name for p in seg.glob("*.hnsw")),
+                       "vector_bytes": int(X.shape[0]) * dim * 4, "stats": stats}
+        db.close()
+        del tbl, db, findex, layer
+        gc.collect()
+
+        # ---- 5. RSS of a fresh process
+        print("omendb: RSS of a fresh process (open + first search)", flush=True)
+        res["rss_probe"] = run_child([sys.executable, str(Path(__file__).resolve()), "--role", "rss-probe",
+                                      "--workdir", str(workdir), "--result", str(workdir / "rss.json")],
+                                     workdir / "rss.json")
+
+        # ---- 3. peers, one at a time
+        if args.peer_python:
+            del X
+            gc.collect()
+            res["peer_python"] = args.peer_python
+            res["peer_versions"] = peer_versions(args.peer_python)
+            res["peers"] = {}
+            env = dict(os.environ, ANONYMIZED_TELEMETRY="False", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+            common = ["--data", str(args.data), "--rows", str(args.rows), "--queries", str(args.queries),
+                      "--efs", ",".join(map(str, args.efs)), "--workdir", str(workdir)] + (["--quick"] if args.quick else [])
+            for system in [s.strip() for s in args.peers.split(",") if s.strip()]:
+                print(f"peer: {system}", flush=True)
+                result = workdir / f"peer-{system}.json"
+                t0 = time.time()
+                r = run_child([args.peer_python, str(Path(__file__).resolve()), "--role", "peer", "--system", system,
+                               "--result", str(result), *common], result, env=env)
+                if "error" not in r:
+                    r["rss_probe"] = run_child(
+                        [args.peer_python, str(Path(__file__).resolve()), "--role", "peer-rss", "--system", system,
+                         "--result", str(workdir / f"peer-{system}-rss.json"), *common],
+                        workdir / f"peer-{system}-rss.json", env=env)
+                print(f"  {system} done in {time.time() - t0:.0f} s", flush=True)
+                res["peers"][system] = r
+                shutil.rmtree(workdir / system, ignore_errors=True)
+        else:
+            print("peers skipped (no --peer-python)", flush=True)
+
+        # ---- summary
+        target = next((r for r in res["sweep"] if r["omendb"]["recall"] >= RECALL_TARGET), None)
+        res["summary"] = {
+            "build_ratio": res["build_ratio"], "build_ok": res["build_ratio"] <= BUILD_TARGET,
+            "target_ef": target["ef"] if target else None,
+            "p50_ratio_at_target": target["p50_ratio"] if target else None,
+            "p50_ok": bool(target and target["p50_ratio"] <= P50_TARGET),
+            "filter_violations": sum(r["omendb"]["violating_rows"] for r in res["filtered"]),
+            "filter_short_queries": sum(r["omendb"]["short_queries"] for r in res["filtered"]),
+        }
+        res["wall_s"] = time.time() - wall0
+        out.with_suffix(".json").write_text(json.dumps(res, indent=1, default=str))
+        write_markdown(res, out.with_suffix(".md"))
+        print(f"\nwrote {out.with_suffix('.json')} and {out.with_suffix('.md')}\n", flush=True)
+        print(out.with_suffix(".md").read_text())
+    finally:
+        if own_workdir and not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Shared fixtures: database paths, a seeded RNG, clustered vectors with metadata,
+and a brute-force NumPy nearest-neighbour reference."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+LANGS = ("en", "de", "fr", "ja")
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    """Path of a database folder that does not exist yet."""
+    return tmp_path / "vectors.omen"
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(20240607)
+
+
+@dataclass
+class Dataset:
+    """Rows made by :func:`make_clustered`: ids, float32 vectors and metadata."""
+
+    ids: np.ndarray        # int64
+    vectors: np.ndarray    # (n, dim) float32
+    lang: list[str]
+    score: np.ndarray      # float64
+    cluster: np.ndarray    # int64
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def arrow(self, *, with_ids: bool = True) -> pa.Table:
+        dim = self.vectors.shape[1]
+        columns = {}
+        if with_ids:
+            columns["id"] = pa.array(self.ids, pa.int64())
+        columns["vector"] = pa.FixedSizeListArray.from_arrays(pa.array(self.vectors.reshape(-1)), dim)
+        columns["lang"] = pa.array(self.lang, pa.string())
+        columns["score"] = pa.array(self.score, pa.float64())
+        columns["cluster"] = pa.array(self.cluster, pa.int64())
+        return pa.table(columns)
+
+    def rows(self) -> list[dict]:
+        return [
+            {"id": int(i), "vector": v.tolist(), "lang": lang, "score": float(s), "cluster": int(c)}
+            for i, v, lang, s, c in zip(self.ids, self.vectors, self.lang, self.score, self.cluster)
+        ]
+
+    def slice(self, start: int, stop: int) -> "Dataset":
+        return Dataset(self.ids[start:stop], self.vectors[start:stop], self.lang[start:stop],
+                       self.score[start:stop], self.cluster[start:stop])
+
+
+def make_clustered(rng: np.random.Generator, n: int, dim: int = 16, *, clusters: int = 5,
+                   first_id: int = 0, spread: float = 0.3) -> Dataset:
+    """``n`` vectors around ``clusters`` random centres, with lang/score/cluster metadata."""
+    centres = rng.normal(size=(clusters, dim)) * 3.0
+    cluster = rng.integers(0, clusters, size=n)
+    vectors = (centres[cluster] + rng.normal(scale=spread, size=(n, dim))).astype(np.float32)
+    lang = [LANGS[i] for i in rng.integers(0, len(LANGS), size=n)]
+    score = rng.random(n)
+    ids = np.arange(first_id, first_id + n, dtype=np.int64)
+    return Dataset(ids, vectors, lang, score, cluster.astype(np.int64))
+
+
+@pytest.fixture
+def clustered(rng: np.random.Generator) -> Callable[..., Dataset]:
+    """``clustered(n, dim=16, clusters=5, first_id=0)`` -> :class:`Dataset`."""
+
+    def make(n: int, dim: int = 16, **kwargs) -> Dataset:
+        return make_clustered(rng, n, dim, **kwargs)
+
+    return make
+
+
+def brute_force_distances(vectors: np.ndarray, queries: np.ndarray, metric: str) -> np.ndarray:
+    """(Q, N) float64 distances computed directly from the definitions."""
+    x = np.asarray(vectors, dtype=np.float64)
+    q = np.atleast_2d(np.asarray(queries, dtype=np.float64))
+    if metric == "l2":
+        return ((q[:, None, :] - x[None, :, :]) ** 2).sum(axis=2)
+    dots = q @ x.T
+    if metric == "dot":
+        return -dots
+    if metric == "cosine":
+        xn = np.linalg.norm(x, axis=1)
+        qn = np.linalg.norm(q, axis=1)
+        return 1.0 - dots / (np.maximum(qn, 1e-30)[:, None] * np.maximum(xn, 1e-30)[None, :])
+    raise ValueError(metric)
+
+
+@pytest.fixture(scope="session")
+def brute_force() -> Callable[[np.ndarray, np.ndarray, str], np.ndarray]:
+    """``brute_force(vectors, queries, metric)`` -> (Q, N) float64 distances."""
+    return brute_force_distances

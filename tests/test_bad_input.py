@@ -1,0 +1,383 @@
+"""Bad input gets a specific omendb error naming the problem, and never changes stored data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+import omendb
+from omendb import errors
+
+DIM = 8
+SCHEMA = pa.schema([pa.field("id", pa.int64()), pa.field("vector", pa.list_(pa.float32(), DIM)),
+                    pa.field("lang", pa.string()), pa.field("cluster", pa.int64())])
+
+
+def _snapshot(table: omendb.Table) -> list[dict]:
+    return sorted(table.to_arrow().to_pylist(), key=lambda r: r["id"])
+
+
+class Populated:
+    """A database with table ``docs``: 20 rows in a segment, 10 deleted-from, 15 in the WAL/memtable."""
+
+    def __init__(self, path: Path, rng: np.random.Generator) -> None:
+        self.path = path
+        self.db = omendb.open(path)
+        self.table = self.db.create_table("docs", schema=SCHEMA)
+        vectors = rng.normal(size=(35, DIM)).astype(np.float32)
+        langs = ["en", "de", "fr"]
+        self.table.add({"id": np.arange(20), "vector": vectors[:20],
+                        "lang": [langs[i % 3] for i in range(20)], "cluster": np.arange(20) % 4})
+        self.table.flush()
+        self.table.delete([2, 3])
+        self.table.add({"id": np.arange(20, 35), "vector": vectors[20:],
+                        "lang": [langs[i % 3] for i in range(20, 35)], "cluster": np.arange(20, 35) % 4})
+        self.vectors = vectors
+        self.before = _snapshot(self.table)
+        self.names = self.db.table_names()
+        assert len(self.before) == 33
+
+    def assert_unchanged(self) -> None:
+        """Same rows now, and after closing and reopening the database."""
+        assert self.table.count() == 33
+        assert _snapshot(self.table) == self.before
+        assert self.db.table_names() == self.names
+        self.db.close()
+        self.db = omendb.open(self.path)
+        self.table = self.db.open_table("docs")
+        assert self.db.table_names() == self.names
+        assert self.table.count() == 33
+        assert _snapshot(self.table) == self.before
+        # and the table still takes good writes afterwards
+        assert self.table.add({"id": [1000], "vector": np.ones((1, DIM), np.float32)}) == 1
+        assert self.table.count() == 34
+
+
+@pytest.fixture
+def pop(db_path: Path, rng: np.random.Generator):
+    populated = Populated(db_path, rng)
+    yield populated
+    populated.db.close()
+
+
+def good_rows(n: int = 2, first_id: int = 500, dim: int = DIM) -> dict:
+    return {"id": np.arange(first_id, first_id + n), "vector": np.ones((n, dim), np.float32),
+            "lang": ["en"] * n, "cluster": [1] * n}
+
+
+# ====================================================================== vectors
+@pytest.mark.parametrize("method", ["add", "upsert"])
+@pytest.mark.parametrize("dim", [DIM - 1, DIM + 3])
+def test_wrong_dimension(pop, method, dim) -> None:
+    with pytest.raises(errors.DimensionError, match=f"{dim} components") as info:
+        getattr(pop.table, method)(good_rows(dim=dim))
+    assert str(DIM) in str(info.value)
+    pop.assert_unchanged()
+
+
+def test_wrong_dimension_in_one_row_of_many(pop) -> None:
+    rows = [{"id": 600 + i, "vector": [0.5] * DIM} for i in range(5)]
+    rows[3]["vector"] = [0.5] * (DIM + 1)
+    with pytest.raises(errors.DimensionError, match="row 3"):
+        pop.table.add(rows)
+    pop.assert_unchanged()
+
+
+def test_wrong_dimension_numpy_array(pop) -> None:
+    with pytest.raises(errors.DimensionError, match=str(DIM)):
+        pop.table.add(np.ones((4, DIM * 2), np.float32))
+    pop.assert_unchanged()
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nan_and_inf_vectors(pop, bad) -> None:
+    rows = good_rows(3)
+    rows["vector"][1, 4] = bad
+    with pytest.raises(errors.InvalidVectorError, match="row 1 contains NaN or infinity"):
+        pop.table.add(rows)
+    # pandas turns NaN inside a list column into a null on the way to Arrow
+    with pytest.raises(errors.InvalidVectorError, match="NaN or infinity|null component"):
+        pop.table.upsert(pd.DataFrame({"id": [0], "vector": [rows["vector"][1]]}))
+    pop.assert_unchanged()
+
+
+@pytest.mark.parametrize("data", [
+    {"vector": [["a"] * DIM]},
+    [{"vector": ["x"] * DIM}],
+    [[1.0, 2.0, "x"] + [0.0] * (DIM - 3)],
+    np.array([["a"] * DIM]),
+    {"vector": ["not a list"]},
+], ids=["dict-strings", "rows-strings", "list-mixed", "numpy-strings", "scalar-strings"])
+def test_non_numeric_vectors(pop, data) -> None:
+    with pytest.raises(errors.InvalidVectorError, match="numbers|numeric"):
+        pop.table.add(data)
+    pop.assert_unchanged()
+
+
+def test_ragged_vectors(pop) -> None:
+    with pytest.raises(errors.InvalidVectorError, match="ragged"):
+        pop.table.add([[0.1] * DIM, [0.1] * (DIM - 1)])
+    pop.assert_unchanged()
+
+
+def test_ragged_vectors_in_new_table(pop) -> None:
+    rows = [{"vector": [1.0, 2.0, 3.0]}, {"vector": [1.0, 2.0]}]
+    with pytest.raises(errors.InvalidVectorError, match="ragged"):
+        pop.db.create_table("ragged", data=rows)
+    assert "ragged" not in pop.db
+    assert not (pop.path / "ragged").exists()
+    pop.assert_unchanged()
+
+
+def test_null_vectors(pop) -> None:
+    with pytest.raises(errors.InvalidVectorError, match="null vector at row 1"):
+        pop.table.add([{"id": 700, "vector": [0.0] * DIM}, {"id": 701}])
+    with pytest.raises(errors.InvalidVectorError, match="null component"):
+        pop.table.add({"id": [702], "vector": [[0.0] * (DIM - 1) + [None]]})
+    pop.assert_unchanged()
+
+
+# ====================================================================== columns
+def test_unknown_column(pop) -> None:
+    rows = good_rows()
+    rows["colour"] = ["red", "blue"]
+    with pytest.raises(errors.SchemaError, match="'colour'"):
+        pop.table.add(rows)
+    with pytest.raises(errors.SchemaError, match="'colour'"):
+        pop.table.upsert(rows)
+    pop.assert_unchanged()
+
+
+def test_missing_vector_column(pop) -> None:
+    with pytest.raises(errors.SchemaError, match="missing vector column 'vector'"):
+        pop.table.add({"id": [800], "lang": ["en"]})
+    pop.assert_unchanged()
+
+
+def test_missing_vector_column_in_new_table(pop) -> None:
+    with pytest.raises(errors.SchemaError, match="vector"):
+        pop.db.create_table("novec", data={"id": [1, 2], "emb": [[1.0], [2.0]]})
+    assert "novec" not in pop.db
+    pop.assert_unchanged()
+
+
+@pytest.mark.parametrize("column, values", [("cluster", ["abc", "def"]), ("cluster", [1.5, 2.0]),
+                                            ("id", ["x", "y"]), ("lang", [[1], [2]])])
+def test_wrong_column_type(pop, column, values) -> None:
+    rows = good_rows()
+    rows[column] = values
+    with pytest.raises(errors.SchemaError, match=f"'{column}'"):
+        pop.table.add(rows)
+    pop.assert_unchanged()
+
+
+# ========================================================================== keys
+def test_duplicate_ids_within_a_batch(pop) -> None:
+    rows = good_rows(4)
+    rows["id"] = np.array([900, 901, 900, 902])
+    with pytest.raises(errors.DuplicateKeyError, match="900"):
+        pop.table.add(rows)
+    with pytest.raises(errors.DuplicateKeyError, match="900"):
+        pop.table.upsert(rows)
+    pop.assert_unchanged()
+
+
+@pytest.mark.parametrize("existing", [5, 25], ids=["in-segment", "in-memtable"])
+def test_duplicate_id_vs_existing(pop, existing) -> None:
+    rows = good_rows(3)
+    rows["id"] = np.array([950, existing, 951])
+    with pytest.raises(errors.DuplicateKeyError, match=str(existing)):
+        pop.table.add(rows)
+    pop.assert_unchanged()
+
+
+def test_duplicate_ids_in_new_table(pop) -> None:
+    data = {"id": [1, 2, 1], "vector": np.ones((3, 4), np.float32)}
+    with pytest.raises(errors.DuplicateKeyError, match="1"):
+        pop.db.create_table("dups", data=data)
+    assert "dups" not in pop.db
+    assert not (pop.path / "dups").exists()
+    pop.assert_unchanged()
+
+
+def test_wrong_id_type_for_get_and_delete(pop) -> None:
+    with pytest.raises(errors.SchemaError, match="ids"):
+        pop.table.delete(["five"])
+    with pytest.raises(errors.SchemaError, match="ids"):
+        pop.table.get(["five"])
+    pop.assert_unchanged()
+
+
+# ======================================================================== tables
+@pytest.mark.parametrize("action", ["open_table", "drop_table", "getitem"])
+def test_missing_table(pop, action) -> None:
+    with pytest.raises(errors.TableNotFoundError, match="nope") as info:
+        if action == "getitem":
+            pop.db["nope"]
+        else:
+            getattr(pop.db, action)("nope")
+    assert isinstance(info.value, KeyError)
+    pop.assert_unchanged()
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "", ".hidden", "..", "-dash", "a b", "x" * 129, "docs/..", 7])
+def test_invalid_table_name(pop, name) -> None:
+    outside = sorted(p.name for p in pop.path.parent.iterdir())
+    for action in ("create_table", "open_table", "drop_table"):
+        with pytest.raises(errors.InvalidNameError, match="invalid table name") as info:
+            if action == "create_table":
+                pop.db.create_table(name, dim=DIM)
+            else:
+                getattr(pop.db, action)(name)
+        assert repr(name)[:20] in str(info.value)
+    assert name not in pop.db
+    assert sorted(p.name for p in pop.path.parent.iterdir()) == outside
+    pop.assert_unchanged()
+
+
+def test_create_existing_table(pop) -> None:
+    with pytest.raises(errors.TableExistsError, match="docs"):
+        pop.db.create_table("docs", dim=3)
+    with pytest.raises(errors.TableExistsError, match="docs"):
+        pop.db.create_table("docs", data=np.ones((2, 3)))
+    pop.assert_unchanged()
+
+
+def test_bad_create_arguments(pop) -> None:
+    with pytest.raises(ValueError, match="metric"):
+        pop.db.create_table("m", dim=4, metric="manhattan")
+    with pytest.raises(ValueError, match="dim"):
+        pop.db.create_table("m", dim=0)
+    with pytest.raises(ValueError):
+        pop.db.create_table("m")
+    with pytest.raises(errors.DimensionError, match="dim"):
+        pop.db.create_table("m", schema=SCHEMA, dim=DIM + 1)
+    with pytest.raises(errors.SchemaError, match="reserved"):
+        pop.db.create_table("m", data={"vector": np.ones((2, 3)), "_secret": [1, 2]})
+    assert "m" not in pop.db
+    pop.assert_unchanged()
+
+
+# ================================================================== where & query
+BAD_WHERES = ["no_such_column = 1", "lang = ", "x=1; DROP TABLE t", "id = 1); DROP TABLE t; SELECT (1",
+              "vector IS NULL", "id IN (SELECT 1 FROM read_csv('/etc/passwd'))", "", "   "]
+
+
+@pytest.mark.parametrize("where", BAD_WHERES)
+def test_invalid_where_in_search(pop, where) -> None:
+    with pytest.raises(errors.FilterError):
+        pop.table.search(pop.vectors[0], k=5, where=where)
+    pop.assert_unchanged()
+
+
+@pytest.mark.parametrize("where", BAD_WHERES)
+def test_invalid_where_in_delete(pop, where) -> None:
+    with pytest.raises(errors.FilterError):
+        pop.table.delete(where=where)
+    pop.assert_unchanged()
+
+
+def test_filter_error_names_the_problem(pop) -> None:
+    with pytest.raises(errors.FilterError, match="no_such_column"):
+        pop.table.search(pop.vectors[0], where="no_such_column = 1")
+    with pytest.raises(errors.FilterError, match="DROP TABLE"):
+        pop.table.delete(where="x=1; DROP TABLE t")
+
+
+@pytest.mark.parametrize("where", ["id = 0) UNION SELECT (5", "false) UNION SELECT (99999", "true) LIMIT (1"])
+def test_where_cannot_escape_its_predicate(pop, where) -> None:
+    # A where string must be one predicate; closing the parenthesis to append more SQL
+    # must be refused, not run (which returns rows that do not match, or crashes).
+    with pytest.raises(errors.FilterError):
+        pop.table.search(pop.vectors[0], k=5, where=where)
+    pop.assert_unchanged()
+
+
+def test_invalid_where_on_empty_table(db_path: Path) -> None:
+    # A typo in a filter is reported even before the table holds rows.
+    with omendb.open(db_path) as db:
+        table = db.create_table("empty", schema=SCHEMA)
+        with pytest.raises(errors.FilterError, match="no_such_column"):
+            table.search(np.ones(DIM), where="no_such_column = 1")
+        with pytest.raises(errors.FilterError):
+            table.search(np.ones(DIM), where="x=1; DROP TABLE t")
+
+
+@pytest.mark.parametrize("query, error, message", [
+    (np.ones(DIM - 1), errors.DimensionError, "components"),
+    (np.ones((2, DIM + 1)), errors.DimensionError, "components"),
+    (np.full(DIM, np.nan), errors.InvalidVectorError, "NaN"),
+    (np.ones((2, 2, DIM)), errors.InvalidVectorError, "1-D"),
+    (["a"] * DIM, errors.InvalidVectorError, "numeric"),
+])
+def test_bad_queries(pop, query, error, message) -> None:
+    with pytest.raises(error, match=message):
+        pop.table.search(query, k=3)
+    pop.assert_unchanged()
+
+
+def test_unknown_columns_requested(pop) -> None:
+    with pytest.raises(errors.SchemaError, match="'nope'"):
+        pop.table.search(pop.vectors[0], columns=["id", "nope"])
+    with pytest.raises(errors.SchemaError, match="'nope'"):
+        pop.table.get([1], columns=["nope"])
+    pop.assert_unchanged()
+
+
+def test_empty_and_unsupported_data(pop) -> None:
+    with pytest.raises(errors.SchemaError, match="no rows"):
+        pop.table.add([])
+    with pytest.raises(TypeError, match="cannot add data"):
+        pop.table.add("not data")
+    with pytest.raises(TypeError, match="cannot add data"):
+        pop.table.add(42)
+    pop.assert_unchanged()
+
+
+# ====================================================================== folders
+def test_non_omendb_folder_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "cat.jpg").write_bytes(b"\xff\xd8 not a database")
+    with pytest.raises(errors.NotADatabaseError, match="photos") as info:
+        omendb.open(folder)
+    assert "not empty" in str(info.value)
+    assert sorted(p.name for p in folder.iterdir()) == ["cat.jpg"]  # nothing written into it
+    assert (folder / "cat.jpg").read_bytes() == b"\xff\xd8 not a database"
+
+
+def test_file_is_not_a_database(tmp_path: Path) -> None:
+    path = tmp_path / "data.csv"
+    path.write_text("a,b\n1,2\n")
+    with pytest.raises(errors.NotADatabaseError, match="data.csv"):
+        omendb.open(path)
+    assert path.read_text() == "a,b\n1,2\n"
+
+
+def test_foreign_or_damaged_marker(tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "omendb.json").write_text('{"format": "something-else"}')
+    with pytest.raises(errors.NotADatabaseError, match="omendb.json"):
+        omendb.open(other)
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "omendb.json").write_text("{not json")
+    with pytest.raises(errors.CorruptFileError, match="omendb.json"):
+        omendb.open(damaged)
+    newer = tmp_path / "newer"
+    newer.mkdir()
+    (newer / "omendb.json").write_text('{"format": "omendb.database", "format_version": 9}')
+    with pytest.raises(errors.FormatVersionError, match="9"):
+        omendb.open(newer)
+
+
+def test_all_errors_are_omen_errors() -> None:
+    for name in errors.__all__:
+        assert issubclass(getattr(errors, name), errors.OmenError)
+        assert getattr(omendb, name) is getattr(errors, name)
+    assert issubclass(omendb.TableLockedError, errors.OmenError)
