@@ -22,12 +22,12 @@ def main(ctx: click.Context, debug: bool) -> None:
 
 @main.command()
 @click.option("--path", default="omendb-demo.omen", show_default=True, help="Database folder to create/reuse.")
-@click.option("--rows", default=100_000, show_default=True, help="Rows to generate and ingest.")
+@click.option("--rows", default=50_000, show_default=True, help="Rows to generate and ingest.")
 @click.option("--dim", default=128, show_default=True, help="Vector dimension.")
 @click.option("--queries", default=200, show_default=True, help="Queries to time.")
 @click.pass_context
 def demo(ctx: click.Context, path: str, rows: int, dim: int, queries: int) -> None:
-    """Make clustered vectors, ingest them durably, run exact and filtered searches."""
+    """Make clustered vectors, ingest them durably, index them, run exact, HNSW and filtered searches."""
     from .demo import run_demo
 
     try:

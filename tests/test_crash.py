@@ -1,8 +1,10 @@
 """Durability under kill -9: every acknowledged write survives, no batch is half there.
 
-A writer subprocess adds batches in a loop and prints each batch number once ``add``
-has returned. The parent SIGKILLs it at a random moment, reopens the database and
-checks the acknowledged batches against what is stored.
+A writer subprocess writes batches in a loop and prints the number of each operation
+once the call has returned (= acknowledged). The parent SIGKILLs it at a random
+moment, reopens the database and checks what is stored against the acknowledged
+operations: all of them must be there, and at most the one operation in flight may
+additionally be there, entirely or not at all.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -25,59 +28,96 @@ DIM = 8
 ROWS_PER_BATCH = 20
 IDS_PER_BATCH = 1000  # batch b holds ids b*1000 .. b*1000+19
 
-WRITER = r"""
-import sys
+# Shared by the parent and the writer script (exec'd there), so both agree on the
+# deterministic sequence of operations and on the rows each one writes.
+OPS_SOURCE = r'''
 import numpy as np
-import omendb
 
-path, first_batch, memtable_bytes, limit = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 DIM, ROWS, SPAN = {dim}, {rows}, {span}
 
 
-def vectors_for(ids):
-    return np.sin(ids[:, None].astype(np.float64) * (np.arange(DIM) + 1) * 1e-3).astype(np.float32)
+def vectors_for(ids, upserted=False):
+    base = np.sin(ids[:, None].astype(np.float64) * (np.arange(DIM) + 1) * 1e-3)
+    return (base + (1.0 if upserted else 0.0)).astype(np.float32)
 
+
+def ids_of(batch):
+    return batch * SPAN + np.arange(ROWS, dtype=np.int64)
+
+
+def operations(first_batch, mixed):
+    """Yield (kind, batch): adds of consecutive batches, plus upserts and deletes when mixed."""
+    i = 0
+    while True:
+        yield ("add", first_batch + i)
+        if mixed and i % 3 == 2:
+            yield ("upsert", first_batch + i - 1)
+        if mixed and i % 5 == 4:
+            yield ("delete", first_batch + i - 3)
+        i += 1
+
+
+def rows_for(kind, batch):
+    ids = ids_of(batch)
+    tag = ("u" if kind == "upsert" else "b") + str(batch)
+    return {{"id": ids, "vector": vectors_for(ids, kind == "upsert"),
+            "batch": np.full(ROWS, batch, dtype=np.int64), "tag": [tag] * ROWS}}
+'''.format(dim=DIM, rows=ROWS_PER_BATCH, span=IDS_PER_BATCH)
+
+WRITER = r'''
+import os, sys
+import omendb
+
+path, first_batch, memtable_bytes, limit, mixed = (sys.argv[1], int(sys.argv[2]), int(sys.argv[3]),
+                                                   int(sys.argv[4]), sys.argv[5] == "mixed")
+exec(open(sys.argv[6]).read())
 
 db = omendb.open(path, memtable_bytes=memtable_bytes)
 table = db.open_table("t")
 print("ready", flush=True)
-batch = first_batch
-while limit < 0 or batch < first_batch + limit:
-    ids = batch * SPAN + np.arange(ROWS, dtype=np.int64)
-    table.add({{"id": ids, "vector": vectors_for(ids), "batch": np.full(ROWS, batch, dtype=np.int64),
-               "tag": [f"b{{batch}}"] * ROWS}})
-    print(batch, flush=True)
-    batch += 1
+for n, (kind, batch) in enumerate(operations(first_batch, mixed)):
+    if limit >= 0 and n >= limit:
+        break
+    if kind == "delete":
+        table.delete(ids_of(batch))
+    else:
+        getattr(table, kind)(rows_for(kind, batch))
+    print(n, flush=True)
 print("done", flush=True)
-sys.stdout.flush()
-import os
 os._exit(0)  # never close(): unflushed rows live only in the WAL
-""".format(dim=DIM, rows=ROWS_PER_BATCH, span=IDS_PER_BATCH)
+'''
+
+_ops: dict = {}
+exec(OPS_SOURCE, _ops)
+operations, vectors_for, ids_of = _ops["operations"], _ops["vectors_for"], _ops["ids_of"]
 
 SCHEMA = pa.schema([pa.field("id", pa.int64()), pa.field("vector", pa.list_(pa.float32(), DIM)),
                     pa.field("batch", pa.int64()), pa.field("tag", pa.string())])
 
 
-def vectors_for(ids: np.ndarray) -> np.ndarray:
-    return np.sin(ids[:, None].astype(np.float64) * (np.arange(DIM) + 1) * 1e-3).astype(np.float32)
-
-
 class Writer:
-    """The writer subprocess; collects stdout lines without losing any."""
+    """The writer subprocess; collects its stdout without losing any line."""
 
     def __init__(self, tmp_path: Path, db_path: Path, first_batch: int, memtable_bytes: int,
-                 limit: int = -1) -> None:
-        script = tmp_path / "writer.py"
+                 limit: int = -1, mixed: bool = False) -> None:
+        script, ops = tmp_path / "writer.py", tmp_path / "ops.py"
         script.write_text(WRITER)
+        ops.write_text(OPS_SOURCE)
         self.stderr_path = tmp_path / f"writer-{first_batch}.err"
         self._stderr = open(self.stderr_path, "wb")
+        # the writer imports the same omendb as this test process
+        env = dict(os.environ)
+        package_root = str(Path(omendb.__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join([package_root, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         self.proc = subprocess.Popen(
-            [sys.executable, str(script), str(db_path), str(first_batch), str(memtable_bytes), str(limit)],
-            stdout=subprocess.PIPE, stderr=self._stderr)
+            [sys.executable, str(script), str(db_path), str(first_batch), str(memtable_bytes), str(limit),
+             "mixed" if mixed else "add", str(ops)],
+            stdout=subprocess.PIPE, stderr=self._stderr, env=env)
         self._fd = self.proc.stdout.fileno()
         self.output = b""
 
     def _read(self, timeout: float) -> bool:
+        """Read what is there; False at end of file."""
         ready, _, _ = select.select([self._fd], [], [], timeout)
         if not ready:
             return True
@@ -97,7 +137,8 @@ class Writer:
                 pytest.fail(f"writer exited ({self.proc.returncode}); stderr:\n{self.stderr()}")
 
     def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:  # drain what it printed before dying, up to EOF
@@ -107,19 +148,34 @@ class Writer:
                 if not chunk:
                     break
                 self.output += chunk
+        self.proc.stdout.close()
         self._stderr.close()
 
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace")
 
-    def acknowledged(self) -> list[int]:
-        """Batches whose add() returned (complete lines only)."""
-        lines = self.output.split(b"\n")[:-1]
-        return [int(line) for line in lines if line.isdigit()]
+    def acknowledged(self) -> int:
+        """How many operations returned (complete lines only; they are numbered 0, 1, ...)."""
+        numbers = [int(line) for line in self.output.split(b"\n")[:-1] if line.isdigit()]
+        assert numbers == list(range(len(numbers)))
+        return len(numbers)
 
 
-def stored_batches(db_path: Path) -> tuple[dict[int, list[dict]], dict]:
-    """Reopen the database: rows grouped by batch, and the table's stats."""
+def expected_state(base: dict[int, str], first_batch: int, count: int, mixed: bool) -> dict[int, str]:
+    """batch -> tag after the first ``count`` operations, on top of ``base``."""
+    state = dict(base)
+    ops: Iterator = operations(first_batch, mixed)
+    for _ in range(count):
+        kind, batch = next(ops)
+        if kind == "delete":
+            state.pop(batch, None)
+        else:
+            state[batch] = ("u" if kind == "upsert" else "b") + str(batch)
+    return state
+
+
+def stored_state(db_path: Path) -> tuple[dict[int, str], dict]:
+    """Reopen the database and check every stored batch is whole: batch -> tag, stats."""
     with omendb.open(db_path) as db:
         table = db.open_table("t")
         rows = table.to_arrow()
@@ -128,18 +184,18 @@ def stored_batches(db_path: Path) -> tuple[dict[int, list[dict]], dict]:
     by_batch: dict[int, list[dict]] = {}
     for row in rows.to_pylist():
         by_batch.setdefault(row["batch"], []).append(row)
-    return by_batch, stats
-
-
-def check_batches(by_batch: dict[int, list[dict]]) -> None:
-    """Every stored batch is complete and exactly what the writer wrote."""
-    for batch, rows in by_batch.items():
-        ids = np.array(sorted(r["id"] for r in rows), dtype=np.int64)
-        expected_ids = batch * IDS_PER_BATCH + np.arange(ROWS_PER_BATCH)
-        assert ids.tolist() == expected_ids.tolist(), f"batch {batch} is partial or has stray rows"
-        rows = sorted(rows, key=lambda r: r["id"])
-        np.testing.assert_array_equal(np.array([r["vector"] for r in rows], dtype=np.float32), vectors_for(ids))
-        assert {r["tag"] for r in rows} == {f"b{batch}"}
+    state = {}
+    for batch, batch_rows in by_batch.items():
+        batch_rows.sort(key=lambda r: r["id"])
+        ids = np.array([r["id"] for r in batch_rows], dtype=np.int64)
+        assert ids.tolist() == ids_of(batch).tolist(), f"batch {batch} is partial or has stray rows"
+        tags = {r["tag"] for r in batch_rows}
+        assert len(tags) == 1, f"batch {batch} mixes rows of different writes: {tags}"
+        tag = tags.pop()
+        vectors = np.array([r["vector"] for r in batch_rows], dtype=np.float32)
+        np.testing.assert_array_equal(vectors, vectors_for(ids, upserted=tag.startswith("u")))
+        state[batch] = tag
+    return state, stats
 
 
 def create(db_path: Path) -> None:
@@ -147,60 +203,67 @@ def create(db_path: Path) -> None:
         db.create_table("t", schema=SCHEMA)
 
 
-def test_acknowledged_batches_survive_sigkill(tmp_path: Path, db_path: Path) -> None:
+def run_rounds(tmp_path: Path, db_path: Path, rounds: int, mixed: bool, seed: int) -> tuple[int, dict]:
     create(db_path)
-    rng = np.random.default_rng(7)
-    acknowledged_total: set[int] = set()
-    present_before: set[int] = set()
-    rounds = 5
+    rng = np.random.default_rng(seed)
+    state: dict[int, str] = {}
+    acknowledged_total = 0
+    stats: dict = {}
     for round_no in range(rounds):
         first = round_no * 100_000
-        writer = Writer(tmp_path, db_path, first, memtable_bytes=24 << 10)
+        writer = Writer(tmp_path, db_path, first, memtable_bytes=24 << 10, mixed=mixed)
         writer.wait_for(lambda: b"ready\n" in writer.output)
         time.sleep(rng.uniform(0.2, 1.0))
         writer.kill()
         assert writer.proc.returncode == -signal.SIGKILL, writer.stderr()
         acked = writer.acknowledged()
-        assert acked == list(range(first, first + len(acked)))
-        by_batch, stats = stored_batches(db_path)
-        check_batches(by_batch)
-        present = set(by_batch)
-        missing = set(acked) - present
-        assert not missing, f"round {round_no}: acknowledged batches lost: {sorted(missing)[:10]}"
-        assert present_before <= present, "batches of earlier rounds were lost"
-        # at most the one batch in flight may be durable without having been acknowledged
-        in_flight = first + len(acked)
-        assert present - present_before - set(acked) <= {in_flight}
-        assert stats["rows"] == len(present) * ROWS_PER_BATCH
-        acknowledged_total |= set(acked)
-        present_before = present
-    assert len(acknowledged_total) >= rounds * 5, "the writer hardly wrote anything: test too weak"
+        stored, stats = stored_state(db_path)
+        acked_state = expected_state(state, first, acked, mixed)
+        in_flight_state = expected_state(state, first, acked + 1, mixed)
+        if stored != acked_state:
+            lost = {b: t for b, t in acked_state.items() if stored.get(b) != t}
+            assert stored == in_flight_state, (
+                f"round {round_no}: after {acked} acknowledged operations the table differs; "
+                f"expected but missing or different (batch: tag): {dict(list(lost.items())[:10])}")
+        assert stats["rows"] == len(stored) * ROWS_PER_BATCH
+        acknowledged_total += acked
+        state = stored
+    return acknowledged_total, stats
+
+
+def test_acknowledged_batches_survive_sigkill(tmp_path: Path, db_path: Path) -> None:
+    acknowledged, stats = run_rounds(tmp_path, db_path, rounds=5, mixed=False, seed=7)
+    assert acknowledged >= 25, "the writer hardly wrote anything: test too weak"
+    assert stats["segments"] >= 2, "no flush happened during the run"
+
+
+def test_acknowledged_upserts_and_deletes_survive_sigkill(tmp_path: Path, db_path: Path) -> None:
+    acknowledged, stats = run_rounds(tmp_path, db_path, rounds=3, mixed=True, seed=11)
+    assert acknowledged >= 25, "the writer hardly wrote anything: test too weak"
     assert stats["segments"] >= 2, "no flush happened during the run"
 
 
 def test_wal_only_rows_survive_sigkill(tmp_path: Path, db_path: Path) -> None:
     create(db_path)
-    writer = Writer(tmp_path, db_path, 0, memtable_bytes=64 << 20)
-    writer.wait_for(lambda: len(writer.acknowledged()) >= 25)
+    writer = Writer(tmp_path, db_path, 0, memtable_bytes=64 << 20, mixed=True)
+    writer.wait_for(lambda: b"\n30\n" in writer.output)
     writer.kill()
     assert writer.proc.returncode == -signal.SIGKILL
-    acked = set(writer.acknowledged())
-    by_batch, stats = stored_batches(db_path)
-    check_batches(by_batch)
-    assert acked <= set(by_batch)
-    assert set(by_batch) - acked <= {max(acked) + 1}
+    acked = writer.acknowledged()
+    assert acked >= 31
+    stored, stats = stored_state(db_path)
+    assert stored in (expected_state({}, 0, acked, True), expected_state({}, 0, acked + 1, True))
     assert stats["segments"] == 0  # nothing was ever flushed: it all came back from the WAL
-    assert stats["rows"] == len(by_batch) * ROWS_PER_BATCH
+    assert stats["rows"] == len(stored) * ROWS_PER_BATCH
 
 
 def test_clean_exit_without_close_keeps_every_batch(tmp_path: Path, db_path: Path) -> None:
     create(db_path)
-    writer = Writer(tmp_path, db_path, 0, memtable_bytes=8 << 10, limit=40)
+    writer = Writer(tmp_path, db_path, 0, memtable_bytes=8 << 10, limit=60, mixed=True)
     writer.wait_for(lambda: b"done\n" in writer.output)
-    writer.proc.wait()
     writer.kill()
-    assert writer.acknowledged() == list(range(40))
-    by_batch, stats = stored_batches(db_path)
-    check_batches(by_batch)
-    assert set(by_batch) == set(range(40))
+    assert writer.proc.returncode == 0, writer.stderr()
+    assert writer.acknowledged() == 60
+    stored, stats = stored_state(db_path)
+    assert stored == expected_state({}, 0, 60, True)
     assert stats["segments"] >= 2  # flushes happened while writing
