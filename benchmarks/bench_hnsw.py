@@ -260,7 +260,7 @@ def peer_lancedb(args, X, Q, base, gt, workdir: Path) -> dict:
                     b = b.ef(ef)
                 if refine is not None:
                     b = b.refine_factor(refine)
-                return b.select(["id"]).to_arrow()
+                return b.select(["id", "_distance"]).to_arrow()
 
             res, lat = time_queries(run, Q)
             ids = pad_ids([r["id"].to_numpy() for r in res])
@@ -281,7 +281,9 @@ def peer_lancedb(args, X, Q, base, gt, workdir: Path) -> dict:
                           "index_bytes": dir_bytes(path / f"{TABLE}.lance" / "_indices")}
     out["ivf_hnsw_sq"]["table_bytes"] = dir_bytes(path)
     print(f"  lancedb IVF_HNSW_SQ built in {out['ivf_hnsw_sq']['build_s']:.2f} s", flush=True)
-    search_sweep("IVF_HNSW_SQ", [{"ef": ef, "nprobes": 1, "refine_factor": rf} for rf in SQ_REFINE for ef in efs])
+    # lance needs ef >= k * refine_factor
+    search_sweep("IVF_HNSW_SQ", [{"ef": ef, "nprobes": 1, "refine_factor": rf} for rf in SQ_REFINE for ef in efs
+                                 if ef >= K * (rf or 1)])
     out["rss_after_hnsw_sq_sweep"] = mem_mib()
 
     # --- IVF_PQ (replaces the HNSW index on the column)
@@ -342,23 +344,47 @@ def peer_chroma(args, X, Q, base, gt, workdir: Path) -> dict:
     out["hnsw"] = hnsw
     out["count"] = col.count()
     print(f"  chroma: {out['count']} rows added + indexed in {out['build_s']:.2f} s (batches of {batch})", flush=True)
+    out["rss_after_build"] = mem_mib()
+    del col, client
+    # Chroma applies a changed ef_search only when a process loads the collection: searching
+    # in this process after modify() keeps the old ef (checked: recall does not move). So each
+    # ef is searched by a fresh process (--role peer-chroma-ef) that sets it before its first query.
     for ef in args.efs:
-        col.modify(configuration={"hnsw": {"ef_search": ef}})
-
-        def run(q):
-            return col.query(query_embeddings=[q], n_results=K, include=["distances"])
-
-        res, lat = time_queries(run, Q)
-        found = pad_ids([np.array([int(x) for x in r["ids"][0]], dtype=np.int64) for r in res])
-        row = {"index": "hnsw", "ef": ef, "recall": recall_at_k(found, gt), **lat_summary(lat),
-               "short_queries": int((found < 0).any(axis=1).sum())}
+        result = workdir / f"chroma-ef{ef}.json"
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--role", "peer-chroma-ef", "--ef", str(ef),
+               "--result", str(result), "--data", str(args.data), "--rows", str(args.rows),
+               "--queries", str(args.queries), "--workdir", str(workdir)]
+        proc = subprocess.run(cmd)
+        if proc.returncode != 0 or not result.exists():
+            raise RuntimeError(f"chroma search at ef={ef} failed (exit code {proc.returncode})")
+        row = json.loads(result.read_text())
         out["configs"].append(row)
         print(f"  chroma ef={ef}: recall {row['recall']:.4f} p50 {row['p50_ms']:.3f} ms "
-              f"p99 {row['p99_ms']:.3f} ms", flush=True)
+              f"p99 {row['p99_ms']:.3f} ms (collection ef_search {row['ef_search_config']})", flush=True)
     out["bytes_total"] = dir_bytes(path)
     out["index_bytes"] = sum(dir_bytes(p) for p in path.iterdir() if p.is_dir())  # per-segment HNSW folders
-    out["rss_after_sweep"] = mem_mib()
     return out
+
+
+def peer_chroma_ef(args) -> dict:
+    import chromadb
+    from chromadb.config import Settings
+
+    workdir = Path(args.workdir)
+    Q = np.load(workdir / "queries.npy")
+    gt = np.load(workdir / "gt10.npy")
+    client = chromadb.PersistentClient(path=str(workdir / "chroma"), settings=Settings(anonymized_telemetry=False))
+    col = client.get_collection(TABLE)
+    col.modify(configuration={"hnsw": {"ef_search": args.ef}})
+
+    def run(q):
+        return col.query(query_embeddings=[q], n_results=K, include=["distances"])
+
+    res, lat = time_queries(run, Q)
+    found = pad_ids([np.array([int(x) for x in r["ids"][0]], dtype=np.int64) for r in res])
+    return {"index": "hnsw", "ef": args.ef, "recall": recall_at_k(found, gt), **lat_summary(lat),
+            "short_queries": int((found < 0).any(axis=1).sum()),
+            "ef_search_config": (col.configuration_json or {}).get("hnsw", {}).get("ef_search")}
 
 
 def peer_rss(system: str, workdir: Path, q: np.ndarray) -> dict:
@@ -376,7 +402,7 @@ def peer_rss(system: str, workdir: Path, q: np.ndarray) -> dict:
     if system == "lancedb":
         tbl = lancedb.connect(str(workdir / "lancedb")).open_table(TABLE)
         search = lambda: tbl.search(q).distance_type("cosine").limit(K).nprobes(32).refine_factor(10) \
-            .select(["id"]).to_arrow()  # noqa: E731
+            .select(["id", "_distance"]).to_arrow()  # noqa: E731
     else:
         client = chromadb.PersistentClient(path=str(workdir / "chroma"), settings=Settings(anonymized_telemetry=False))
         col = client.get_collection(TABLE)
@@ -405,6 +431,8 @@ def run_peer_role(args) -> None:
     if args.role == "peer-rss":
         Q = np.load(workdir / "queries.npy")
         result = peer_rss(args.system, workdir, Q[0])
+    elif args.role == "peer-chroma-ef":
+        result = peer_chroma_ef(args)
     else:
         base, X, Q, _ = load_dataset(Path(args.data), args.rows, args.queries)
         gt = np.load(workdir / "gt10.npy")
@@ -567,10 +595,12 @@ def rss_probe_role(args) -> None:
     tbl = db.open_table(TABLE)
     open_s = (now_ns() - t0) / 1e9
     stages["after_open"] = mem_mib()
+    modules = set(sys.modules)
     t0 = now_ns()
     tbl.search(q, k=K, columns=["id"])
     first_s = (now_ns() - t0) / 1e9
     stages["after_first_search"] = mem_mib()
+    imported = sorted({m.split(".")[0] for m in set(sys.modules) - modules})
     t0 = now_ns()
     tbl.search(q, k=K, columns=["id"])
     second_s = (now_ns() - t0) / 1e9
@@ -578,7 +608,8 @@ def rss_probe_role(args) -> None:
     stats = tbl.stats()
     db.close()
     Path(args.result).write_text(json.dumps({"stages": stages, "open_s": open_s, "first_search_s": first_s,
-                                             "second_search_s": second_s, "stats": stats}, indent=1))
+                                             "second_search_s": second_s, "stats": stats,
+                                             "imported_by_first_search": imported}, indent=1))
 
 
 def run_child(cmd: list[str], result: Path, env: dict | None = None, timeout: float = 4 * 3600) -> dict:
@@ -683,16 +714,17 @@ def write_markdown(res: dict, path: Path) -> None:
           + (f" **{b['warning']}**" if b.get("warning") else ""), ""]
     L += ["## ef sweep: omendb vs raw faiss (single query, k=10)", "",
           "| ef | omendb recall | omendb p50 ms | omendb p99 ms | index layer p50 ms | faiss recall | faiss p50 ms "
-          "| faiss p99 ms | p50 ratio | p99 ratio | same ids |",
-          "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+          "| faiss p99 ms | p50 ratio | p99 ratio | p50 overhead µs | same ids |",
+          "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in res["sweep"]:
         o, f, lay = r["omendb"], r["faiss"], r["index_layer"]
         L.append(f"| {r['ef']} | {f4(o['recall'])} | {f3(o['p50_ms'])} | {f3(o['p99_ms'])} | "
                  f"{f3(lay['p50_ms']) if lay else '—'} | {f4(f['recall'])} | {f3(f['p50_ms'])} | {f3(f['p99_ms'])} | "
-                 f"{r['p50_ratio']:.2f}x | {r['p99_ratio']:.2f}x | {r['same_results_as_faiss']:.3f} |")
+                 f"{r['p50_ratio']:.2f}x | {r['p99_ratio']:.2f}x | {1e3 * (o['p50_ms'] - f['p50_ms']):.0f} | "
+                 f"{r['same_results_as_faiss']:.3f} |")
     L += ["", "omendb = `tbl.search(q, k=10, ef=ef, columns=['id'])`; index layer = omendb's `HnswIndex.search` "
           "alone (query normalising, `SearchParametersHNSW`, distance conversion; no table, planner or Arrow); "
-          "faiss = `index.search(q[None], 10)` with `hnsw.efSearch = ef`. same ids = mean overlap of omendb's "
+          "faiss = `index.search(q[None], 10)` with `hnsw.efSearch = ef`. p50 overhead = omendb p50 - faiss p50. same ids = mean overlap of omendb's "
           "and faiss' top-10 (the graphs differ: omendb adds rows in chunks of 8,192).", ""]
     if res["omendb"].get("short_queries_total"):
         L += [f"**omendb returned fewer than k rows for {res['omendb']['short_queries_total']} query calls.**", ""]
@@ -722,7 +754,9 @@ def write_markdown(res: dict, path: Path) -> None:
         for k, v in rss["stages"].items():
             L.append(f"| {k.replace('_', ' ')} | {v['rss_mib']:.1f} | {v['rss_anon_mib']:.1f} | {v['rss_file_mib']:.1f} |")
         L += ["", f"open {rss['open_s'] * 1e3:.1f} ms; first search {rss['first_search_s'] * 1e3:.1f} ms "
-              f"(maps the segment, verifies and loads the index); second search {rss['second_search_s'] * 1e3:.2f} ms.", ""]
+              f"(maps the segment, verifies and loads the index); second search {rss['second_search_s'] * 1e3:.2f} ms. "
+              f"Top-level modules first imported during the first search: "
+              f"{', '.join(rss.get('imported_by_first_search') or []) or 'none'}.", ""]
     elif rss:
         L += [f"RSS probe failed: {rss}", ""]
     # peers
@@ -792,7 +826,7 @@ def write_markdown(res: dict, path: Path) -> None:
     L += ["## Machine", "",
           f"- date (UTC): {m['date_utc']}; total wall time {res['wall_s']:.0f} s",
           f"- CPU: {m['cpu_model']}, cpu_count {m['cpu_count']} (affinity {m['cpu_affinity']}), RAM {m['memory_gib']} GiB, "
-          f"load average at start {m['loadavg_at_start']}",
+          f"load average at start {m['loadavg_at_start']}, at end {m.get('loadavg_at_end')}",
           f"- {m['platform']}; work dir {m['workdir']} ({m['workdir_fs']})",
           f"- Python {m['python']}, numpy {m['numpy']}, pyarrow {m['pyarrow']}, faiss {m['faiss']} "
           f"({m['faiss_omp_threads']} OpenMP threads), duckdb {m['duckdb']}, psutil {m['psutil']}",
@@ -824,7 +858,9 @@ def parse_args(argv=None):
     p.add_argument("--workdir", type=Path, help="where databases are written (default: a fresh temp dir, removed)")
     p.add_argument("--keep", action="store_true", help="keep the work dir")
     # internal: subprocess roles
-    p.add_argument("--role", choices=["main", "rss-probe", "peer", "peer-rss"], default="main", help=argparse.SUPPRESS)
+    p.add_argument("--role", choices=["main", "rss-probe", "peer", "peer-rss", "peer-chroma-ef"], default="main",
+                   help=argparse.SUPPRESS)
+    p.add_argument("--ef", type=int, help=argparse.SUPPRESS)
     p.add_argument("--system", choices=["lancedb", "chroma"], help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -844,7 +880,7 @@ def main(argv=None) -> int:
     if args.role == "rss-probe":
         rss_probe_role(args)
         return 0
-    if args.role in ("peer", "peer-rss"):
+    if args.role in ("peer", "peer-rss", "peer-chroma-ef"):
         run_peer_role(args)
         return 0
 
@@ -858,7 +894,7 @@ def main(argv=None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="omendb-bench-hnsw-")) if own_workdir else args.workdir
     workdir.mkdir(parents=True, exist_ok=True)
     res: dict = {"command": command, "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                                              if k not in ("role", "system", "result")}}
+                                              if k not in ("role", "system", "result", "ef")}}
     res["machine"] = machine_info(workdir)
     try:
         print(f"loading {args.rows:,} rows, {args.queries:,} queries from {args.data}", flush=True)
@@ -967,6 +1003,7 @@ def main(argv=None) -> int:
             "filter_short_queries": sum(r["omendb"]["short_queries"] for r in res["filtered"]),
         }
         res["wall_s"] = time.time() - wall0
+        res["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
         out.with_suffix(".json").write_text(json.dumps(res, indent=1, default=str))
         write_markdown(res, out.with_suffix(".md"))
         print(f"\nwrote {out.with_suffix('.json')} and {out.with_suffix('.md')}\n", flush=True)

@@ -13,23 +13,26 @@ import os
 from .database import Database
 from .errors import (ClosedError, CorruptFileError, DimensionError, DuplicateKeyError, FilterError,
                      FormatVersionError, InvalidNameError, InvalidVectorError, NotADatabaseError,
-                     OmenError, ReadOnlyError, SchemaError, TableExistsError, TableNotFoundError)
+                     OmenError, ReadOnlyError, SchemaError, TableExistsError, TableNotFoundError,
+                     VersionNotFoundError)
 from .index.hnsw import HnswConfig
 from .locking import TableLockedError
-from .table import Table, TableOptions
+from .table import CompactionPolicy, Table, TableOptions
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "open", "Database", "Table", "TableOptions", "HnswConfig", "__version__",
+    "open", "Database", "Table", "TableOptions", "HnswConfig", "CompactionPolicy", "__version__",
     "OmenError", "SchemaError", "DimensionError", "InvalidVectorError", "DuplicateKeyError",
     "TableNotFoundError", "TableExistsError", "InvalidNameError", "FilterError", "CorruptFileError",
     "FormatVersionError", "NotADatabaseError", "ReadOnlyError", "ClosedError", "TableLockedError",
+    "VersionNotFoundError",
 ]
 
 
 def open(path: str | os.PathLike, *, fsync: bool = True, memtable_bytes: int = 64 << 20,  # noqa: A001
-         build_indexes: bool = True) -> Database:
+         build_indexes: bool = True, compaction: CompactionPolicy | bool = True, read_only: bool = False,
+         lock_timeout: float = 0.0) -> Database:
     """Open the omendb database in folder ``path``, creating it if missing.
 
     Args:
@@ -40,6 +43,16 @@ def open(path: str | os.PathLike, *, fsync: bool = True, memtable_bytes: int = 6
         memtable_bytes: size at which buffered rows are flushed to a segment file.
         build_indexes: build HNSW indexes of large segments on a background thread
             (default). ``False`` leaves segments unindexed until ``create_index``.
+        compaction: the background compaction policy (``True``: the default policy,
+            ``False``: off; ``Table.compact()`` works either way).
+        read_only: open for reading only: no writer lock is taken, so any number of
+            reader processes can open a table that one writer process writes. Reads
+            see the newest *published* version (refreshed before each read); rows
+            still in the writer's memtable appear once it flushes.
+        lock_timeout: seconds to wait for another process's writer lock of a table
+            before raising ``TableLockedError`` (default: fail at once).
     """
-    return Database(path, TableOptions(fsync=fsync, memtable_bytes=memtable_bytes,
-                                       build_indexes=build_indexes))
+    if isinstance(compaction, bool):
+        compaction = CompactionPolicy(enabled=compaction)
+    return Database(path, TableOptions(fsync=fsync, memtable_bytes=memtable_bytes, build_indexes=build_indexes,
+                                       compaction=compaction, read_only=read_only, lock_timeout=lock_timeout))

@@ -15,13 +15,14 @@ import pyarrow as pa
 
 from .convert import infer_schema, to_arrow_table, vector_type
 from .errors import (ClosedError, CorruptFileError, DimensionError, FormatVersionError,
-                     InvalidNameError, NotADatabaseError, SchemaError, TableExistsError,
-                     TableNotFoundError)
-from .builder import IndexBuilder
+                     InvalidNameError, NotADatabaseError, ReadOnlyError, SchemaError,
+                     TableExistsError, TableNotFoundError)
 from .index.hnsw import HnswConfig
 from .storage.fileio import atomic_write, fsync_dir
 from .storage.manifest import ManifestStore
-from .table import MANIFESTS, Table, TableOptions, new_table_manifest
+from .table import Table, TableOptions, new_table_manifest
+from .table.layout import MANIFESTS
+from .worker import Workers
 
 __all__ = ["Database"]
 
@@ -48,7 +49,7 @@ class Database:
         self._lock = threading.RLock()
         self._closed = False
         self._open_folder()
-        self._builder = IndexBuilder(self.path.name)
+        self._workers = None if options.read_only else Workers()
 
     def _open_folder(self) -> None:
         marker = self.path / MARKER
@@ -65,8 +66,11 @@ class Database:
                 raise FormatVersionError(
                     f"{marker}: database format version {info.get('format_version')} is not supported "
                     f"(this omendb reads version {FORMAT_VERSION})")
-            self._remove_leftovers()
+            if not self._options.read_only:
+                self._remove_leftovers()
             return
+        if self._options.read_only:
+            raise NotADatabaseError(f"{self.path}: no omendb database here to open read-only (no {MARKER})")
         if self.path.exists() and any(self.path.iterdir()):
             raise NotADatabaseError(
                 f"{self.path}: folder is not empty and is not an omendb database (no {MARKER})")
@@ -82,6 +86,11 @@ class Database:
     def _check_open(self) -> None:
         if self._closed:
             raise ClosedError(f"database {self.path} is closed")
+
+    def _check_writable(self) -> None:
+        self._check_open()
+        if self._options.read_only:
+            raise ReadOnlyError(f"database {self.path} was opened read_only=True")
 
     # ----------------------------------------------------------------- tables
     def table_names(self) -> list[str]:
@@ -126,7 +135,7 @@ class Database:
             index: HNSW parameters (default ``HnswConfig()``); change them later with
                 ``Table.create_index``.
         """
-        self._check_open()
+        self._check_writable()
         _check_name(name)
         if format != "arrow":
             raise ValueError(f"format must be 'arrow', got {format!r}")
@@ -193,13 +202,13 @@ class Database:
                 return table
             if name not in self.table_names():
                 raise TableNotFoundError(f"table {name!r} does not exist in {self.path}")
-            table = Table(name, self.path / name, self._options, self._builder)
+            table = Table(name, self.path / name, self._options, self._workers)
             self._tables[name] = table
             return table
 
     def drop_table(self, name: str) -> None:
         """Delete a table and all its files."""
-        self._check_open()
+        self._check_writable()
         _check_name(name)
         with self._lock:
             if name not in self.table_names():
@@ -231,7 +240,8 @@ class Database:
                     errors.append(exc)
             self._tables.clear()
             self._closed = True
-            self._builder.close()
+            if self._workers is not None:
+                self._workers.close()
         if errors:
             raise errors[0]
 

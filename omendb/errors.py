@@ -22,6 +22,7 @@ __all__ = [
     "NotADatabaseError",
     "ReadOnlyError",
     "ClosedError",
+    "VersionNotFoundError",
 ]
 
 
@@ -82,3 +83,7 @@ class ReadOnlyError(OmenError, PermissionError):
 
 class ClosedError(OmenError, RuntimeError):
     """Use of a database or table after ``close()``."""
+
+
+class VersionNotFoundError(OmenError, LookupError):
+    """``checkout`` of a version that was never published or has been cleaned up."""

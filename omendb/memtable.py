@@ -111,7 +111,8 @@ class Memtable:
     def table(self) -> pa.Table:
         """All rows (live and dead) with every column; vectors are a view of the buffer."""
         if self._table_cache is None:
-            metadata = pa.concat_tables(self._batches) if self._batches else self._metadata_schema.empty_table()
+            metadata = (pa.concat_tables(self._batches) if self._batches
+                        else pa.Table.from_batches([], schema=self._metadata_schema))  # no pandas import
             self._batches = [metadata] if self._batches else []
             flat = self._vectors[: self._rows].reshape(-1)
             vectors = pa.FixedSizeListArray.from_arrays(pa.array(flat), self.dim)

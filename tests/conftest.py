@@ -102,3 +102,25 @@ def brute_force_distances(vectors: np.ndarray, queries: np.ndarray, metric: str)
 def brute_force() -> Callable[[np.ndarray, np.ndarray, str], np.ndarray]:
     """``brute_force(vectors, queries, metric)`` -> (Q, N) float64 distances."""
     return brute_force_distances
+
+
+def run_python(code: str, *args, timeout: float = 60):
+    """Run ``code`` in a fresh interpreter that imports the same omendb as the tests.
+
+    A table holds a per-process writer lock, so "a process that wrote and died without
+    close()" can only be simulated in another process.
+    """
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    import omendb
+
+    env = dict(os.environ)
+    package_root = str(Path(omendb.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join([package_root, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *map(str, args)],
+                            capture_output=True, text=True, timeout=timeout, env=env)
+    assert result.returncode == 0, result.stderr
+    return result

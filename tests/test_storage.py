@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from conftest import run_python
 from omendb.errors import CorruptFileError, FormatVersionError, OmenError
 from omendb.storage import segment as segment_module
 from omendb.storage.deletions import read_deletions, write_deletions
@@ -405,3 +406,102 @@ class TestManifest:
         store.publish(_manifest(1))
         with pytest.raises(CorruptFileError, match="v0000000005.json"):
             store.load(5)
+
+
+# ============================================== damaged files seen through a table
+_MAKE_TABLE = """
+import os, sys
+import numpy as np
+import omendb
+
+db = omendb.open(sys.argv[1])
+table = db.create_table("t", dim=4)
+table.add({"id": np.arange(30), "vector": np.arange(120, dtype=np.float32).reshape(30, 4)})
+if sys.argv[2] == "flush":
+    table.flush()
+    table.delete([1, 2])
+    table.flush()
+for b in range(int(sys.argv[3])):
+    ids = 100 + 5 * b + np.arange(5)
+    table.add({"id": ids, "vector": np.full((5, 4), float(b), np.float32)})
+os._exit(0)  # no close(): the last batches stay in the WAL only
+"""
+
+
+def _make_table(path: Path, *, flush: bool, wal_batches: int = 0) -> None:
+    """Table ``t``: 30 rows (in a segment, 2 deleted, if ``flush``), then WAL-only batches of 5."""
+    run_python(_MAKE_TABLE, path, "flush" if flush else "no", wal_batches)
+
+
+class TestDamagedTableFiles:
+    def test_damaged_segment_is_reported_on_use(self, tmp_path: Path) -> None:
+        import omendb
+
+        db_path = tmp_path / "db"
+        _make_table(db_path, flush=True)
+        (segment,) = (db_path / "t" / "segments").glob("*.arrow")
+        _flip_byte(segment, segment.stat().st_size // 2)
+        with omendb.open(db_path) as db:
+            table = db.open_table("t")
+            with pytest.raises(CorruptFileError, match=segment.name):
+                table.search(np.zeros(4), k=3)
+            with pytest.raises(CorruptFileError, match=segment.name):
+                table.to_arrow()
+
+    def test_damaged_latest_manifest_is_refused_every_time(self, tmp_path: Path) -> None:
+        import omendb
+
+        db_path = tmp_path / "db"
+        _make_table(db_path, flush=True)
+        latest = sorted((db_path / "t" / "manifests").glob("v*.json"))[-1]
+        doc = json.loads(latest.read_text())
+        doc["body"]["next_id"] += 1
+        latest.write_text(json.dumps(doc))
+        with omendb.open(db_path) as db:
+            for _ in range(2):  # the failed open released its writer lock
+                with pytest.raises(CorruptFileError, match=latest.name):
+                    db.open_table("t")
+
+    def test_damaged_deletion_file_is_refused(self, tmp_path: Path) -> None:
+        import omendb
+
+        db_path = tmp_path / "db"
+        _make_table(db_path, flush=True)
+        (deletions,) = (db_path / "t" / "segments").glob("*.del")
+        _flip_byte(deletions, 21)
+        with omendb.open(db_path) as db:
+            with pytest.raises(CorruptFileError, match=deletions.name):
+                db.open_table("t")
+
+    def test_corrupt_wal_record_is_refused_and_kept(self, tmp_path: Path) -> None:
+        import omendb
+
+        db_path = tmp_path / "db"
+        _make_table(db_path, flush=True, wal_batches=3)
+        (wal,) = (db_path / "t" / "wal").glob("*.wal")
+        records = list(read_wal(wal, repair=False))
+        assert len(records) == 3
+        second = WAL_HEADER + RECORD_HEADER + len(encode_table(records[0].payload))
+        _flip_byte(wal, second + RECORD_HEADER + 40)
+        damaged = wal.read_bytes()
+        with omendb.open(db_path) as db:
+            with pytest.raises(CorruptFileError, match=wal.name):
+                db.open_table("t")
+        assert wal.read_bytes() == damaged  # the evidence (and record 3) is not thrown away
+
+    def test_torn_wal_tail_is_dropped_and_table_keeps_working(self, tmp_path: Path) -> None:
+        import omendb
+
+        db_path = tmp_path / "db"
+        _make_table(db_path, flush=True, wal_batches=3)
+        (wal,) = (db_path / "t" / "wal").glob("*.wal")
+        with open(wal, "ab") as handle:
+            handle.write(b"WREC\x01\x00\x00\x00" + b"\x07" * 30)  # a record that never finished
+        expected = set(range(30)) - {1, 2} | set(range(100, 115))
+        with omendb.open(db_path) as db:
+            table = db.open_table("t")
+            assert set(table.to_arrow()["id"].to_pylist()) == expected
+            table.add({"id": [500], "vector": [[1.0, 2.0, 3.0, 4.0]]})
+        with omendb.open(db_path) as db:
+            table = db.open_table("t")
+            assert set(table.to_arrow()["id"].to_pylist()) == expected | {500}

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
-import textwrap
 from pathlib import Path
 from typing import Any, Callable
 
@@ -13,9 +11,12 @@ import pandas as pd
 import polars as pl
 import pyarrow as pa
 import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 import omendb
-from conftest import Dataset, brute_force_distances
+from conftest import Dataset, brute_force_distances, run_python
 
 DIM = 8
 
@@ -32,14 +33,6 @@ def db(db_path: Path):
     database = omendb.open(db_path)
     yield database
     database.close()
-
-
-def run_python(code: str, *args: Any, timeout: float = 60) -> subprocess.CompletedProcess:
-    """Run ``code`` in a fresh interpreter (its own writer locks, can die without close)."""
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *map(str, args)],
-                            capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, result.stderr
-    return result
 
 
 def sorted_rows(table: pa.Table, key: str = "id") -> pa.Table:
@@ -738,7 +731,7 @@ def _predicates():
 @pytest.mark.parametrize("metric", ["l2", "cosine"])
 def test_many_segments_and_memtable_merge_like_brute_force(db_path: Path, clustered, rng, metric) -> None:
     ref = Reference()
-    with omendb.open(db_path, memtable_bytes=6 << 10) as db:
+    with omendb.open(db_path, memtable_bytes=6 << 10, compaction=False) as db:
         table = db.create_table("docs", schema=meta_schema(), metric=metric)
         next_id = 0
         for step in range(14):
@@ -902,9 +895,6 @@ def test_upsert_is_atomic_for_concurrent_readers(db_path: Path, rng, fast_thread
 
 
 # ===================================================================== stateful
-from hypothesis import settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule  # noqa: E402
 
 _COMPONENT = st.integers(-4, 4).map(float)
 _VECTOR = st.lists(_COMPONENT, min_size=4, max_size=4)

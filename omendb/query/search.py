@@ -81,55 +81,65 @@ def search_part(part: SearchPart, queries: np.ndarray, k: int, metric: str,
 def knn(parts: list[SearchPart], queries: np.ndarray, k: int, metric: str, *,
         where: str | None, columns: list[str], vector_column: str, batch: bool,
         empty_schema: pa.Schema, exact: bool = False, ef: int | None = None) -> pa.Table:
-    """Exact top-``k`` of every query over all parts, as an Arrow table.
+    """Top-``k`` of every query over all parts, as an Arrow table.
 
     Columns: ``_query`` (only when ``batch``), the requested ``columns``, ``_distance``;
     rows grouped by query and sorted by distance within each query.
     """
-    n_queries = queries.shape[0]
-    dists, part_ids, positions = [], [], []
+    schema = pa.schema([empty_schema.field(c) for c in columns])
+    found: list[tuple[int, np.ndarray, np.ndarray]] = []
     for part_id, part in enumerate(parts):
-        allowed = allowed_rows(part, where, vector_column)  # also checks `where` on empty parts
         if part.vectors.shape[0] == 0:
             continue
+        allowed = allowed_rows(part, where, vector_column)
         dist, pos = search_part(part, queries, k, metric, allowed, exact=exact, ef=ef)
-        dists.append(dist)
-        positions.append(pos)
-        part_ids.append(np.full(pos.shape, part_id, dtype=np.int32))
-    if not dists:
-        return _assemble([], np.zeros(0, np.int32), np.zeros(0, np.float32), columns, batch, empty_schema)
-    dist = np.concatenate(dists, axis=1)
-    pos = np.concatenate(positions, axis=1)
-    pid = np.concatenate(part_ids, axis=1)
-    order = np.argsort(dist, axis=1, kind="stable")[:, :k]
-    dist = np.take_along_axis(dist, order, axis=1)
-    pos = np.take_along_axis(pos, order, axis=1)
-    pid = np.take_along_axis(pid, order, axis=1)
-    query_ids = np.broadcast_to(np.arange(n_queries, dtype=np.int32)[:, None], dist.shape).reshape(-1)
-    found = np.isfinite(dist.reshape(-1))  # graph walks may leave empty slots
-    flat_pid, flat_pos = pid.reshape(-1)[found], pos.reshape(-1)[found]
-    query_ids, flat_dist = query_ids[found], dist.reshape(-1)[found]
-    pieces = []
-    for part_id in np.unique(flat_pid):
-        picked = np.flatnonzero(flat_pid == part_id)
-        taken = parts[part_id].table.select(columns).take(pa.array(flat_pos[picked]))
-        pieces.append((picked, taken))
-    return _assemble(pieces, query_ids, flat_dist, columns, batch, empty_schema)
-
-
-def _assemble(pieces: list[tuple[np.ndarray, pa.Table]], query_ids: np.ndarray, dist: np.ndarray,
-              columns: list[str], batch: bool, empty_schema: pa.Schema) -> pa.Table:
-    schema = pa.schema([empty_schema.field(c) for c in columns])
-    if pieces:
-        tables = [t.cast(schema) for _, t in pieces]
-        combined = pa.concat_tables(tables)
-        where_from = np.concatenate([picked for picked, _ in pieces])
+        found.append((part_id, dist, pos))
+    if where is not None and not found and parts:
+        allowed_rows(parts[-1], where, vector_column)  # no rows: still report a bad predicate
+    n_queries = queries.shape[0]
+    if not found:
+        return _with_extras(pa.Table.from_batches([], schema=schema), np.zeros(0, np.int32),
+                            np.zeros(0, np.float32), batch)
+    if len(found) == 1:  # one part: its answer is already sorted
+        part_id, dist, pos = found[0]
+        pid = np.full(pos.shape, part_id, dtype=np.int32)
+    else:
+        dist = np.concatenate([d for _, d, _ in found], axis=1)
+        pos = np.concatenate([p for _, _, p in found], axis=1)
+        pid = np.concatenate([np.full(p.shape, i, dtype=np.int32) for i, _, p in found], axis=1)
+        order = np.argsort(dist, axis=1, kind="stable")[:, :k]
+        dist = np.take_along_axis(dist, order, axis=1)
+        pos = np.take_along_axis(pos, order, axis=1)
+        pid = np.take_along_axis(pid, order, axis=1)
+    query_ids = np.repeat(np.arange(n_queries, dtype=np.int32), dist.shape[1])
+    dist, pos, pid = dist.reshape(-1), pos.reshape(-1), pid.reshape(-1)
+    hit = np.isfinite(dist)  # graph walks may leave empty slots
+    if not hit.all():
+        dist, pos, pid, query_ids = dist[hit], pos[hit], pid[hit], query_ids[hit]
+    if dist.size == 0:
+        rows = pa.Table.from_batches([], schema=schema)
+    elif len(found) == 1:
+        rows = _take(parts[found[0][0]], columns, pos, schema)
+    else:
+        pieces, picked_all = [], []
+        for part_id in np.unique(pid):
+            picked = np.flatnonzero(pid == part_id)
+            pieces.append(_take(parts[part_id], columns, pos[picked], schema))
+            picked_all.append(picked)
+        where_from = np.concatenate(picked_all)
         inverse = np.empty_like(where_from)
         inverse[where_from] = np.arange(where_from.size)
-        rows = combined.take(pa.array(inverse))
-    else:
-        rows = schema.empty_table()
-    rows = rows.append_column(pa.field(DISTANCE, pa.float32()), pa.array(dist.astype(np.float32)))
+        rows = pa.concat_tables(pieces).take(pa.array(inverse))
+    return _with_extras(rows, query_ids, dist, batch)
+
+
+def _take(part: SearchPart, columns: list[str], positions: np.ndarray, schema: pa.Schema) -> pa.Table:
+    taken = part.table.select(columns).take(pa.array(positions))
+    return pa.Table.from_arrays(taken.columns, schema=schema)  # drops the file's schema metadata
+
+
+def _with_extras(rows: pa.Table, query_ids: np.ndarray, dist: np.ndarray, batch: bool) -> pa.Table:
+    rows = rows.append_column(pa.field(DISTANCE, pa.float32()), pa.array(dist.astype(np.float32, copy=False)))
     if batch:
-        rows = rows.add_column(0, pa.field(QUERY, pa.int32()), pa.array(query_ids.astype(np.int32)))
+        rows = rows.add_column(0, pa.field(QUERY, pa.int32()), pa.array(query_ids))
     return rows

@@ -1,0 +1,12 @@
+"""Tables: durable writes, snapshot reads, index maintenance, compaction and versions.
+
+``Table`` is assembled from one module per concern: ``reader`` (queries over a
+snapshot), ``writer`` (WAL, memtable, flush), ``indexing`` (background HNSW builds),
+``compaction`` (merges racing safely with writes) and ``versions`` (time travel and
+cleanup).
+"""
+
+from .layout import CompactionPolicy, TableOptions, new_table_manifest
+from .table import Table
+
+__all__ = ["Table", "TableOptions", "CompactionPolicy", "new_table_manifest"]

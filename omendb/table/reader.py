@@ -1,0 +1,319 @@
+"""The read side of a table: a snapshot of segments, masks and memtable, and the queries over it."""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from ..errors import ClosedError, CorruptFileError, DimensionError, InvalidVectorError, SchemaError
+from ..index.hnsw import HnswConfig, HnswIndex
+from ..keys import keys_to_numpy
+from ..memtable import Memtable
+from ..query.search import SearchPart, knn
+from ..segments import SegmentHandle
+from ..storage.manifest import Manifest, ManifestStore, SegmentEntry
+from .layout import MANIFESTS, SEGMENTS, TableOptions, schema_from_text
+
+__all__ = ["TableReader"]
+
+
+class TableReader:
+    """Queries over one table state: the segments of a manifest version plus a memtable.
+
+    The writable :class:`~omendb.Table`, read-only tables of reader processes and
+    checked-out old versions all share this code; only the writer's memtable is ever
+    non-empty.
+    """
+
+    name: str
+    _dir: Path
+    _options: TableOptions
+    _closed: bool
+    _read_only: bool
+
+    def _init_reader(self, name: str, directory: Path, options: TableOptions) -> None:
+        self.name = name
+        self._dir = Path(directory)
+        self._options = options
+        self._store = ManifestStore(self._dir / MANIFESTS)
+        self._lock = threading.Lock()
+        self._closed = False
+        self._bad_indexes: set[str] = set()
+        self._segments: list[SegmentHandle] = []
+        self._live: dict[str, np.ndarray | None] = {}
+
+    def _load_manifest(self, manifest: Manifest) -> None:
+        """Adopt ``manifest`` as the table's state, reusing already mapped segments."""
+        info = manifest.table
+        self._schema = schema_from_text(info["schema"])
+        self.id_column: str = info["id_column"]
+        self.vector_column: str = info["vector_column"]
+        self._metric: str = info["metric"]
+        self._dim: int = int(info["dim"])
+        known = {h.file: h for h in self._segments}
+        handles = []
+        for entry in manifest.segments:
+            handle = known.get(entry.file)
+            if handle is None:
+                handle = self._handle(entry)
+            else:
+                handle.entry = entry
+            handles.append(handle)
+        live = {h.file: h.initial_live_mask() for h in handles}
+        with self._lock:
+            self._manifest = manifest
+            self._index_config = HnswConfig(**info.get("index", {}))
+            self._segments = handles
+            self._live = live
+            if not hasattr(self, "_memtable"):
+                self._memtable = Memtable(self._schema, self.id_column, self.vector_column,
+                                          self._options.memtable_bytes)
+
+    def _handle(self, entry: SegmentEntry, verified: bool = False) -> SegmentHandle:
+        return SegmentHandle(self._dir / SEGMENTS, entry, vector_column=self.vector_column,
+                             id_column=self.id_column, dim=self._dim, metric=self._metric, verified=verified)
+
+    def _before_read(self) -> None:
+        """Hook run before every read: checks the table is open (readers also refresh)."""
+        if self._closed:
+            raise ClosedError(f"table {self.name!r} is closed")
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(f"table {self.name!r} is closed")
+
+    # --------------------------------------------------------------- properties
+    @property
+    def schema(self) -> pa.Schema:
+        """The table's Arrow schema (primary key, vector column, metadata columns)."""
+        return self._schema
+
+    @property
+    def dim(self) -> int:
+        """Number of components of every vector."""
+        return self._dim
+
+    @property
+    def metric(self) -> str:
+        """Distance metric fixed at creation: ``l2`` (squared), ``cosine`` or ``dot``."""
+        return self._metric
+
+    @property
+    def version(self) -> int:
+        """Number of the latest published manifest version."""
+        return self._manifest.version
+
+    def __repr__(self) -> str:
+        return f"<omendb.Table {self.name!r} dim={self._dim} metric={self._metric} rows={self.count()}>"
+
+    def __len__(self) -> int:
+        return self.count()
+
+    @property
+    def index_config(self) -> HnswConfig:
+        """The table's HNSW parameters."""
+        return self._index_config
+
+    @property
+    def read_only(self) -> bool:
+        """True for checked-out versions and tables of a database opened ``read_only``."""
+        return self._read_only
+
+    # -------------------------------------------------------------------- reads
+    def _segment_index(self, handle: SegmentHandle) -> HnswIndex | None:
+        """The graph to search in ``handle``, or None (unindexed, stale or damaged)."""
+        if handle.file in self._bad_indexes or handle.entry.index_params != self._index_config.build_params():
+            return None
+        try:
+            return handle.hnsw()
+        except CorruptFileError as exc:
+            warnings.warn(f"omendb: {exc}; searching that segment exactly and rebuilding its index",
+                          RuntimeWarning, stacklevel=3)
+            self._bad_indexes.add(handle.file)
+            self._on_bad_index(handle)
+            return None
+
+    def _snapshot_parts(self, exact: bool = True) -> list[SearchPart]:
+        with self._lock:
+            segments = list(self._segments)
+            live = dict(self._live)
+            mem = self._memtable.view()
+        parts = [SearchPart(h.table, h.vectors, h.norms, live[h.file], None if exact else self._segment_index(h),
+                            cache_key=str(h.path)) for h in segments]
+        parts.append(SearchPart(mem.table, mem.vectors, mem.norms, None if mem.live.all() else mem.live))
+        return parts
+
+    def _columns(self, columns: Sequence[str] | None) -> list[str]:
+        if columns is None:
+            return list(self._schema.names)
+        if isinstance(columns, str):
+            columns = [columns]
+        unknown = [c for c in columns if c not in self._schema.names]
+        if unknown:
+            raise SchemaError(f"unknown column(s) {', '.join(map(repr, unknown))}; "
+                              f"table {self.name!r} has {', '.join(self._schema.names)}")
+        return list(columns)
+
+    def _queries(self, q: Any) -> tuple[np.ndarray, bool]:
+        try:
+            if isinstance(q, (pa.Array, pa.ChunkedArray)):
+                q = q.to_numpy(zero_copy_only=False)
+                if q.dtype == object:
+                    q = np.stack(q)
+            queries = np.asarray(q, dtype=np.float32)
+        except (ValueError, TypeError) as exc:
+            raise InvalidVectorError(f"query must be numeric vectors: {exc}") from None
+        batch = queries.ndim == 2
+        if queries.ndim not in (1, 2):
+            raise InvalidVectorError(f"query must be 1-D (one vector) or 2-D (one per row), got shape {queries.shape}")
+        queries = np.ascontiguousarray(queries.reshape(-1, queries.shape[-1]))
+        if queries.shape[1] != self._dim:
+            raise DimensionError(f"query has {queries.shape[1]} components; table {self.name!r} has dim {self._dim}")
+        if not np.isfinite(queries).all():
+            raise InvalidVectorError("query contains NaN or infinity")
+        return queries, batch
+
+    def search(self, q: Any, k: int = 10, *, where: str | None = None, columns: Sequence[str] | None = None,
+               exact: bool = False, ef: int | None = None) -> pa.Table:
+        """Nearest neighbours of ``q``.
+
+        Args:
+            q: one vector (1-D) -> up to ``k`` rows sorted by ``_distance``; or a 2-D
+                array of queries -> up to ``k`` rows per query with a ``_query`` column
+                (the query's row number), grouped by query.
+            k: neighbours per query.
+            where: SQL predicate over metadata columns, applied before ranking: when
+                at least ``k`` rows match, ``k`` rows come back.
+            columns: columns to return (default: all); ``_distance`` is always added.
+            exact: force the exact flat scan, bypassing HNSW indexes.
+            ef: HNSW candidate list size for this call (default
+                ``index_config.ef_search``); larger is slower and more accurate.
+
+        Returns:
+            A ``pyarrow.Table`` (``.to_pandas()`` / ``polars.from_arrow`` to convert).
+        """
+        self._before_read()
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        queries, batch = self._queries(q)
+        names = self._columns(columns)
+        if ef is not None and (isinstance(ef, bool) or not isinstance(ef, (int, np.integer)) or ef < 1):
+            raise ValueError(f"ef must be a positive integer, got {ef!r}")
+        ef = self._index_config.ef_search if ef is None else int(ef)
+        return knn(self._snapshot_parts(exact), queries, int(k), self._metric, where=where, columns=names,
+                   vector_column=self.vector_column, batch=batch, empty_schema=self._schema,
+                   exact=exact, ef=max(ef, int(k)))
+
+    def get(self, ids: Any, columns: Sequence[str] | None = None) -> pa.Table:
+        """Rows with the given primary keys, in the order asked; missing ids are skipped."""
+        self._before_read()
+        names = self._columns(columns)
+        keys = keys_to_numpy(self._keys_array(ids))
+        with self._lock:
+            located = self._locate(keys)
+            mem_table = self._memtable.view().table
+        pieces, order = [], []
+        for idx, handle, positions in located:
+            source = mem_table if handle is None else handle.table
+            pieces.append(source.select(names).cast(pa.schema([self._schema.field(n) for n in names])
+                                                    ).take(pa.array(positions)))
+            order.append(idx)
+        if not pieces:
+            return pa.Table.from_batches([], schema=pa.schema([self._schema.field(n) for n in names]))
+        rows = pa.concat_tables(pieces)
+        return rows.take(pa.array(np.argsort(np.concatenate(order), kind="stable")))
+
+    def count(self) -> int:
+        """Number of live rows."""
+        self._before_read()
+        with self._lock:
+            total = self._memtable.live_rows
+            for handle in self._segments:
+                live = self._live[handle.file]
+                total += handle.entry.rows if live is None else int(live.sum())
+        return total
+
+    def to_arrow(self) -> pa.Table:
+        """Every live row as one Arrow table (segments memory-mapped, zero copy where possible)."""
+        self._before_read()
+        pieces = []
+        for part in self._snapshot_parts():
+            table = part.table.select(self._schema.names).cast(self._schema)
+            pieces.append(table if part.live is None else table.filter(pa.array(part.live)))
+        return pa.concat_tables(pieces)
+
+    def to_pandas(self) -> Any:
+        """Every live row as a pandas DataFrame."""
+        return self.to_arrow().to_pandas()
+
+    def to_polars(self) -> Any:
+        """Every live row as a polars DataFrame."""
+        import polars as pl
+
+        return pl.from_arrow(self.to_arrow())
+
+    def stats(self) -> dict[str, Any]:
+        """Rows, deleted rows, segments, index state, bytes on disk and version."""
+        self._before_read()
+        with self._lock:
+            segments = list(self._segments)
+            live = dict(self._live)
+            mem_rows = self._memtable.live_rows
+        deleted = sum(h.entry.rows - int(live[h.file].sum()) for h in segments if live[h.file] is not None)
+        seg_rows = sum(h.entry.rows for h in segments)
+        indexed = [h for h in segments if h.entry.index_file and h.file not in self._bad_indexes
+                   and h.entry.index_params == self._index_config.build_params()]
+        disk = sum(p.stat().st_size for p in self._dir.rglob("*") if p.is_file())
+        return {
+            "rows": seg_rows - deleted + mem_rows,
+            "deleted_rows": deleted,
+            "segments": len(segments),
+            "segment_rows": seg_rows,
+            "indexed_segments": len(indexed),
+            "unindexed_segments": len(segments) - len(indexed),
+            "indexed_rows": sum(h.entry.rows for h in indexed),
+            "unindexed_rows": seg_rows - sum(h.entry.rows for h in indexed) + mem_rows,
+            "index": self._index_config.to_dict(),
+            "memtable_rows": mem_rows,
+            "bytes": disk,
+            "version": self.version,
+            "dim": self._dim,
+            "metric": self._metric,
+        }
+
+    def _locate(self, keys: np.ndarray) -> list[tuple[np.ndarray, SegmentHandle | None, np.ndarray]]:
+        """Live rows holding ``keys``: (indices into keys, segment or None=memtable, positions)."""
+        found = []
+        for handle in self._segments:
+            idx, pos = handle.keys().lookup(keys)
+            live = self._live[handle.file]
+            if live is not None and idx.size:
+                alive = live[pos]
+                idx, pos = idx[alive], pos[alive]
+            if idx.size:
+                found.append((idx, handle, pos))
+        idx, pos = self._memtable.lookup(keys)
+        if idx.size:
+            found.append((idx, None, pos))
+        return found
+
+    def _keys_array(self, ids: Any) -> pa.Array:
+        id_type = self._schema.field(self.id_column).type
+        if isinstance(ids, (str, bytes, int, np.integer)):
+            ids = [ids]
+        try:
+            array = pa.array(ids.to_pylist() if isinstance(ids, (pa.Array, pa.ChunkedArray)) else list(ids)
+                             if not isinstance(ids, np.ndarray) else ids)
+            if pa.types.is_integer(id_type) and not pa.types.is_integer(array.type) and len(array):
+                raise TypeError(array.type)
+            return array.cast(id_type) if len(array) else pa.array([], id_type)
+        except (TypeError, pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+            raise SchemaError(f"ids must be {id_type} values for table {self.name!r}: {exc}") from None
+
+    def _on_bad_index(self, handle: SegmentHandle) -> None:
+        """A segment's index failed verification (the writer rebuilds it)."""

@@ -1,0 +1,82 @@
+"""Background workers: one daemon thread per job kind per open database, fed by a queue.
+
+The database runs two: the index builder (``table._build_index(segment)`` after a
+flush, and on open for segments that lack a current index) and the compaction
+service (``table._compact_auto()`` after a flush). A job runs without holding the
+table's locks except for its final publish, so writes and searches never wait for it.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable
+
+__all__ = ["BackgroundWorker", "Workers"]
+
+
+class BackgroundWorker:
+    """Runs queued jobs one at a time on a daemon thread (started on first use)."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._queue: queue.Queue[tuple[Hashable, Callable[[], Any], Callable[[BaseException], None]] | None] = \
+            queue.Queue()
+        self._pending: set[Hashable] = set()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def submit(self, key: Hashable, job: Callable[[], Any], on_error: Callable[[BaseException], None],
+               on_done: Callable[[], None] = lambda: None) -> bool:
+        """Queue ``job`` unless one with the same ``key`` is already queued; True if queued."""
+        with self._lock:
+            if self._closed or key in self._pending:
+                return False
+            self._pending.add(key)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=f"omendb-{self._name}", daemon=True)
+                self._thread.start()
+        self._queue.put((key, job, on_error, on_done))
+        return True
+
+    def is_pending(self, key: Hashable) -> bool:
+        with self._lock:
+            return key in self._pending
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            key, job, on_error, on_done = item
+            try:
+                job()
+            except BaseException as exc:  # reported to the job's owner, never kills the thread
+                on_error(exc)
+            finally:
+                with self._lock:
+                    self._pending.discard(key)
+                on_done()
+
+    def close(self) -> None:
+        """Stop after the current job (tables cancel theirs when they close)."""
+        with self._lock:
+            self._closed = True
+            thread = self._thread
+        if thread is not None:
+            self._queue.put(None)
+            thread.join()
+
+
+@dataclass
+class Workers:
+    """The background threads of one open database."""
+
+    indexer: BackgroundWorker = field(default_factory=lambda: BackgroundWorker("index-builder"))
+    compactor: BackgroundWorker = field(default_factory=lambda: BackgroundWorker("compaction"))
+
+    def close(self) -> None:
+        self.compactor.close()
+        self.indexer.close()
