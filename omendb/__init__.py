@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 from .database import Database
+from .duck import duckdb_connect
 from .errors import (ClosedError, CorruptFileError, DimensionError, DuplicateKeyError, FilterError,
                      FormatVersionError, InvalidNameError, InvalidVectorError, NotADatabaseError,
                      OmenError, ReadOnlyError, SchemaError, TableExistsError, TableNotFoundError,
@@ -22,7 +23,7 @@ from .table import CompactionPolicy, Table, TableOptions
 __version__ = "0.1.0"
 
 __all__ = [
-    "open", "Database", "Table", "TableOptions", "HnswConfig", "CompactionPolicy", "__version__",
+    "open", "duckdb_connect", "Database", "Table", "TableOptions", "HnswConfig", "CompactionPolicy", "__version__",
     "OmenError", "SchemaError", "DimensionError", "InvalidVectorError", "DuplicateKeyError",
     "TableNotFoundError", "TableExistsError", "InvalidNameError", "FilterError", "CorruptFileError",
     "FormatVersionError", "NotADatabaseError", "ReadOnlyError", "ClosedError", "TableLockedError",

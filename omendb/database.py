@@ -50,6 +50,7 @@ class Database:
         self._closed = False
         self._open_folder()
         self._workers = None if options.read_only else Workers()
+        self._sql_session = None
 
     def _open_folder(self) -> None:
         marker = self.path / MARKER
@@ -223,6 +224,25 @@ class Database:
             fsync_dir(self.path)
             shutil.rmtree(graveyard, ignore_errors=True)
 
+    def sql(self, query: str, params: Any = None) -> Any:
+        """Run SQL with omendb's functions (``omen_knn``, ``omen_scan``) on this database.
+
+        Tables are re-registered first if they changed, so the statement sees every
+        acknowledged write. Returns a DuckDB relation (``.fetchall()``, ``.arrow()``,
+        ``.df()``, ``.pl()``).
+        """
+        self._check_open()
+        from .duck import SqlSession  # DuckDB glue is a face above the database
+
+        with self._lock:
+            if self._sql_session is None:
+                import duckdb
+
+                self._sql_session = SqlSession(self, duckdb.connect())
+            else:
+                self._sql_session.refresh()
+            return self._sql_session.con.sql(query, params=params)
+
     def __getitem__(self, name: str) -> Table:
         return self.open_table(name)
 
@@ -240,6 +260,8 @@ class Database:
                     errors.append(exc)
             self._tables.clear()
             self._closed = True
+            if self._sql_session is not None:
+                self._sql_session.con.close()
             if self._workers is not None:
                 self._workers.close()
         if errors:

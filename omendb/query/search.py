@@ -16,7 +16,7 @@ from ..index.flat import exact_search
 from ..index.hnsw import HnswIndex
 from .filters import MaskCache, filter_mask
 
-__all__ = ["SearchPart", "knn", "allowed_rows"]
+__all__ = ["SearchPart", "Hits", "knn", "knn_hits", "allowed_rows", "search_part"]
 
 DISTANCE = "_distance"
 QUERY = "_query"
@@ -78,15 +78,23 @@ def search_part(part: SearchPart, queries: np.ndarray, k: int, metric: str,
     return dist, pos
 
 
-def knn(parts: list[SearchPart], queries: np.ndarray, k: int, metric: str, *,
-        where: str | None, columns: list[str], vector_column: str, batch: bool,
-        empty_schema: pa.Schema, exact: bool = False, ef: int | None = None) -> pa.Table:
-    """Top-``k`` of every query over all parts, as an Arrow table.
+@dataclass(frozen=True)
+class Hits:
+    """Flat kNN results: for every hit its query, part, row position in the part and distance.
 
-    Columns: ``_query`` (only when ``batch``), the requested ``columns``, ``_distance``;
-    rows grouped by query and sorted by distance within each query.
+    Grouped by query, nearest first within each query.
     """
-    schema = pa.schema([empty_schema.field(c) for c in columns])
+
+    query_ids: np.ndarray   # int32
+    part_ids: np.ndarray    # int32
+    positions: np.ndarray   # int64
+    distances: np.ndarray   # float32
+    single_part: int | None  # the only part with hits, when there is one
+
+
+def knn_hits(parts: list[SearchPart], queries: np.ndarray, k: int, metric: str, *, where: str | None,
+             vector_column: str, exact: bool = False, ef: int | None = None) -> Hits:
+    """Top-``k`` of every query over all parts (exact or through each part's graph)."""
     found: list[tuple[int, np.ndarray, np.ndarray]] = []
     for part_id, part in enumerate(parts):
         if part.vectors.shape[0] == 0:
@@ -96,10 +104,9 @@ def knn(parts: list[SearchPart], queries: np.ndarray, k: int, metric: str, *,
         found.append((part_id, dist, pos))
     if where is not None and not found and parts:
         allowed_rows(parts[-1], where, vector_column)  # no rows: still report a bad predicate
-    n_queries = queries.shape[0]
     if not found:
-        return _with_extras(pa.Table.from_batches([], schema=schema), np.zeros(0, np.int32),
-                            np.zeros(0, np.float32), batch)
+        empty = np.zeros(0, np.int32)
+        return Hits(empty, empty, empty.astype(np.int64), empty.astype(np.float32), None)
     if len(found) == 1:  # one part: its answer is already sorted
         part_id, dist, pos = found[0]
         pid = np.full(pos.shape, part_id, dtype=np.int32)
@@ -111,26 +118,40 @@ def knn(parts: list[SearchPart], queries: np.ndarray, k: int, metric: str, *,
         dist = np.take_along_axis(dist, order, axis=1)
         pos = np.take_along_axis(pos, order, axis=1)
         pid = np.take_along_axis(pid, order, axis=1)
-    query_ids = np.repeat(np.arange(n_queries, dtype=np.int32), dist.shape[1])
+    query_ids = np.repeat(np.arange(queries.shape[0], dtype=np.int32), dist.shape[1])
     dist, pos, pid = dist.reshape(-1), pos.reshape(-1), pid.reshape(-1)
     hit = np.isfinite(dist)  # graph walks may leave empty slots
     if not hit.all():
         dist, pos, pid, query_ids = dist[hit], pos[hit], pid[hit], query_ids[hit]
-    if dist.size == 0:
+    return Hits(query_ids, pid, pos, dist.astype(np.float32, copy=False),
+                found[0][0] if len(found) == 1 else None)
+
+
+def knn(parts: list[SearchPart], queries: np.ndarray, k: int, metric: str, *,
+        where: str | None, columns: list[str], vector_column: str, batch: bool,
+        empty_schema: pa.Schema, exact: bool = False, ef: int | None = None) -> pa.Table:
+    """Top-``k`` of every query over all parts, as an Arrow table.
+
+    Columns: ``_query`` (only when ``batch``), the requested ``columns``, ``_distance``;
+    rows grouped by query and sorted by distance within each query.
+    """
+    schema = pa.schema([empty_schema.field(c) for c in columns])
+    hits = knn_hits(parts, queries, k, metric, where=where, vector_column=vector_column, exact=exact, ef=ef)
+    if hits.distances.size == 0:
         rows = pa.Table.from_batches([], schema=schema)
-    elif len(found) == 1:
-        rows = _take(parts[found[0][0]], columns, pos, schema)
+    elif hits.single_part is not None:
+        rows = _take(parts[hits.single_part], columns, hits.positions, schema)
     else:
         pieces, picked_all = [], []
-        for part_id in np.unique(pid):
-            picked = np.flatnonzero(pid == part_id)
-            pieces.append(_take(parts[part_id], columns, pos[picked], schema))
+        for part_id in np.unique(hits.part_ids):
+            picked = np.flatnonzero(hits.part_ids == part_id)
+            pieces.append(_take(parts[part_id], columns, hits.positions[picked], schema))
             picked_all.append(picked)
         where_from = np.concatenate(picked_all)
         inverse = np.empty_like(where_from)
         inverse[where_from] = np.arange(where_from.size)
         rows = pa.concat_tables(pieces).take(pa.array(inverse))
-    return _with_extras(rows, query_ids, dist, batch)
+    return _with_extras(rows, hits.query_ids, hits.distances, batch)
 
 
 def _take(part: SearchPart, columns: list[str], positions: np.ndarray, schema: pa.Schema) -> pa.Table:

@@ -15,6 +15,7 @@ from ..index.hnsw import HnswConfig, HnswIndex
 from ..keys import keys_to_numpy
 from ..memtable import Memtable
 from ..query.search import SearchPart, knn
+from ..query.snapshot import Snapshot
 from ..segments import SegmentHandle
 from ..storage.manifest import Manifest, ManifestStore, SegmentEntry
 from .layout import MANIFESTS, SEGMENTS, TableOptions, schema_from_text
@@ -314,6 +315,20 @@ class TableReader:
             return array.cast(id_type) if len(array) else pa.array([], id_type)
         except (TypeError, pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
             raise SchemaError(f"ids must be {id_type} values for table {self.name!r}: {exc}") from None
+
+    def snapshot(self) -> Snapshot:
+        """A frozen view of the live rows now (unflushed rows included), for SQL glue."""
+        self._before_read()
+        return Snapshot(self.name, self._snapshot_parts(exact=False), self._schema, self._metric,
+                        self.vector_column, self._index_config.ef_search)
+
+    def _state_token(self) -> tuple:
+        """Changes whenever the table's visible rows may have changed (cheap to compute)."""
+        self._before_read()
+        with self._lock:
+            memtable = self._memtable
+            return (id(self._manifest), id(memtable), len(memtable), memtable.live_rows,
+                    tuple(id(m) for m in self._live.values()))
 
     def _on_bad_index(self, handle: SegmentHandle) -> None:
         """A segment's index failed verification (the writer rebuilds it)."""
