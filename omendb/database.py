@@ -131,15 +131,22 @@ class Database:
                 of floats or a list (then ``dim`` is required).
             id_column: primary key column (int64 or string); assigned when absent.
             vector_column: the vector column's name.
-            format: segment file format; ``"arrow"`` (Arrow IPC).
+            format: segment file format: ``"arrow"`` (Arrow IPC, memory-mapped, the
+                default) or ``"lance"`` (Lance v2 files, needs pylance; decoded into
+                memory when first searched).
             exist_ok: return the existing table instead of raising ``TableExistsError``.
             index: HNSW parameters (default ``HnswConfig()``); change them later with
                 ``Table.create_index``.
         """
         self._check_writable()
         _check_name(name)
-        if format != "arrow":
-            raise ValueError(f"format must be 'arrow', got {format!r}")
+        if format not in ("arrow", "lance"):
+            raise ValueError(f"format must be 'arrow' or 'lance', got {format!r}")
+        if format == "lance":
+            try:
+                import lance.file  # noqa: F401  (fail early, with a clear message)
+            except ImportError:
+                raise ImportError("format='lance' needs pylance: pip install 'omendb[lance]'") from None
         if data is not None:  # once: a RecordBatchReader can be read only once
             data = to_arrow_table(data, vector_column)
         with self._lock:
@@ -149,7 +156,7 @@ class Database:
                 raise TableExistsError(f"table {name!r} already exists in {self.path}")
             table_schema, auto_ids = self._new_schema(data, dim, schema, id_column, vector_column)
             manifest = new_table_manifest(table_schema, id_column=id_column, vector_column=vector_column,
-                                          metric=metric, auto_ids=auto_ids, index=index)
+                                          metric=metric, auto_ids=auto_ids, index=index, format=format)
             staging = self.path / f".creating-{name}-{uuid.uuid4().hex[:8]}"
             ManifestStore(staging / MANIFESTS).publish(manifest)
             os.rename(staging, self.path / name)

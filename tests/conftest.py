@@ -10,6 +10,7 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 import pytest
+import omendb
 
 LANGS = ("en", "de", "fr", "ja")
 
@@ -124,3 +125,20 @@ def run_python(code: str, *args, timeout: float = 60):
                             capture_output=True, text=True, timeout=timeout, env=env)
     assert result.returncode == 0, result.stderr
     return result
+
+
+@pytest.fixture(params=["arrow", "lance"])
+def segment_format(request, monkeypatch):
+    """Run a test module over both segment formats: tables it creates default to each in turn.
+
+    Use with ``pytestmark = pytest.mark.usefixtures("segment_format")``. Tables made in
+    subprocesses keep the default (Arrow IPC).
+    """
+    original = omendb.Database.create_table
+
+    def create_table(self, name, data=None, **kwargs):
+        kwargs.setdefault("format", request.param)
+        return original(self, name, data, **kwargs)
+
+    monkeypatch.setattr(omendb.Database, "create_table", create_table)
+    return request.param

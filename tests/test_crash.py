@@ -234,13 +234,13 @@ def run_rounds(tmp_path: Path, db_path: Path, rounds: int, mixed: bool, seed: in
 def test_acknowledged_batches_survive_sigkill(tmp_path: Path, db_path: Path) -> None:
     acknowledged, stats = run_rounds(tmp_path, db_path, rounds=5, mixed=False, seed=7)
     assert acknowledged >= 25, "the writer hardly wrote anything: test too weak"
-    assert stats["segments"] >= 2, "no flush happened during the run"
+    assert stats["version"] >= 3, "no flush happened during the run"  # (compaction may merge segments)
 
 
 def test_acknowledged_upserts_and_deletes_survive_sigkill(tmp_path: Path, db_path: Path) -> None:
     acknowledged, stats = run_rounds(tmp_path, db_path, rounds=3, mixed=True, seed=11)
     assert acknowledged >= 25, "the writer hardly wrote anything: test too weak"
-    assert stats["segments"] >= 2, "no flush happened during the run"
+    assert stats["version"] >= 3, "no flush happened during the run"  # (compaction may merge segments)
 
 
 @pytest.mark.parametrize("fsync", [True, False], ids=["fsync", "no-fsync"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -17,6 +16,8 @@ import pytest
 
 import omendb
 from omendb.index.hnsw import HnswConfig
+
+pytestmark = pytest.mark.usefixtures("segment_format")  # every test over Arrow IPC and Lance
 
 DIM = 24
 CONFIG = HnswConfig(m=12, ef_construction=64, ef_search=64, min_rows=1_000)

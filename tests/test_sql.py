@@ -12,6 +12,8 @@ import pytest
 import omendb
 from omendb.duck import SqlSession
 
+pytestmark = pytest.mark.usefixtures("segment_format")  # every test over Arrow IPC and Lance
+
 DIM = 8
 EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "sql" / "examples").glob("*.sql"))
 CATEGORIES = ["books", "music", "films"]

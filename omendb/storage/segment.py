@@ -1,9 +1,11 @@
-"""Immutable segment files: one uncompressed Arrow IPC file, read through a memory map.
+"""Immutable segment files: Arrow IPC (default) or Lance, chosen by the file's suffix.
 
-Spec: ``formats/segment.md``. A segment holds exactly one record batch so that every
-column, the vector column included, is one contiguous buffer that can be viewed as
-a NumPy array without copying. Its size and CRC-32 are recorded in the manifest; the
-checksum is verified the first time a process maps the file.
+Spec: ``formats/segment.md``. An Arrow IPC segment (``.arrow``) holds exactly one
+uncompressed record batch so that every column, the vector column included, is one
+contiguous buffer that is memory-mapped and viewed as a NumPy array without copying.
+A Lance segment (``.lance``, one Lance v2 file written with pylance) is decoded into
+memory when first used. Size and CRC-32 of either are recorded in the manifest; the
+checksum is verified the first time a process opens the file.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ import pyarrow as pa
 from ..errors import CorruptFileError, FormatVersionError
 from .fileio import fsync_dir
 
-__all__ = ["SegmentFileInfo", "write_segment", "open_segment", "FORMAT_VERSION"]
+__all__ = ["SegmentFileInfo", "write_segment", "open_segment", "FORMAT_VERSION", "SUFFIXES"]
+
+#: Segment file suffix of each table format.
+SUFFIXES = {"arrow": ".arrow", "lance": ".lance"}
 
 FORMAT_VERSION = 1
 _FORMAT_KEY = b"omendb.format"
@@ -47,13 +52,15 @@ def write_segment(directory: str | os.PathLike, name: str, table: pa.Table) -> S
     metadata.update({_FORMAT_KEY: b"segment", _VERSION_KEY: str(FORMAT_VERSION).encode()})
     schema = table.schema.with_metadata(metadata)
     tmp = directory / f".{name}.tmp"
-    options = pa.ipc.IpcWriteOptions(compression=None)
-    with pa.OSFile(str(tmp), "wb") as sink:
-        with pa.ipc.new_file(sink, schema, options=options) as writer:
-            if batch:
-                writer.write_batch(batch[0] if len(batch) == 1 else pa.concat_batches(batch))
-            else:
-                writer.write_batch(pa.RecordBatch.from_pylist([], schema=schema))
+    one_batch = (batch[0] if len(batch) == 1 else pa.concat_batches(batch)) if batch \
+        else pa.RecordBatch.from_pylist([], schema=schema)
+    if name.endswith(SUFFIXES["lance"]):
+        _write_lance(tmp, schema, one_batch.replace_schema_metadata(schema.metadata))
+    else:
+        options = pa.ipc.IpcWriteOptions(compression=None)
+        with pa.OSFile(str(tmp), "wb") as sink:
+            with pa.ipc.new_file(sink, schema, options=options) as writer:
+                writer.write_batch(one_batch)
     crc = 0
     with open(tmp, "rb+") as handle:
         while chunk := handle.read(16 << 20):
@@ -84,10 +91,14 @@ def open_segment(path: str | os.PathLike, *, rows: int, size: int, crc32: int | 
         source.seek(0)
         if actual_crc != crc32:
             raise CorruptFileError(f"{path}: segment checksum mismatch (file is damaged)")
-    try:
-        table = pa.ipc.open_file(source).read_all()
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise CorruptFileError(f"{path}: not a readable Arrow IPC segment: {exc}") from exc
+    if path.suffix == SUFFIXES["lance"]:
+        source.close()
+        table = _read_lance(path)
+    else:
+        try:
+            table = pa.ipc.open_file(source).read_all()
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise CorruptFileError(f"{path}: not a readable Arrow IPC segment: {exc}") from exc
     metadata = table.schema.metadata or {}
     if metadata.get(_FORMAT_KEY) != b"segment":
         raise CorruptFileError(f"{path}: not an omendb segment (no format tag)")
@@ -99,3 +110,25 @@ def open_segment(path: str | os.PathLike, *, rows: int, size: int, crc32: int | 
     if table.num_rows != rows:
         raise CorruptFileError(f"{path}: segment has {table.num_rows} rows, manifest says {rows}")
     return table
+
+
+def _lance_file():
+    try:
+        import lance.file
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("Lance segments need pylance: pip install 'omendb[lance]'") from exc
+    return lance.file
+
+
+def _write_lance(path: Path, schema: pa.Schema, batch: pa.RecordBatch) -> None:
+    with _lance_file().LanceFileWriter(str(path), schema) as writer:
+        writer.write_batch(batch)
+
+
+def _read_lance(path: Path) -> pa.Table:
+    """Decode a Lance segment into memory, as one chunk per column (contiguous vectors)."""
+    try:
+        table = _lance_file().LanceFileReader(str(path)).read_all().to_table()
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise CorruptFileError(f"{path}: not a readable Lance segment: {exc}") from exc
+    return table.combine_chunks()

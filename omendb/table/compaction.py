@@ -22,7 +22,7 @@ from ..index.hnsw import build_hnsw
 from ..segments import NORM_COLUMN, SegmentHandle
 from ..storage.deletions import write_deletions
 from ..storage.manifest import SegmentEntry
-from ..storage.segment import write_segment
+from ..storage.segment import SUFFIXES, write_segment
 from .layout import SEGMENTS
 
 __all__ = ["CompactionMixin"]
@@ -114,7 +114,7 @@ class CompactionMixin:
             if offset:
                 merged = pa.concat_tables([p.select(self._schema.names).cast(self._schema) for p in pieces])
                 merged = merged.append_column(NORM_COLUMN, pa.array(np.concatenate(norms)))
-                info = write_segment(seg_dir, f"seg-m{os.urandom(6).hex()}.arrow", merged)
+                info = write_segment(seg_dir, f"seg-m{os.urandom(6).hex()}{SUFFIXES[self._format]}", merged)
                 written.append(seg_dir / info.file)
                 new_entry = SegmentEntry(info.file, info.rows, info.bytes, info.crc32)
                 new_handle = self._handle(new_entry, verified=True)

@@ -11,6 +11,7 @@ import pyarrow as pa
 from ..index.flat import METRICS
 from ..index.hnsw import HnswConfig
 from ..storage.manifest import Manifest
+from ..storage.segment import SUFFIXES
 
 __all__ = ["MANIFESTS", "SEGMENTS", "WAL", "LOCK", "TableOptions", "CompactionPolicy",
            "schema_to_text", "schema_from_text", "new_table_manifest"]
@@ -79,12 +80,14 @@ def schema_from_text(text: str) -> pa.Schema:
 
 
 def new_table_manifest(schema: pa.Schema, *, id_column: str, vector_column: str, metric: str,
-                       auto_ids: bool, index: HnswConfig | None = None) -> Manifest:
+                       auto_ids: bool, index: HnswConfig | None = None, format: str = "arrow") -> Manifest:
     """Version 1 of a new, empty table."""
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    if format not in SUFFIXES:
+        raise ValueError(f"format must be one of {', '.join(SUFFIXES)}, got {format!r}")
     dim = schema.field(vector_column).type.list_size
     info = {"schema": schema_to_text(schema), "id_column": id_column, "vector_column": vector_column,
-            "metric": metric, "dim": dim, "auto_ids": auto_ids, "format": "arrow",
+            "metric": metric, "dim": dim, "auto_ids": auto_ids, "format": format,
             "index": (index or HnswConfig()).to_dict()}
     return Manifest(version=1, table=info, created_at=time.time(), change="create")

@@ -56,6 +56,7 @@ class TableReader:
         self.vector_column: str = info["vector_column"]
         self._metric: str = info["metric"]
         self._dim: int = int(info["dim"])
+        self._format: str = info.get("format", "arrow")
         known = {h.file: h for h in self._segments}
         handles = []
         for entry in manifest.segments:
@@ -119,6 +120,11 @@ class TableReader:
     def index_config(self) -> HnswConfig:
         """The table's HNSW parameters."""
         return self._index_config
+
+    @property
+    def format(self) -> str:
+        """Segment file format fixed at creation: ``"arrow"`` (Arrow IPC) or ``"lance"``."""
+        return self._format
 
     @property
     def read_only(self) -> bool:
@@ -285,6 +291,7 @@ class TableReader:
             "version": self.version,
             "dim": self._dim,
             "metric": self._metric,
+            "format": self._format,
         }
 
     def _locate(self, keys: np.ndarray) -> list[tuple[np.ndarray, SegmentHandle | None, np.ndarray]]:

@@ -21,7 +21,7 @@ from ..segments import NORM_COLUMN
 from ..storage.deletions import write_deletions
 from ..storage.fileio import fsync_dir
 from ..storage.manifest import SegmentEntry
-from ..storage.segment import write_segment
+from ..storage.segment import SUFFIXES, write_segment
 from ..storage.wal import RecordKind, WalWriter, encode_table
 from .layout import MANIFESTS, SEGMENTS, WAL
 
@@ -175,7 +175,7 @@ class WriteMixin:
         if memtable.live_rows:
             rows = memtable.live_table()
             rows = rows.append_column(NORM_COLUMN, pa.array(memtable.live_norms()))
-            name = f"seg-{version:010d}-{os.urandom(4).hex()}.arrow"
+            name = f"seg-{version:010d}-{os.urandom(4).hex()}{SUFFIXES[self._format]}"
             info = write_segment(seg_dir, name, rows)
             entry = SegmentEntry(info.file, info.rows, info.bytes, info.crc32)
             entries.append(entry)
