@@ -12,6 +12,8 @@ import os
 
 from .database import Database
 from .duck import duckdb_connect
+from .remote import connect, connect_async
+from .remote.protocol import AuthenticationError
 from .errors import (ClosedError, CorruptFileError, DimensionError, DuplicateKeyError, FilterError,
                      FormatVersionError, InvalidNameError, InvalidVectorError, NotADatabaseError,
                      OmenError, ReadOnlyError, SchemaError, TableExistsError, TableNotFoundError,
@@ -23,7 +25,7 @@ from .table import CompactionPolicy, Table, TableOptions
 __version__ = "0.1.0"
 
 __all__ = [
-    "open", "duckdb_connect", "Database", "Table", "TableOptions", "HnswConfig", "CompactionPolicy", "__version__",
+    "open", "connect", "connect_async", "duckdb_connect", "Database", "AuthenticationError", "Table", "TableOptions", "HnswConfig", "CompactionPolicy", "__version__",
     "OmenError", "SchemaError", "DimensionError", "InvalidVectorError", "DuplicateKeyError",
     "TableNotFoundError", "TableExistsError", "InvalidNameError", "FilterError", "CorruptFileError",
     "FormatVersionError", "NotADatabaseError", "ReadOnlyError", "ClosedError", "TableLockedError",

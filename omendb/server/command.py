@@ -1,0 +1,30 @@
+"""The ``omendb serve`` command (also ``python -m omendb.server``)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..remote.protocol import DEFAULT_HTTP_PORT, DEFAULT_PORT
+
+
+@click.command("serve", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("path", type=click.Path(file_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to listen on (loopback by default; use 0.0.0.0 only behind --token).")
+@click.option("--port", default=DEFAULT_PORT, show_default=True, help="Arrow Flight (gRPC) port.")
+@click.option("--http-port", default=DEFAULT_HTTP_PORT, show_default=True, help="HTTP JSON port (0: no HTTP).")
+@click.option("--token", default=None, envvar="OMENDB_TOKEN",
+              help="Require 'Authorization: Bearer TOKEN' on every call (or set OMENDB_TOKEN).")
+@click.option("--max-request-mb", default=64, show_default=True, help="Largest HTTP request body, MiB.")
+def serve_command(path: str, host: str, port: int, http_port: int, token: str | None, max_request_mb: int) -> None:
+    """Serve the database at PATH over Arrow Flight and HTTP until SIGTERM/SIGINT."""
+    from . import serve
+
+    try:
+        serve(path, host=host, port=port, http_port=http_port or None, token=token,
+              max_request_bytes=max_request_mb << 20)
+    except OSError as exc:
+        click.echo(f"omendb serve: error: {exc}", err=True)
+        sys.exit(1)

@@ -1,0 +1,157 @@
+"""The Arrow Flight (gRPC) face of ``omendb serve``.
+
+* ``do_put``  — a record-batch stream into ``add`` / ``upsert`` (or ``create_table`` from data);
+* ``do_get``  — results out as Arrow: ``search``, ``get``, ``scan``;
+* ``do_action`` — everything else, JSON in and out (tables, delete, count, stats, ...).
+
+Every call runs against the one embedded :class:`~omendb.Database` the server holds:
+writes to a table are serialised by the table, reads run in parallel on gRPC's threads.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any, Callable
+
+import pyarrow as pa
+import pyarrow.flight as flight
+
+from ..database import Database
+from ..remote.protocol import (decode, decode_schema, decode_vectors, encode, encode_schema, error_text)
+
+__all__ = ["OmenFlightServer", "table_info"]
+
+
+def table_info(table: Any) -> dict[str, Any]:
+    """What a client needs to stand in for a table."""
+    return {"name": table.name, "schema": encode_schema(table.schema), "dim": table.dim, "metric": table.metric,
+            "id_column": table.id_column, "vector_column": table.vector_column, "format": table.format}
+
+
+class _TokenMiddlewareFactory(flight.ServerMiddlewareFactory):
+    """Refuses every call without ``authorization: Bearer <token>``."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+    def start_call(self, info: flight.CallInfo, headers: dict[str, list[str]]) -> None:
+        given = (headers.get("authorization") or [""])[0].encode()
+        if not hmac.compare_digest(given, self._expected):
+            raise flight.FlightUnauthenticatedError("omendb:AuthenticationError:missing or wrong bearer token")
+        return None
+
+
+class OmenFlightServer(flight.FlightServerBase):
+    """Serves one database over Arrow Flight."""
+
+    def __init__(self, db: Database, location: str, *, token: str | None = None,
+                 max_message_bytes: int = 256 << 20) -> None:
+        middleware = {"auth": _TokenMiddlewareFactory(token)} if token else {}
+        super().__init__(location, middleware=middleware)
+        self.db = db
+        self.max_message_bytes = max_message_bytes
+        self._actions: dict[str, Callable[[dict[str, Any]], Any]] = {
+            "health": lambda body: {"status": "ok"},
+            "list_tables": lambda body: {"tables": self.db.table_names()},
+            "create_table": self._create_table,
+            "open_table": lambda body: table_info(self.db.open_table(body["table"])),
+            "drop_table": lambda body: self.db.drop_table(body["table"]),
+            "delete": self._delete,
+            "count": lambda body: {"count": self._table(body).count()},
+            "stats": lambda body: self._table(body).stats(),
+            "version": lambda body: {"version": self._table(body).version},
+            "versions": lambda body: {"versions": self._table(body).versions()},
+            "flush": lambda body: self._table(body).flush(),
+            "compact": lambda body: self._table(body).compact(),
+            "create_index": lambda body: self._table(body).create_index(**body.get("params", {})),
+            "wait_for_index": lambda body: {"done": self._table(body).wait_for_index(body.get("timeout"))},
+        }
+
+    def _table(self, body: dict[str, Any]) -> Any:
+        return self.db.open_table(body["table"])
+
+    # ----------------------------------------------------------------- actions
+    def list_actions(self, context: flight.ServerCallContext) -> list[tuple[str, str]]:
+        return [(name, f"omendb {name}") for name in sorted(self._actions)]
+
+    def do_action(self, context: flight.ServerCallContext, action: flight.Action):
+        handler = self._actions.get(action.type)
+        if handler is None:
+            raise flight.FlightServerError(f"omendb:ValueError:unknown action {action.type!r}")
+        result = self._guard(lambda: handler(decode(action.body)))
+        yield flight.Result(pa.py_buffer(encode({} if result is None else result)))
+
+    def _create_table(self, body: dict[str, Any]) -> dict[str, Any]:
+        options = dict(body.get("options", {}))
+        if "schema" in options:
+            options["schema"] = decode_schema(options["schema"])
+        return table_info(self.db.create_table(body["table"], **options))
+
+    def _delete(self, body: dict[str, Any]) -> dict[str, int]:
+        table = self._table(body)
+        if body.get("where") is not None:
+            return {"deleted": table.delete(where=body["where"])}
+        return {"deleted": table.delete(body.get("ids", []))}
+
+    # ---------------------------------------------------------------- streams
+    def do_put(self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor,
+               reader: flight.MetadataRecordBatchReader, writer: flight.FlightMetadataWriter) -> None:
+        command = decode(descriptor.command)
+
+        def run() -> dict[str, Any]:
+            data = self._read_limited(reader)
+            op = command.get("op")
+            if op == "create_table":
+                options = dict(command.get("options", {}))
+                return table_info(self.db.create_table(command["table"], data=data, **options))
+            table = self._table(command)
+            if op == "add":
+                return {"rows": table.add(data)}
+            if op == "upsert":
+                return {"rows": table.upsert(data)}
+            raise ValueError(f"unknown put operation {op!r}")
+
+        writer.write(pa.py_buffer(encode(self._guard(run))))
+
+    def do_get(self, context: flight.ServerCallContext, ticket: flight.Ticket) -> flight.RecordBatchStream:
+        command = decode(ticket.ticket)
+
+        def run() -> pa.Table:
+            table = self._table(command)
+            op = command.get("op")
+            if op == "search":
+                return table.search(decode_vectors(command["q"]), k=command.get("k", 10), where=command.get("where"),
+                                    columns=command.get("columns"), exact=command.get("exact", False),
+                                    ef=command.get("ef"))
+            if op == "get":
+                return table.get(command["ids"], columns=command.get("columns"))
+            if op == "scan":
+                return table.to_arrow()
+            raise ValueError(f"unknown get operation {op!r}")
+
+        return flight.RecordBatchStream(self._guard(run))
+
+    def _read_limited(self, reader: flight.MetadataRecordBatchReader) -> pa.Table:
+        """Read a put stream, refusing more than ``max_message_bytes`` of data."""
+        batches, total = [], 0
+        for chunk in reader:
+            total += chunk.data.nbytes
+            if total > self.max_message_bytes:
+                raise ValueError(f"request too large: more than {self.max_message_bytes} bytes in one write; "
+                                 "split it into smaller batches")
+            batches.append(chunk.data)
+        return pa.Table.from_batches(batches, schema=reader.schema)
+
+    @staticmethod
+    def _guard(call: Callable[[], Any]) -> Any:
+        """Run ``call``; turn any error into a Flight error the client maps back to its type."""
+        try:
+            return call()
+        except flight.FlightError:
+            raise
+        except KeyError as exc:
+            if type(exc) is KeyError:  # a missing field in the request
+                raise flight.FlightServerError(f"omendb:ValueError:missing field {exc.args[0]!r}") from None
+            raise flight.FlightServerError(error_text(exc)) from None
+        except Exception as exc:  # noqa: BLE001 - every error goes back to the client
+            raise flight.FlightServerError(error_text(exc)) from None

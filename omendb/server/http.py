@@ -1,0 +1,177 @@
+"""The HTTP JSON face of ``omendb serve`` (FastAPI; OpenAPI at ``/openapi.json``).
+
+Rows travel as JSON objects (vectors as arrays of numbers). Errors come back as
+``{"error": <exception type>, "message": ...}`` with a status that fits: 400 bad input,
+401 no/wrong token, 404 missing table, 409 existing table or key, 413 request too large.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any, Literal, Optional
+
+import numpy as np
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from .. import errors
+from ..database import Database
+from ..locking import TableLockedError
+
+__all__ = ["create_app"]
+
+_STATUS = {
+    errors.TableNotFoundError: 404, errors.TableExistsError: 409, errors.DuplicateKeyError: 409,
+    errors.ReadOnlyError: 403, TableLockedError: 409, errors.ClosedError: 503,
+}
+
+
+class CreateTable(BaseModel):
+    """An empty table: its name, dimension and metric, and optional metadata columns."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=128)
+    dim: int = Field(ge=1, le=65_536)
+    metric: Literal["l2", "cosine", "dot"] = "l2"
+    columns: dict[str, Literal["int64", "float64", "string", "bool"]] = Field(
+        default_factory=dict, description="metadata columns and their types")
+    id_type: Literal["int64", "string"] = "int64"
+    exist_ok: bool = False
+
+
+class Rows(BaseModel):
+    """Rows to add or upsert: objects with the vector column and any metadata columns."""
+
+    model_config = ConfigDict(extra="forbid")
+    rows: list[dict[str, Any]] = Field(min_length=1)
+
+
+class Delete(BaseModel):
+    """Delete by primary keys or by an SQL predicate (exactly one of them)."""
+
+    model_config = ConfigDict(extra="forbid")
+    ids: Optional[list[int | str]] = None
+    where: Optional[str] = None
+
+
+class Search(BaseModel):
+    """One query vector (``vector``) or several (``vectors``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    vector: Optional[list[float]] = None
+    vectors: Optional[list[list[float]]] = None
+    k: int = Field(10, ge=1, le=10_000)
+    where: Optional[str] = None
+    columns: Optional[list[str]] = None
+    exact: bool = False
+    ef: Optional[int] = Field(None, ge=1, le=100_000)
+
+
+def _type(name: str):
+    import pyarrow as pa
+
+    return {"int64": pa.int64(), "float64": pa.float64(), "string": pa.string(), "bool": pa.bool_()}[name]
+
+
+def _json_rows(table: Any) -> list[dict[str, Any]]:
+    return table.to_pylist()
+
+
+def _info(table: Any) -> dict[str, Any]:
+    return {"name": table.name, "dim": table.dim, "metric": table.metric, "rows": table.count(),
+            "version": table.version, "format": table.format,
+            "columns": {f.name: str(f.type) for f in table.schema}}
+
+
+def create_app(db: Database, *, token: str | None = None, max_request_bytes: int = 64 << 20) -> FastAPI:
+    """The FastAPI application serving ``db``."""
+    app = FastAPI(title="omendb", description="omendb vector store: tables, writes and kNN search over HTTP.",
+                  version=__import__("omendb").__version__)
+
+    def authorize(request: Request) -> None:
+        if token is None:
+            return
+        given = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(given, f"Bearer {token}".encode()):
+            raise HTTPException(401, detail="missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    @app.middleware("http")
+    async def limit_size(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > max_request_bytes:
+            return JSONResponse({"error": "RequestTooLarge",
+                                 "message": f"request body over {max_request_bytes} bytes"}, status_code=413)
+        return await call_next(request)
+
+    @app.exception_handler(errors.OmenError)
+    async def omen_error(request: Request, exc: errors.OmenError) -> JSONResponse:
+        status = next((code for kind, code in _STATUS.items() if isinstance(exc, kind)), 400)
+        return JSONResponse({"error": type(exc).__name__, "message": str(exc)}, status_code=status)
+
+    @app.exception_handler(ValueError)
+    async def value_error(request: Request, exc: ValueError) -> JSONResponse:
+        return JSONResponse({"error": type(exc).__name__, "message": str(exc)}, status_code=400)
+
+    @app.exception_handler(TypeError)
+    async def type_error(request: Request, exc: TypeError) -> JSONResponse:
+        return JSONResponse({"error": type(exc).__name__, "message": str(exc)}, status_code=400)
+
+    secured = [Depends(authorize)]
+
+    @app.get("/health", dependencies=secured)
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/tables", dependencies=secured)
+    def list_tables() -> dict[str, list[str]]:
+        return {"tables": db.table_names()}
+
+    @app.post("/tables", dependencies=secured, status_code=201)
+    def create_table(body: CreateTable) -> dict[str, Any]:
+        import pyarrow as pa
+
+        fields = [pa.field("id", _type(body.id_type), nullable=False),
+                  pa.field("vector", pa.list_(pa.float32(), body.dim), nullable=False)]
+        fields += [pa.field(name, _type(kind)) for name, kind in body.columns.items()]
+        return _info(db.create_table(body.name, schema=pa.schema(fields), metric=body.metric,
+                                     exist_ok=body.exist_ok))
+
+    @app.get("/tables/{name}", dependencies=secured)
+    def get_table(name: str) -> dict[str, Any]:
+        return _info(db.open_table(name))
+
+    @app.delete("/tables/{name}", dependencies=secured)
+    def drop_table(name: str) -> dict[str, str]:
+        db.drop_table(name)
+        return {"dropped": name}
+
+    @app.post("/tables/{name}/add", dependencies=secured)
+    def add(name: str, body: Rows) -> dict[str, int]:
+        return {"added": db.open_table(name).add(body.rows)}
+
+    @app.post("/tables/{name}/upsert", dependencies=secured)
+    def upsert(name: str, body: Rows) -> dict[str, int]:
+        return {"upserted": db.open_table(name).upsert(body.rows)}
+
+    @app.post("/tables/{name}/delete", dependencies=secured)
+    def delete(name: str, body: Delete) -> dict[str, int]:
+        table = db.open_table(name)
+        if (body.ids is None) == (body.where is None):
+            raise ValueError("give ids or where, exactly one of them")
+        return {"deleted": table.delete(body.ids) if body.ids is not None else table.delete(where=body.where)}
+
+    @app.post("/tables/{name}/search", dependencies=secured)
+    def search(name: str, body: Search) -> dict[str, Any]:
+        table = db.open_table(name)
+        if (body.vector is None) == (body.vectors is None):
+            raise ValueError("give vector (one query) or vectors (several), exactly one of them")
+        query = np.asarray(body.vector if body.vector is not None else body.vectors, dtype=np.float32)
+        result = table.search(query, k=body.k, where=body.where, columns=body.columns, exact=body.exact, ef=body.ef)
+        return {"results": _json_rows(result)}
+
+    @app.get("/tables/{name}/stats", dependencies=secured)
+    def stats(name: str) -> dict[str, Any]:
+        return db.open_table(name).stats()
+
+    return app

@@ -1,0 +1,319 @@
+"""Server mode: a real `omendb serve` subprocess on loopback, used through Flight and HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+import omendb
+
+DIM = 8
+TOKEN = "test-token"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """`omendb serve` in a subprocess; started and stopped by the tests."""
+
+    def __init__(self, path: Path, token: str | None = TOKEN) -> None:
+        self.path, self.token = path, token
+        self.port, self.http_port = free_port(), free_port()
+        self.start()
+
+    def start(self) -> None:
+        args = [sys.executable, "-m", "omendb.server", str(self.path), "--host", "127.0.0.1",
+                "--port", str(self.port), "--http-port", str(self.http_port)]
+        if self.token:
+            args += ["--token", self.token]
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        assert "omendb serving" in line, line + self.proc.stderr.read()
+
+    @property
+    def uri(self) -> str:
+        return f"grpc://127.0.0.1:{self.port}"
+
+    def connect(self, token: str | None = TOKEN) -> omendb.remote.RemoteDatabase:
+        return omendb.connect(self.uri, token=token)
+
+    def http(self, method: str, path: str, body: dict | None = None, token: str | None = TOKEN) -> tuple[int, dict]:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", method=method,
+                                         data=None if body is None else json.dumps(body).encode(),
+                                         headers={"content-type": "application/json",
+                                                  **({"authorization": f"Bearer {token}"} if token else {})})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"{}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> str:
+        self.proc.send_signal(sig)
+        out, _ = self.proc.communicate(timeout=60)
+        return out
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = Server(tmp_path_factory.mktemp("served") / "db")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(params=["embedded", "remote"])
+def database(request, tmp_path, server):
+    """The same Database API, embedded or through the server."""
+    if request.param == "embedded":
+        db = omendb.open(tmp_path / "db")
+    else:
+        db = server.connect()
+    yield db
+    db.close()
+
+
+def vectors(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:8]}"
+
+
+# ------------------------------------------------------------- the API, both ways
+def test_create_add_search_get_delete(database) -> None:
+    name = unique("docs")
+    x = vectors(300)
+    table = database.create_table(name, data={"vector": x, "lang": ["en", "de", "fr"] * 100}, metric="cosine")
+    assert (table.dim, table.metric, table.count(), len(table)) == (DIM, "cosine", 300, 300)
+    assert name in database and name in database.table_names()
+    hits = table.search(x[7], k=3)
+    assert isinstance(hits, pa.Table) and hits["id"][0].as_py() == 7
+    assert hits.column_names == ["id", "vector", "lang", "_distance"]
+    batch = table.search(x[:4], k=2, columns=["id"])
+    assert batch.column_names == ["_query", "id", "_distance"] and batch.num_rows == 8
+    filtered = table.search(x[0], k=5, where="lang = 'de'")
+    assert set(filtered["lang"].to_pylist()) == {"de"} and filtered.num_rows == 5
+    assert table.add({"vector": x[:2], "lang": ["xx", "xx"]}) == 2
+    assert table.upsert({"id": [0], "vector": x[1:2], "lang": ["up"]}) == 1
+    assert table.get([0, 301])["lang"].to_pylist() == ["up", "xx"]
+    assert table.delete(where="lang = 'xx'") == 2
+    assert table.delete([1, 2, 999_999]) == 2
+    assert table.count() == 298
+    exact = table.search(x[5], k=4, exact=True)["id"].to_pylist()
+    assert exact[0] == 5
+    assert table.to_arrow().num_rows == 298
+    assert table.stats()["rows"] == 298
+    database.drop_table(name)
+    assert name not in database.table_names()
+
+
+def test_empty_table_with_schema(database) -> None:
+    name = unique("schema")
+    schema = pa.schema([("id", pa.string()), ("vector", pa.list_(pa.float32(), DIM)), ("n", pa.int64())])
+    table = database.create_table(name, schema=schema, metric="l2")
+    table.add([{"id": "a", "vector": vectors(1)[0].tolist(), "n": 1}])
+    assert table.get(["a"])["n"].to_pylist() == [1]
+    assert table.schema.field("id").type == pa.string()
+
+
+@pytest.mark.parametrize("action, error", [
+    (lambda db, t: t.add({"vector": vectors(1, 3)[:, :5]}), omendb.DimensionError),
+    (lambda db, t: t.add({"id": [0], "vector": vectors(1)}), omendb.DuplicateKeyError),
+    (lambda db, t: t.search(np.full(DIM, np.nan)), omendb.InvalidVectorError),
+    (lambda db, t: t.search(vectors(1)[0], where="nosuch = 1"), omendb.FilterError),
+    (lambda db, t: t.add({"vector": vectors(1), "bogus": [1]}), omendb.SchemaError),
+    (lambda db, t: db.open_table("missing_table"), omendb.TableNotFoundError),
+    (lambda db, t: db.create_table("../escape", dim=DIM), omendb.InvalidNameError),
+    (lambda db, t: db.create_table(t.name, dim=DIM), omendb.TableExistsError),
+])
+def test_errors_are_the_same_types_with_the_servers_message(database, action, error) -> None:
+    table = database.create_table(unique("err"), data={"vector": vectors(10)})
+    with pytest.raises(error) as caught:
+        action(database, table)
+    assert str(caught.value)
+    assert table.count() == 10  # nothing stored changed
+
+
+def test_async_client(server) -> None:
+    async def main() -> list:
+        db = await omendb.connect_async(server.uri, token=TOKEN)
+        table = await db.create_table(unique("async"), data={"vector": vectors(50)})
+        hits = await table.search(vectors(50)[9], k=1)
+        count = await table.count()
+        await db.close()
+        return [hits["id"].to_pylist(), count]
+
+    assert asyncio.run(main()) == [[9], 50]
+
+
+# ------------------------------------------------------------------- security
+def test_flight_refuses_missing_or_wrong_token(server) -> None:
+    with pytest.raises(omendb.AuthenticationError):
+        server.connect(token=None)
+    with pytest.raises(omendb.AuthenticationError):
+        server.connect(token="wrong")
+    assert isinstance(server.connect().table_names(), list)
+
+
+def test_http_refuses_missing_or_wrong_token(server) -> None:
+    assert server.http("GET", "/tables", token=None)[0] == 401
+    assert server.http("GET", "/health", token="wrong")[0] == 401
+    assert server.http("GET", "/health") == (200, {"status": "ok"})
+
+
+def test_server_listens_on_loopback_only(server) -> None:
+    psutil = pytest.importorskip("psutil")
+    listening = {c.laddr for c in psutil.Process(server.proc.pid).net_connections(kind="inet")
+                 if c.status == psutil.CONN_LISTEN}
+    assert {addr.port for addr in listening} >= {server.port, server.http_port}
+    assert {addr.ip for addr in listening} <= {"127.0.0.1", "::1"}
+
+
+# ------------------------------------------------------------------------ HTTP
+def test_http_api_round_trip_and_error_codes(server) -> None:
+    name = unique("http")
+    status, info = server.http("POST", "/tables", {"name": name, "dim": DIM, "metric": "cosine",
+                                                   "columns": {"lang": "string"}})
+    assert status == 201 and info["dim"] == DIM
+    rows = [{"id": i, "vector": v.tolist(), "lang": "en" if i % 2 else "de"} for i, v in enumerate(vectors(40))]
+    assert server.http("POST", f"/tables/{name}/add", {"rows": rows}) == (200, {"added": 40})
+    status, found = server.http("POST", f"/tables/{name}/search",
+                                {"vector": rows[3]["vector"], "k": 3, "columns": ["id", "lang"]})
+    assert status == 200 and found["results"][0]["id"] == 3 and set(found["results"][0]) == {"id", "lang", "_distance"}
+    status, found = server.http("POST", f"/tables/{name}/search", {"vector": rows[3]["vector"], "k": 5,
+                                                                   "where": "lang = 'de'"})
+    assert {r["lang"] for r in found["results"]} == {"de"}
+    assert server.http("POST", f"/tables/{name}/upsert", {"rows": rows[:1]})[0] == 200
+    assert server.http("POST", f"/tables/{name}/delete", {"where": "lang = 'en'"}) == (200, {"deleted": 20})
+    assert server.http("GET", f"/tables/{name}/stats")[1]["rows"] == 20
+    assert server.http("GET", f"/tables/{name}")[1]["rows"] == 20
+    # errors
+    assert server.http("POST", f"/tables/{name}/add", {"rows": rows[:1]})[0] == 409  # duplicate id
+    status, body = server.http("POST", f"/tables/{name}/search", {"vector": [1.0, 2.0], "k": 3})
+    assert status == 400 and body["error"] == "DimensionError"
+    assert server.http("GET", "/tables/nope")[0] == 404
+    assert server.http("POST", "/tables", {"name": name, "dim": DIM})[0] == 409
+    assert server.http("POST", "/tables", {"name": "../x", "dim": DIM})[0] == 400
+    assert server.http("POST", f"/tables/{name}/search", {"k": 3})[0] == 400
+    assert server.http("DELETE", f"/tables/{name}") == (200, {"dropped": name})
+
+
+def test_http_request_size_limit(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from omendb.server.http import create_app
+
+    with omendb.open(tmp_path / "db") as db:
+        client = TestClient(create_app(db, max_request_bytes=1_000))
+        big = {"rows": [{"vector": [0.0] * DIM}] * 100}
+        response = client.post("/tables/x/add", json=big)
+        assert response.status_code == 413
+
+
+# ----------------------------------------------------------------- concurrency
+def test_concurrent_writers_and_readers(server) -> None:
+    name = unique("busy")
+    server.connect().create_table(name, dim=DIM)
+    errors: list[BaseException] = []
+
+    def writer(worker: int) -> None:
+        try:
+            table = server.connect().open_table(name)
+            for batch in range(10):
+                ids = np.arange(20) + 1_000 * worker + 20 * batch
+                table.add({"id": ids, "vector": vectors(20, seed=int(ids[0]))})
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    def reader() -> None:
+        try:
+            table = server.connect().open_table(name)
+            for _ in range(20):
+                table.search(vectors(1)[0], k=5)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)] + \
+              [threading.Thread(target=reader) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    assert server.connect().open_table(name).count() == 4 * 10 * 20
+
+
+# ----------------------------------------------------------------- durability
+def test_acknowledged_writes_survive_sigkill_of_the_server(tmp_path: Path) -> None:
+    srv = Server(tmp_path / "db")
+    try:
+        table = srv.connect().create_table("t", dim=DIM)
+        acked = []
+        for batch in range(5):
+            ids = np.arange(10) + 10 * batch
+            table.add({"id": ids, "vector": vectors(10, seed=batch)})
+            acked.extend(ids.tolist())
+    finally:
+        srv.proc.kill()
+        srv.proc.wait()
+    srv.start()
+    try:
+        again = srv.connect().open_table("t")
+        assert sorted(again.to_arrow()["id"].to_pylist()) == acked
+    finally:
+        assert "all tables flushed" in srv.stop()
+
+
+def test_sigterm_flushes_every_table(tmp_path: Path) -> None:
+    srv = Server(tmp_path / "db", token=None)
+    srv.connect(token=None).create_table("t", data={"vector": vectors(25)})
+    assert "all tables flushed" in srv.stop(signal.SIGTERM)
+    with omendb.open(tmp_path / "db") as db:
+        table = db.open_table("t")
+        assert table.count() == 25 and table.stats()["segments"] == 1 and table.stats()["memtable_rows"] == 0
+
+
+# ----------------------------------------------------------------- schemathesis
+def test_openapi_document_holds_under_generated_requests(tmp_path: Path) -> None:
+    schemathesis = pytest.importorskip("schemathesis")
+    from hypothesis import HealthCheck, settings
+
+    from omendb.server.http import create_app
+
+    with omendb.open(tmp_path / "db") as db:
+        db.create_table("docs", data={"vector": vectors(20)})
+        schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(db))
+        failures = []
+        for operation in schema.get_all_operations():
+            strategy = operation.ok().as_strategy()
+
+            @settings(max_examples=15, deadline=None, database=None,
+                      suppress_health_check=list(HealthCheck))
+            def check(case) -> None:
+                response = case.call()
+                if response.status_code >= 500:
+                    failures.append(f"{case.method} {case.path}: {response.status_code} {response.text[:200]}")
+
+            from hypothesis import given
+
+            given(strategy)(check)()
+        assert not failures, failures
