@@ -1,8 +1,10 @@
 """omendb: an Arrow-native, embedded-first vector store.
 
 >>> import omendb
->>> db = omendb.open("./vectors.omen")
->>> tbl = db.create_table("docs", data=df)          # a `vector` column + metadata
+>>> db = omendb.open("./vectors.db")
+>>> ids = db.add_batch(vectors)                      # 2-D array -> ids (table "vectors")
+>>> hits = db.search(query, k=10)                    # Arrow table with id and _distance
+>>> tbl = db.create_table("docs", data=df)          # or: tables with metadata columns
 >>> tbl.search(query, k=10, where="lang = 'en'").to_pandas()
 """
 
@@ -35,7 +37,7 @@ __all__ = [
 
 def open(path: str | os.PathLike, *, fsync: bool = True, memtable_bytes: int = 64 << 20,  # noqa: A001
          build_indexes: bool = True, compaction: CompactionPolicy | bool = True, read_only: bool = False,
-         lock_timeout: float = 0.0) -> Database:
+         lock_timeout: float = 0.0, dim: int | None = None, metric: str = "cosine") -> Database:
     """Open the omendb database in folder ``path``, creating it if missing.
 
     Args:
@@ -54,8 +56,11 @@ def open(path: str | os.PathLike, *, fsync: bool = True, memtable_bytes: int = 6
             still in the writer's memtable appear once it flushes.
         lock_timeout: seconds to wait for another process's writer lock of a table
             before raising ``TableLockedError`` (default: fail at once).
+        dim, metric: of the default table ``vectors`` that ``db.add_batch(...)`` creates
+            (default: the first batch's dimension, cosine).
     """
     if isinstance(compaction, bool):
         compaction = CompactionPolicy(enabled=compaction)
     return Database(path, TableOptions(fsync=fsync, memtable_bytes=memtable_bytes, build_indexes=build_indexes,
-                                       compaction=compaction, read_only=read_only, lock_timeout=lock_timeout))
+                                       compaction=compaction, read_only=read_only, lock_timeout=lock_timeout),
+                    dim=dim, metric=metric)

@@ -18,6 +18,7 @@ from .errors import (ClosedError, CorruptFileError, DimensionError, FormatVersio
                      InvalidNameError, NotADatabaseError, ReadOnlyError, SchemaError,
                      TableExistsError, TableNotFoundError)
 from .index.hnsw import HnswConfig
+from .shorthand import ShorthandMixin
 from .storage.fileio import atomic_write, fsync_dir
 from .storage.manifest import ManifestStore
 from .table import Table, TableOptions, new_table_manifest
@@ -39,11 +40,17 @@ def _check_name(name: Any) -> str:
     return name
 
 
-class Database:
-    """A folder holding omendb tables. Thread-safe; use as a context manager."""
+class Database(ShorthandMixin):
+    """A folder holding omendb tables. Thread-safe; use as a context manager.
 
-    def __init__(self, path: str | os.PathLike, options: TableOptions) -> None:
+    Besides the table API it offers the two-line shorthand ``add_batch`` / ``search`` /
+    ``delete`` / ``get`` / ``count`` on a default table named ``vectors``.
+    """
+
+    def __init__(self, path: str | os.PathLike, options: TableOptions, *, dim: int | None = None,
+                 metric: str = "cosine") -> None:
         self.path = Path(path)
+        self._default_dim, self._default_metric = dim, metric
         self._options = options
         self._tables: dict[str, Table] = {}
         self._lock = threading.RLock()

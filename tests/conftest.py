@@ -3,6 +3,13 @@ and a brute-force NumPy nearest-neighbour reference."""
 
 from __future__ import annotations
 
+import json
+import signal
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -10,6 +17,7 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 import pytest
+
 import omendb
 
 LANGS = ("en", "de", "fr", "ja")
@@ -142,3 +150,56 @@ def segment_format(request, monkeypatch):
 
     monkeypatch.setattr(omendb.Database, "create_table", create_table)
     return request.param
+
+
+# ------------------------------------------------------------------ server mode
+TOKEN = "test-token"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """`omendb serve` in a subprocess; started and stopped by the tests."""
+
+    def __init__(self, path: Path, token: str | None = TOKEN) -> None:
+        self.path, self.token = path, token
+        self.port, self.http_port = free_port(), free_port()
+        self.start()
+
+    def start(self) -> None:
+        args = [sys.executable, "-m", "omendb.server", str(self.path), "--host", "127.0.0.1",
+                "--port", str(self.port), "--http-port", str(self.http_port)]
+        if self.token:
+            args += ["--token", self.token]
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        assert "omendb serving" in line, line + self.proc.stderr.read()
+
+    @property
+    def uri(self) -> str:
+        return f"grpc://127.0.0.1:{self.port}"
+
+    def connect(self, token: str | None = TOKEN, **kwargs) -> omendb.remote.RemoteDatabase:
+        return omendb.connect(self.uri, token=token, **kwargs)
+
+    def http(self, method: str, path: str, body: dict | None = None, token: str | None = TOKEN) -> tuple[int, dict]:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", method=method,
+                                         data=None if body is None else json.dumps(body).encode(),
+                                         headers={"content-type": "application/json",
+                                                  **({"authorization": f"Bearer {token}"} if token else {})})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"{}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> str:
+        self.proc.send_signal(sig)
+        out, _ = self.proc.communicate(timeout=60)
+        return out
+
+

@@ -4,15 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import json
 import signal
-import socket
-import subprocess
-import sys
 import threading
-import time
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -21,56 +14,9 @@ import pyarrow as pa
 import pytest
 
 import omendb
+from conftest import TOKEN, Server
 
 DIM = 8
-TOKEN = "test-token"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    """`omendb serve` in a subprocess; started and stopped by the tests."""
-
-    def __init__(self, path: Path, token: str | None = TOKEN) -> None:
-        self.path, self.token = path, token
-        self.port, self.http_port = free_port(), free_port()
-        self.start()
-
-    def start(self) -> None:
-        args = [sys.executable, "-m", "omendb.server", str(self.path), "--host", "127.0.0.1",
-                "--port", str(self.port), "--http-port", str(self.http_port)]
-        if self.token:
-            args += ["--token", self.token]
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline()
-        assert "omendb serving" in line, line + self.proc.stderr.read()
-
-    @property
-    def uri(self) -> str:
-        return f"grpc://127.0.0.1:{self.port}"
-
-    def connect(self, token: str | None = TOKEN) -> omendb.remote.RemoteDatabase:
-        return omendb.connect(self.uri, token=token)
-
-    def http(self, method: str, path: str, body: dict | None = None, token: str | None = TOKEN) -> tuple[int, dict]:
-        request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", method=method,
-                                         data=None if body is None else json.dumps(body).encode(),
-                                         headers={"content-type": "application/json",
-                                                  **({"authorization": f"Bearer {token}"} if token else {})})
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return response.status, json.loads(response.read() or b"{}")
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read() or b"{}")
-
-    def stop(self, sig: int = signal.SIGTERM) -> str:
-        self.proc.send_signal(sig)
-        out, _ = self.proc.communicate(timeout=60)
-        return out
 
 
 @pytest.fixture(scope="module")

@@ -57,6 +57,9 @@ class AsyncRemoteDatabase(_AsyncWrapper):
         await self.close()
 
 
-async def connect_async(uri: str, token: str | None = None, *, timeout: float | None = None) -> AsyncRemoteDatabase:
-    """Connect to ``omendb serve`` from asyncio code."""
-    return AsyncRemoteDatabase(await asyncio.to_thread(RemoteDatabase, uri, token, timeout=timeout))
+async def connect_async(uri: str, token: str | None = None, *, timeout: float | None = None,
+                        dim: int | None = None, metric: str = "cosine") -> AsyncRemoteDatabase:
+    """Connect to ``omendb serve`` from asyncio code: every method is awaitable,
+    the shorthand included (``ids = await db.add_batch(vectors)``)."""
+    return AsyncRemoteDatabase(await asyncio.to_thread(RemoteDatabase, uri, token, timeout=timeout,
+                                                       dim=dim, metric=metric))

@@ -11,6 +11,7 @@ import pyarrow.flight as flight
 
 from ..convert import to_arrow_table
 from ..errors import ClosedError, OmenError
+from ..shorthand import ShorthandMixin
 from .protocol import (DEFAULT_PORT, AuthenticationError, decode, decode_schema, encode, encode_schema,
                        encode_vectors, error_from_text)
 
@@ -109,6 +110,10 @@ class RemoteTable:
         """Append rows (any input ``Table.add`` accepts); returns once durable on the server."""
         return self._channel.put(self._body(op="add"), to_arrow_table(data, self.vector_column))["rows"]
 
+    def insert(self, data: Any) -> pa.Array:
+        """Like :meth:`add`, but return the primary keys of the new rows."""
+        return pa.array(self._channel.put(self._body(op="insert"), to_arrow_table(data, self.vector_column))["ids"])
+
     def upsert(self, data: Any) -> int:
         """Insert rows, replacing rows with the same primary key."""
         return self._channel.put(self._body(op="upsert"), to_arrow_table(data, self.vector_column))["rows"]
@@ -185,10 +190,12 @@ def _ids_list(ids: Any) -> list:
     return np.asarray(ids).tolist() if isinstance(ids, np.ndarray) else list(ids)
 
 
-class RemoteDatabase:
-    """A database on an omendb server, with the embedded Database API."""
+class RemoteDatabase(ShorthandMixin):
+    """A database on an omendb server, with the embedded Database API and its shorthand."""
 
-    def __init__(self, uri: str, token: str | None = None, timeout: float | None = None) -> None:
+    def __init__(self, uri: str, token: str | None = None, timeout: float | None = None, *,
+                 dim: int | None = None, metric: str = "cosine") -> None:
+        self._default_dim, self._default_metric = dim, metric
         self._channel = _Channel(uri, token, timeout)
         self.uri = self._channel.uri
         self._channel.action("health")  # fail now, clearly, if the server is not there
@@ -237,6 +244,10 @@ class RemoteDatabase:
         self.close()
 
 
-def connect(uri: str, token: str | None = None, *, timeout: float | None = None) -> RemoteDatabase:
-    """Connect to ``omendb serve`` at ``uri`` (``grpc://host:port`` or ``host:port``)."""
-    return RemoteDatabase(uri, token=token, timeout=timeout)
+def connect(uri: str, token: str | None = None, *, timeout: float | None = None, dim: int | None = None,
+            metric: str = "cosine") -> RemoteDatabase:
+    """Connect to ``omendb serve`` at ``uri`` (``host:port``; ``grpc://`` is assumed).
+
+    ``dim``/``metric`` configure the default table that ``add_batch`` creates.
+    """
+    return RemoteDatabase(uri, token=token, timeout=timeout, dim=dim, metric=metric)

@@ -107,6 +107,8 @@ class OmenFlightServer(flight.FlightServerBase):
             table = self._table(command)
             if op == "add":
                 return {"rows": table.add(data)}
+            if op == "insert":
+                return {"ids": table.insert(data).to_pylist()}
             if op == "upsert":
                 return {"rows": table.upsert(data)}
             raise ValueError(f"unknown put operation {op!r}")

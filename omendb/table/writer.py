@@ -50,7 +50,11 @@ class WriteMixin:
         """Insert rows, replacing any live row with the same primary key."""
         return self._write(RecordKind.UPSERT, data, fsync)
 
-    def _write(self, kind: RecordKind, data: Any, fsync: bool | None) -> int:
+    def insert(self, data: Any, *, fsync: bool | None = None) -> pa.Array:
+        """Like :meth:`add`, but return the primary keys of the new rows (assigned or given)."""
+        return self._write(RecordKind.ADD, data, fsync, keys=True)
+
+    def _write(self, kind: RecordKind, data: Any, fsync: bool | None, keys: bool = False) -> Any:
         self._check_writable()
         raw = to_arrow_table(data, self.vector_column)
         with self._write_lock:
@@ -58,19 +62,19 @@ class WriteMixin:
             table = conform(raw, self._schema, id_column=self.id_column, vector_column=self.vector_column,
                             next_id=self._next_id, require_ids=kind is RecordKind.UPSERT)
             if table.num_rows == 0:
-                return 0
-            keys = table.column(self.id_column)
-            self._refuse_repeated_keys(keys)
+                return table.column(self.id_column).combine_chunks() if keys else 0
+            key_column = table.column(self.id_column)
+            self._refuse_repeated_keys(key_column)
             if kind is RecordKind.ADD:
-                existing = self._locate(keys_to_numpy(keys))
+                existing = self._locate(keys_to_numpy(key_column))
                 if existing:
                     found = np.concatenate([idx for idx, _, _ in existing])
-                    sample = keys_to_numpy(keys)[np.sort(found)[:5]].tolist()
+                    sample = keys_to_numpy(key_column)[np.sort(found)[:5]].tolist()
                     raise DuplicateKeyError(
                         f"{found.size} id(s) already exist in table {self.name!r}, e.g. {sample}; "
                         "use upsert() to replace rows")
             self._commit(kind, table, fsync)
-        return table.num_rows
+        return table.column(self.id_column).combine_chunks() if keys else table.num_rows
 
     def _refuse_repeated_keys(self, keys: pa.ChunkedArray) -> None:
         if pc.count_distinct(keys).as_py() == len(keys):
