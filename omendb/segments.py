@@ -50,6 +50,14 @@ class SegmentHandle:
     def path(self) -> Path:
         return self.directory / self.entry.file
 
+    @property
+    def cache_key(self) -> str:
+        """Identifies this immutable segment in process-wide caches (filter masks)."""
+        key = self.__dict__.get("_cache_key")
+        if key is None:
+            key = self._cache_key = str(self.path)
+        return key
+
     def _load(self) -> None:
         with self._lock:
             if self._table is not None:

@@ -71,11 +71,12 @@ class HnswConfig:
 
 
 def _prepare(vectors: np.ndarray, norms: np.ndarray | None, metric: str) -> np.ndarray:
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if metric != "cosine":
-        return np.ascontiguousarray(vectors, dtype=np.float32)
+        return vectors
     if norms is None:
-        norms = np.linalg.norm(vectors, axis=1)
-    return np.ascontiguousarray(vectors / np.maximum(norms, 1e-30)[:, None], dtype=np.float32)
+        norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))
+    return vectors / np.maximum(norms, np.float32(1e-30))[:, None]
 
 
 class HnswIndex:

@@ -151,7 +151,7 @@ class TableReader:
             live = dict(self._live)
             mem = self._memtable.view()
         parts = [SearchPart(h.table, h.vectors, h.norms, live[h.file], None if exact else self._segment_index(h),
-                            cache_key=str(h.path)) for h in segments]
+                            cache_key=h.cache_key) for h in segments]
         parts.append(SearchPart(mem.table, mem.vectors, mem.norms, None if mem.live.all() else mem.live))
         return parts
 
