@@ -1,43 +1,656 @@
-"""The ``omendb`` command line."""
+"""The ``omendb`` command line: ingest, search, info, compact, export, demo, serve.
+
+Every command has ``--help``. Errors print one line, ``omendb <command>: error: ...``,
+on standard error and exit with status 1 (data and database errors) or 2 (usage
+errors); ``omendb --debug <command> ...`` shows the traceback instead. Commands that
+report a summary print it for people on a terminal and as one JSON line when standard
+output is a pipe or a file (or with ``--json``), so scripts can parse it.
+"""
 
 from __future__ import annotations
 
+import functools
+import json
+import platform
 import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import click
+import numpy as np
+import pyarrow as pa
 
 import omendb
 
-from .errors import OmenError
+from .errors import InvalidVectorError, OmenError, TableNotFoundError
+from .export import EXPORT_FORMATS
+from .sources import FILE_FORMATS
+
+__all__ = ["main"]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# ------------------------------------------------------------------ error handling
+class CommandError(click.ClickException):
+    """A data or database error: one line on stderr, exit status 1."""
+
+    exit_code = 1
+
+
+class OmenGroup(click.Group):
+    """A click group whose errors are one line each (usage errors too), without tracebacks."""
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,  # type: ignore[override]
+             complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            result = super().main(args, prog_name or "omendb", complete_var, standalone_mode=False, **extra)
+        except click.ClickException as exc:
+            where = exc.ctx.command_path if isinstance(exc, click.UsageError) and exc.ctx else \
+                getattr(exc, "command_path", "omendb")
+            hint = f" (see '{where} --help')" if isinstance(exc, click.UsageError) else ""
+            click.echo(f"{where}: error: {_one_line(exc.format_message())}{hint}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("omendb: interrupted", err=True)
+            sys.exit(130)
+        except BrokenPipeError:  # e.g. `omendb search ... | head`: the reader left, nothing to report
+            sys.stderr.close()
+            sys.exit(0)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+def _one_line(text: str) -> str:
+    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    return lines[0] if lines else "failed"
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, (FileNotFoundError, PermissionError, FileExistsError, IsADirectoryError)) \
+            and exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror}"
+    if isinstance(exc, (OmenError, OSError, ValueError, KeyError, ImportError, TypeError)):
+        return _one_line(str(exc))
+    return f"{type(exc).__name__}: {_one_line(str(exc))} (run 'omendb --debug ...' for the traceback)"
+
+
+def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn exceptions of ``command`` into one clear line and exit status 1 (``--debug``: re-raise)."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context()
+        try:
+            return command(*args, **kwargs)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except KeyboardInterrupt:
+            raise click.Abort() from None
+        except Exception as exc:
+            if (ctx.find_root().obj or {}).get("debug"):
+                raise
+            error = CommandError(_describe(exc))
+            error.command_path = ctx.command_path  # type: ignore[attr-defined]
+            raise error from None
+
+    return wrapper
+
+
+def _machine_output(as_json: bool) -> bool:
+    """Summaries as one JSON line (pipes, files, ``--json``) rather than for a person."""
+    return as_json or not sys.stdout.isatty()
+
+
+def _emit_json(record: dict[str, Any]) -> None:
+    click.echo(json.dumps(record, default=_json_default, separators=(",", ":")))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, bytes):
+        return value.hex()
+    return str(value)
+
+
+def _console(**kwargs: Any) -> Any:
+    """A rich console; wide when writing to a pipe or file, so tables are not squeezed."""
+    from rich.console import Console
+
+    stream = kwargs.get("file", sys.stdout)
+    if "width" not in kwargs and not stream.isatty():
+        kwargs["width"] = 200
+    return Console(**kwargs)
+
+
+# ------------------------------------------------------------------ the group
+@click.group(cls=OmenGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(omendb.__version__, prog_name="omendb")
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
 @click.pass_context
 def main(ctx: click.Context, debug: bool) -> None:
-    """omendb: an Arrow-native, embedded-first vector store."""
+    """omendb: an Arrow-native, embedded-first vector store.
+
+    \b
+    omendb ingest data.parquet --db ./vectors.omen --table docs
+    omendb search --db ./vectors.omen --table docs --query q.npy -k 5
+    omendb info --db ./vectors.omen
+    omendb export --db ./vectors.omen --table docs --out docs.parquet
+    """
     ctx.obj = {"debug": debug}
 
 
+def _open_existing(db_path: str, *, read_only: bool, **options: Any) -> omendb.Database:
+    path = Path(db_path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(2, "no such database folder", str(path))
+    return omendb.open(path, read_only=read_only, **options)
+
+
+def _table(db: omendb.Database, name: str | None) -> omendb.Table:
+    names = db.table_names()
+    if name is None:
+        if len(names) == 1:
+            return db.open_table(names[0])
+        raise click.UsageError(f"--table is required: {db.path} has "
+                               + (f"tables {', '.join(names)}" if names else "no tables"))
+    if name not in names:
+        raise TableNotFoundError(f"table {name!r} does not exist in {db.path} "
+                                 f"(tables: {', '.join(names) or 'none'})")
+    return db.open_table(name)
+
+
+# ------------------------------------------------------------------ ingest
+def _progress(console: Any, total: int | None) -> Any:
+    from rich.progress import (BarColumn, Progress, ProgressColumn, SpinnerColumn, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.text import Text
+
+    class Rows(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            done = f"{int(task.completed):,}"
+            return Text(f"{done}/{int(task.total):,} rows" if task.total else f"{done} rows")
+
+    class Rate(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text(f"{speed:,.0f} rows/s" if speed else "- rows/s")
+
+    columns: list[Any] = [TextColumn("[bold]ingest")]
+    columns += [BarColumn()] if total else [SpinnerColumn()]
+    columns += [Rows(), Rate(), TimeElapsedColumn()]
+    if total:
+        columns += [TextColumn("ETA"), TimeRemainingColumn()]
+    return Progress(*columns, console=console, transient=False, speed_estimate_period=10)
+
+
+@main.command()
+@click.argument("sources", nargs=-1, required=True, metavar="SRC...")
+@click.option("--db", "db_path", required=True, type=click.Path(file_okay=False),
+              help="Database folder (created if missing).")
+@click.option("--table", "-t", "table_name", required=True, help="Table to create or append to.")
+@click.option("--vector-column", default="vector", show_default=True, help="The sources' vector column.")
+@click.option("--id-column", default="id", show_default=True,
+              help="Primary key column (ids are assigned when the sources lack it).")
+@click.option("--batch-size", default=10_000, show_default=True, type=click.IntRange(min=1),
+              help="Rows per batch; each batch is one atomic, durable commit.")
+@click.option("--format", "table_format", type=click.Choice(["arrow", "lance"]), default="arrow",
+              show_default=True, help="Segment format of a table created here.")
+@click.option("--metric", type=click.Choice(["l2", "cosine", "dot"]), default="l2", show_default=True,
+              help="Distance metric of a table created here.")
+@click.option("--create", "create_only", is_flag=True, help="The table must not exist yet.")
+@click.option("--append", "append_only", is_flag=True, help="The table must exist already.")
+@click.option("--upsert", is_flag=True, help="Replace rows whose ids exist (safe re-runs) instead of refusing them.")
+@click.option("--source-format", type=click.Choice(FILE_FORMATS), default=None,
+              help="Format of the sources when their suffix does not tell ('-' reads an Arrow stream).")
+@click.option("--no-fsync", is_flag=True,
+              help="Skip the per-batch fsync (faster; survives a crash of omendb, not of the machine).")
+@click.option("--index/--no-index", default=True, show_default=True,
+              help="Build the HNSW indexes of the new segments (in the background, waited for at the end).")
+@click.option("--memtable-mb", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Rows buffered before a segment is written; ingest memory is a few times this.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON even on a terminal.")
+@handle_errors
+def ingest(sources: tuple[str, ...], db_path: str, table_name: str, vector_column: str, id_column: str,
+           batch_size: int, table_format: str, metric: str, create_only: bool, append_only: bool, upsert: bool,
+           source_format: str | None, no_fsync: bool, index: bool, memtable_mb: int, as_json: bool) -> None:
+    """Load SRC... into a table, streaming: Parquet files or folders, Lance datasets and
+    LanceDB tables (<db>/<table>.lance), Arrow IPC files or streams, CSV, JSON Lines,
+    .npy arrays, or '-' for an Arrow IPC stream on standard input.
+
+    Each batch is one durable, atomic commit: if ingest is interrupted, the table keeps
+    every whole batch written before (re-run with --upsert to finish safely). The
+    table is created from the first batch's schema unless it exists.
+    """
+    from .sources import ingest as ingest_rows
+    from .sources import open_source
+
+    if create_only and append_only:
+        raise click.UsageError("--create and --append exclude each other")
+    mode = "create" if create_only else "append" if append_only else "auto"
+    opened = [open_source(src, vector_column=vector_column, batch_size=batch_size, format=source_format)
+              for src in sources]
+    totals = [s.total_rows for s in opened]
+    total = None if any(t is None for t in totals) else sum(totals)  # type: ignore[arg-type]
+    machine = _machine_output(as_json)
+    done = [0]
+    db = omendb.open(Path(db_path).expanduser(), fsync=not no_fsync, memtable_bytes=memtable_mb << 20,
+                     build_indexes=index, compaction=False)
+    try:
+        progress = None if machine else _progress(_console(), total)
+        task = progress.add_task("ingest", total=total) if progress else None
+
+        def advance(rows: int) -> None:
+            done[0] += rows
+            if progress is not None:
+                progress.advance(task, rows)
+
+        try:
+            if progress is not None:
+                progress.start()
+            result = ingest_rows(db, opened, table=table_name, mode=mode, vector_column=vector_column,
+                                 id_column=id_column, metric=metric, format=table_format, batch_size=batch_size,
+                                 upsert=upsert, on_batch=advance)
+        except KeyboardInterrupt:
+            if progress is not None:
+                progress.stop()
+            db.close()
+            click.echo(f"omendb ingest: interrupted after {done[0]:,} rows; they are in table "
+                       f"{table_name!r} (whole batches; re-run with --upsert to finish)", err=True)
+            sys.exit(130)
+        finally:
+            if progress is not None:
+                progress.stop()
+        table = db.open_table(table_name)
+        summary = result.as_dict()
+        summary["index_seconds"] = 0.0
+        if index:
+            t0 = time.perf_counter()
+            table.flush()
+            if machine:
+                table.wait_for_index()
+            else:
+                with _console().status("building HNSW indexes of the new segments..."):
+                    table.wait_for_index()
+            summary["index_seconds"] = round(time.perf_counter() - t0, 3)
+        stats = table.stats()
+        summary.update(seconds=round(result.seconds, 3), table_rows=stats["rows"], segments=stats["segments"],
+                       indexed_segments=stats["indexed_segments"], dim=stats["dim"], metric=stats["metric"],
+                       format=stats["format"], version=stats["version"], db=str(db.path))
+    finally:
+        db.close()
+    if machine:
+        _emit_json(summary)
+    else:
+        verb = "created" if result.created else "appended to"
+        click.echo(f"{verb} table {table_name!r}: {result.rows:,} rows in {result.seconds:.2f} s "
+                   f"({result.rows_per_s:,.0f} rows/s, {result.batches} batches); table now has "
+                   f"{summary['table_rows']:,} rows, dim {summary['dim']}, {summary['segments']} segment(s), "
+                   f"{summary['indexed_segments']} indexed")
+
+
+# ------------------------------------------------------------------ search
+def _json_queries(value: Any, vector_column: str) -> Any:
+    if isinstance(value, dict):
+        if vector_column not in value:
+            raise InvalidVectorError(f"query JSON object has no {vector_column!r} key "
+                                     f"(keys: {', '.join(value) or 'none'})")
+        return value[vector_column]
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        return [_json_queries(v, vector_column) for v in value]
+    return value
+
+
+def load_queries(spec: str, vector_column: str = "vector") -> np.ndarray:
+    """Query vectors from ``spec``: a file (.npy, .json, .jsonl, or a table file with a
+    vector column: .parquet, .arrow, .lance, .csv), ``-`` (JSON on stdin) or an inline
+    JSON array. Returns a 1-D array (one query) or a 2-D array (one per row)."""
+    text = spec.strip()
+    if spec == "-":
+        value = _json_queries(json.loads(sys.stdin.read() or "null"), vector_column)
+    elif text.startswith("["):
+        value = json.loads(text)
+    else:
+        path = Path(spec).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(2, "no such query file", str(path))
+        suffix = path.suffix.lower()
+        if suffix == ".npy":
+            value = np.load(path)
+        elif suffix == ".json":
+            value = _json_queries(json.loads(path.read_text()), vector_column)
+        elif suffix in (".jsonl", ".ndjson"):
+            value = [_json_queries(json.loads(line), vector_column)
+                     for line in path.read_text().splitlines() if line.strip()]
+        else:
+            from .convert import to_vector_array
+            from .sources import open_source
+
+            with open_source(path, vector_column=vector_column) as source:
+                batches = list(source)
+            if not batches:
+                raise InvalidVectorError(f"{path}: holds no query rows")
+            column = pa.Table.from_batches(batches).column(vector_column)
+            vectors = to_vector_array(column, None, vector_column)
+            value = np.asarray(vectors.values.to_numpy(zero_copy_only=False)).reshape(len(vectors), -1)
+    if value is None:
+        raise InvalidVectorError("no query given (empty input)")
+    try:
+        queries = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise InvalidVectorError(f"queries must be a list of numbers or a list of lists of numbers: {exc}") from None
+    if queries.ndim not in (1, 2) or queries.size == 0:
+        raise InvalidVectorError(f"queries must be one vector or a list of vectors, got shape {queries.shape}")
+    return queries
+
+
+def _parse_columns(columns: str | None, table: omendb.Table) -> list[str]:
+    if columns is None:  # everything but the (long) vectors
+        return [n for n in table.schema.names if n != table.vector_column]
+    if columns.strip() == "*":
+        return list(table.schema.names)
+    return [c.strip() for c in columns.split(",") if c.strip()]
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 1e6 else f"{value:.4g}"
+    if isinstance(value, list):
+        shown = ", ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in value[:3])
+        return f"[{shown}{', ...' if len(value) > 3 else ''}] ({len(value)})"
+    return str(value)
+
+
+def _flatten_lists(result: pa.Table) -> pa.Table:
+    """List columns as JSON strings, for CSV."""
+    for i, field in enumerate(result.schema):
+        kind = field.type
+        if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind) \
+                or pa.types.is_struct(kind) or pa.types.is_map(kind):
+            text = [None if v is None else json.dumps(v, default=_json_default) for v in result.column(i).to_pylist()]
+            result = result.set_column(i, field.name, pa.array(text, pa.string()))
+    return result
+
+
+def write_results(result: pa.Table, output: str, out: str | None) -> None:
+    """Write search results as a table, JSON Lines, CSV or Parquet, to ``out`` or stdout."""
+    if output == "parquet":
+        import pyarrow.parquet as pq
+
+        if out is None and sys.stdout.isatty():
+            raise click.UsageError("parquet output is binary: pass --out FILE or redirect standard output")
+        pq.write_table(result, out if out is not None else pa.PythonFile(sys.stdout.buffer, mode="w"))
+        if out is None:
+            sys.stdout.buffer.flush()
+        return
+    stream = open(out, "w", newline="") if out is not None else sys.stdout
+    try:
+        if output == "json":
+            for row in result.to_pylist():
+                stream.write(json.dumps(row, default=_json_default) + "\n")
+        elif output == "csv":
+            import pyarrow.csv as pcsv
+
+            sink = pa.BufferOutputStream()
+            pcsv.write_csv(_flatten_lists(result), sink)
+            stream.write(sink.getvalue().to_pybytes().decode())
+        else:
+            from rich.table import Table as RichTable
+
+            view = RichTable(show_lines=False)
+            for name in result.column_names:
+                view.add_column(name, justify="left" if pa.types.is_string(result.schema.field(name).type)
+                                else "right")
+            for row in result.to_pylist():
+                view.add_row(*(_cell(row[n]) for n in result.column_names))
+            _console(file=stream).print(view)
+        stream.flush()
+    finally:
+        if stream is not sys.stdout:
+            stream.close()
+
+
+@main.command()
+@click.option("--db", "db_path", required=True, type=click.Path(file_okay=False), help="Database folder.")
+@click.option("--table", "-t", "table_name", default=None, help="Table to search (default: the only one).")
+@click.option("--query", "-q", "query", required=True, metavar="FILE|-|JSON",
+              help="Query vectors: .npy, .json (a vector, a list of vectors, or objects with the vector "
+                   "column), .jsonl, a .parquet/.arrow/.lance/.csv file with a vector column, '-' for JSON "
+                   "on standard input, or an inline JSON array.")
+@click.option("-k", "k", default=10, show_default=True, type=click.IntRange(min=1), help="Neighbours per query.")
+@click.option("--where", default=None, help="SQL predicate over the metadata columns, applied before ranking.")
+@click.option("--columns", default=None, help="Comma-separated columns to return (default: all but the "
+                                               "vectors; '*' for all). _distance is always added.")
+@click.option("--ef", default=None, type=click.IntRange(min=1), help="HNSW candidate list size (recall vs speed).")
+@click.option("--exact", is_flag=True, help="Exact scan, bypassing the HNSW indexes.")
+@click.option("--output", "-o", type=click.Choice(["table", "json", "csv", "parquet"]), default="table",
+              show_default=True, help="Result format (json: one object per line).")
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write results to FILE, not stdout.")
+@click.option("--vector-column", default=None, help="Vector column of a query file (default: the table's).")
+@handle_errors
+def search(db_path: str, table_name: str | None, query: str, k: int, where: str | None, columns: str | None,
+           ef: int | None, exact: bool, output: str, out: str | None, vector_column: str | None) -> None:
+    """Find the k nearest rows to each query vector.
+
+    One query gives k rows sorted by _distance (smaller is closer); several give k rows
+    per query with a _query column (the query's position). The database is opened
+    read-only: it sees what writers have flushed and never waits for them.
+    """
+    with _open_existing(db_path, read_only=True) as db:
+        table = _table(db, table_name)
+        queries = load_queries(query, vector_column or table.vector_column)
+        result = table.search(queries, k=k, where=where, columns=_parse_columns(columns, table),
+                              exact=exact, ef=ef)
+        write_results(result, output, out)
+
+
+# ------------------------------------------------------------------ info
+def _environment() -> dict[str, Any]:
+    import os
+
+    import duckdb
+
+    info: dict[str, Any] = {"omendb": omendb.__version__, "python": platform.python_version(),
+                            "pyarrow": pa.__version__, "numpy": np.__version__, "duckdb": duckdb.__version__}
+    for module in ("faiss", "lance", "pandas", "polars"):
+        try:
+            info[module] = __import__(module).__version__
+        except ImportError:
+            info[module] = None
+    info["cpus"] = os.cpu_count()
+    return info
+
+
+def _table_info(table: omendb.Table, *, detail: bool) -> dict[str, Any]:
+    stats = table.stats()
+    info = {"table": table.name, "rows": stats["rows"], "dim": stats["dim"], "metric": stats["metric"],
+            "format": stats["format"], "segments": stats["segments"], "indexed_segments": stats["indexed_segments"],
+            "unindexed_segments": stats["unindexed_segments"], "deleted_rows": stats["deleted_rows"],
+            "bytes": stats["bytes"], "version": stats["version"]}
+    if detail:
+        info.update(id_column=table.id_column, vector_column=table.vector_column,
+                    columns={f.name: str(f.type) for f in table.schema}, index=stats["index"],
+                    indexed_rows=stats["indexed_rows"], unindexed_rows=stats["unindexed_rows"],
+                    versions=len(table.versions()))
+    return info
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+@main.command()
+@click.option("--db", "db_path", default=None, type=click.Path(file_okay=False),
+              help="Database folder (omitted: versions of omendb and its libraries).")
+@click.option("--table", "-t", "table_name", default=None, help="Show one table in detail.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@handle_errors
+def info(db_path: str | None, table_name: str | None, as_json: bool) -> None:
+    """Tables of a database: rows, dim, metric, format, segments, index state, bytes."""
+    if db_path is None:
+        if table_name is not None:
+            raise click.UsageError("--table needs --db")
+        env = _environment()
+        if as_json:
+            _emit_json(env)
+        else:
+            click.echo("  ".join(f"{k} {v}" for k, v in env.items() if v is not None))
+        return
+    with _open_existing(db_path, read_only=True) as db:
+        if table_name is not None:
+            tables = [_table_info(_table(db, table_name), detail=True)]
+        else:
+            tables = [_table_info(db.open_table(name), detail=False) for name in db.table_names()]
+        if as_json:
+            _emit_json({"db": str(db.path), "tables": tables})
+            return
+        from rich.table import Table as RichTable
+
+        console = _console()
+        if table_name is not None:
+            t = tables[0]
+            console.print(f"[bold]{t['table']}[/] in {db.path}")
+            for key in ("rows", "dim", "metric", "format", "id_column", "vector_column", "segments",
+                        "indexed_segments", "unindexed_segments", "indexed_rows", "unindexed_rows",
+                        "deleted_rows", "version", "versions"):
+                console.print(f"  {key:<19} {t[key]:,}" if isinstance(t[key], int) else f"  {key:<19} {t[key]}")
+            console.print(f"  {'bytes':<19} {_size(t['bytes'])}")
+            console.print(f"  {'index':<19} {t['index']}")
+            console.print("  columns: " + ", ".join(f"{n} {kind}" for n, kind in t["columns"].items()))
+            return
+        if not tables:
+            console.print(f"{db.path}: no tables")
+            return
+        view = RichTable(title=str(db.path))
+        for name in ("table", "rows", "dim", "metric", "format", "segments", "indexed", "deleted", "size", "version"):
+            view.add_column(name, justify="left" if name in ("table", "metric", "format") else "right")
+        for t in tables:
+            view.add_row(t["table"], f"{t['rows']:,}", str(t["dim"]), t["metric"], t["format"], str(t["segments"]),
+                         f"{t['indexed_segments']}/{t['segments']}", f"{t['deleted_rows']:,}", _size(t["bytes"]),
+                         str(t["version"]))
+        console.print(view)
+
+
+# ------------------------------------------------------------------ compact
+@main.command()
+@click.option("--db", "db_path", required=True, type=click.Path(file_okay=False), help="Database folder.")
+@click.option("--table", "-t", "table_name", default=None, help="Compact one table (default: all).")
+@click.option("--index/--no-index", default=True, show_default=True,
+              help="Also build every missing HNSW index and wait for it.")
+@click.option("--cleanup", is_flag=True, help="Then remove old versions and the files only they use.")
+@click.option("--keep-last", default=1, show_default=True, type=click.IntRange(min=1),
+              help="With --cleanup: versions to keep.")
+@click.option("--older-than", default=None, type=click.FloatRange(min=0),
+              help="With --cleanup: remove only versions older than this many seconds.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON even on a terminal.")
+@handle_errors
+def compact(db_path: str, table_name: str | None, index: bool, cleanup: bool, keep_last: int,
+            older_than: float | None, as_json: bool) -> None:
+    """Merge small segments, drop deleted rows and build indexes; optionally clean up old versions.
+
+    Needs the tables' writer lock: it fails at once if another process is writing.
+    """
+    machine = _machine_output(as_json)
+    with _open_existing(db_path, read_only=False, build_indexes=index, compaction=False) as db:
+        names = [_table(db, table_name).name] if table_name is not None else db.table_names()
+        for name in names:
+            table = db.open_table(name)
+            t0 = time.perf_counter()
+            status = None if machine else _console().status(f"compacting {name!r}...")
+            if status is not None:
+                status.start()
+            try:
+                report: dict[str, Any] = {"table": name, **table.compact()}
+                if index:
+                    table.wait_for_index()
+                if cleanup:
+                    report.update(table.cleanup(older_than=older_than, keep_last=keep_last))
+            finally:
+                if status is not None:
+                    status.stop()
+            stats = table.stats()
+            report.update(rows=stats["rows"], indexed_segments=stats["indexed_segments"], bytes=stats["bytes"],
+                          version=stats["version"], seconds=round(time.perf_counter() - t0, 3))
+            if machine:
+                _emit_json(report)
+            else:
+                freed = f", removed {report['versions_removed']} version(s) freeing {_size(report['bytes_freed'])}" \
+                    if cleanup else ""
+                click.echo(f"{name}: {report['segments_before']} -> {report['segments_after']} segment(s), "
+                           f"{report['rows_dropped']:,} deleted rows dropped, {report['indexed_segments']} indexed"
+                           f"{freed}, {_size(report['bytes'])} on disk, version {report['version']} "
+                           f"({report['seconds']:.1f} s)")
+
+
+# ------------------------------------------------------------------ export
+def _export_format(out: str, given: str | None) -> str:
+    if given is not None:
+        return given
+    suffix = Path(out).suffix.lower()
+    return {".lance": "lance", ".arrow": "arrow", ".ipc": "arrow", ".feather": "arrow"}.get(suffix, "parquet")
+
+
+@main.command()
+@click.option("--db", "db_path", required=True, type=click.Path(file_okay=False), help="Database folder.")
+@click.option("--table", "-t", "table_name", default=None, help="Table to export (default: the only one).")
+@click.option("--out", required=True, type=click.Path(), help="File (parquet, arrow) or folder (lance) to write.")
+@click.option("--format", "export_format", type=click.Choice(EXPORT_FORMATS), default=None,
+              help="Output format (default: from the --out suffix, else parquet).")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON even on a terminal.")
+@handle_errors
+def export(db_path: str, table_name: str | None, out: str, export_format: str | None, overwrite: bool,
+           as_json: bool) -> None:
+    """Write a table's live rows to Parquet, a Lance dataset (LanceDB reads it) or an Arrow IPC file.
+
+    Streams one consistent snapshot segment by segment; the output appears complete
+    or not at all.
+    """
+    from .export import export_table
+
+    with _open_existing(db_path, read_only=True) as db:
+        table = _table(db, table_name)
+        result = export_table(table, out, _export_format(out, export_format), overwrite=overwrite)
+    if _machine_output(as_json):
+        _emit_json({"table": table.name, **result.as_dict()})
+    else:
+        click.echo(f"exported {result.rows:,} rows of {table.name!r} to {result.path} ({result.format}, "
+                   f"{_size(result.bytes)}) in {result.seconds:.2f} s")
+
+
+# ------------------------------------------------------------------ demo
 @main.command()
 @click.option("--path", default="omendb-demo.omen", show_default=True, help="Database folder to create/reuse.")
-@click.option("--rows", default=50_000, show_default=True, help="Rows to generate and ingest.")
-@click.option("--dim", default=128, show_default=True, help="Vector dimension.")
-@click.option("--queries", default=200, show_default=True, help="Queries to time.")
-@click.pass_context
-def demo(ctx: click.Context, path: str, rows: int, dim: int, queries: int) -> None:
-    """Make clustered vectors, ingest them durably, index them, run exact, HNSW and filtered searches."""
+@click.option("--rows", default=50_000, show_default=True, type=click.IntRange(min=1_000),
+              help="Rows to generate and ingest.")
+@click.option("--dim", default=128, show_default=True, type=click.IntRange(min=2), help="Vector dimension.")
+@click.option("--queries", default=200, show_default=True, type=click.IntRange(min=1), help="Queries to time.")
+@handle_errors
+def demo(path: str, rows: int, dim: int, queries: int) -> None:
+    """A tour on data it makes itself: ingest from Parquet, index, search, SQL, compaction."""
     from .demo import run_demo
 
-    try:
-        run_demo(path, rows=rows, dim=dim, queries=queries)
-    except (OmenError, OSError, ValueError) as exc:
-        if ctx.obj["debug"]:
-            raise
-        click.echo(f"omendb demo: error: {exc}", err=True)
-        sys.exit(1)
+    run_demo(path, rows=rows, dim=dim, queries=queries)
 
+
+def _serve() -> click.Command:
+    from .server.command import serve_command
+
+    return serve_command
+
+
+main.add_command(_serve(), "serve")
 
 if __name__ == "__main__":  # pragma: no cover
     main()

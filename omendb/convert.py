@@ -4,11 +4,13 @@ Accepted inputs: pandas / polars DataFrames (and polars LazyFrames), pyarrow Tab
 RecordBatches and RecordBatchReaders, a list of dicts, a dict of columns, or a 2-D
 NumPy array of vectors. Vectors may be any numeric list type (float16 included);
 they are cast to the table's ``fixed_size_list<float32, dim>`` and checked for
-NaN/inf, nulls and ragged lengths.
+NaN/inf, nulls and ragged lengths. A vector column may also be strings holding JSON
+arrays of numbers (``"[0.1, 0.2]"``), as CSV files and JSON exports carry them.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -96,9 +98,16 @@ def _decode_dictionaries(table: pa.Table) -> pa.Table:
 
 
 def to_vector_array(column: pa.ChunkedArray | pa.Array, dim: int | None, name: str) -> pa.FixedSizeListArray:
-    """Validate a vector column and cast it to ``fixed_size_list<float32, dim>``."""
+    """Validate a vector column and cast it to ``fixed_size_list<float32, dim>``.
+
+    The column holds lists of numbers, or strings of JSON arrays of numbers
+    (``"[0.1, 0.2]"``); a string that is not one raises :class:`InvalidVectorError`
+    naming the row and showing the string.
+    """
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        column = _parse_vector_strings(column, name)
     kind = column.type
     if not (pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)):
         raise InvalidVectorError(f"vector column {name!r} must hold lists of numbers, got {kind}")
@@ -140,6 +149,45 @@ def to_vector_array(column: pa.ChunkedArray | pa.Array, dim: int | None, name: s
         row = int(np.flatnonzero(~finite)[0]) // expected
         raise InvalidVectorError(f"vector column {name!r}: row {row} contains NaN or infinity")
     return pa.FixedSizeListArray.from_arrays(pa.array(floats), expected)
+
+
+def _parse_vector_strings(column: pa.Array, name: str) -> pa.Array:
+    """Strings of JSON arrays of numbers -> ``list<float32>`` (vectorised, no per-row Python).
+
+    Nulls stay nulls (reported by the caller). The slow per-row path runs only to
+    name the first bad row when the fast parse fails.
+    """
+    text = pc.utf8_trim_whitespace(column)
+    bracketed = pc.and_(pc.starts_with(text, "["), pc.ends_with(text, "]"))
+    if not pc.all(pc.fill_null(bracketed, True)).as_py():
+        _raise_bad_vector_string(column, name)
+    inner = pc.utf8_slice_codeunits(text, 1, -1)
+    parts = pc.split_pattern(inner, ",")
+    try:
+        values = pc.utf8_trim_whitespace(parts.flatten()).cast(pa.float32())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        _raise_bad_vector_string(column, name)
+    offsets = parts.offsets
+    if parts.offset:  # a sliced input: rebase the offsets onto the flattened values
+        offsets = pc.subtract(offsets, offsets[0])
+    return pa.ListArray.from_arrays(offsets, values, mask=parts.is_null())
+
+
+def _raise_bad_vector_string(column: pa.Array, name: str) -> None:
+    """Find the first string that is not a JSON array of numbers and say so."""
+    for row, text in enumerate(column.to_pylist()):
+        if text is None:
+            continue
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = None
+        if not (isinstance(value, list) and value
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+            shown = text if len(text) <= 60 else text[:57] + "..."
+            raise InvalidVectorError(
+                f"vector column {name!r}: row {row} is not a JSON array of numbers: {shown!r}")
+    raise InvalidVectorError(f"vector column {name!r}: strings are not JSON arrays of numbers")
 
 
 def infer_schema(table: pa.Table, *, id_column: str, vector_column: str, dim: int | None) -> tuple[pa.Schema, bool]:

@@ -1,17 +1,28 @@
-"""``omendb demo``: a tour on data it makes itself (no download)."""
+"""``omendb demo``: a tour on data it makes itself (no download).
+
+It writes clustered vectors with metadata to a Parquet file in a temporary folder,
+ingests that file in durable batches, waits for the HNSW index, runs exact, HNSW,
+filtered and batched searches, queries through SQL (``omen_knn`` / ``omen_scan``),
+deletes and adds rows, compacts, and exports the table back to Parquet.
+"""
 
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table as RichTable
 
 import omendb
+
+from .export import export_table
+from .sources import ingest
 
 __all__ = ["make_clustered", "run_demo"]
 
@@ -50,24 +61,26 @@ def run_demo(path: str | Path = "omendb-demo.omen", rows: int = 50_000, dim: int
     base, probe = data.slice(0, rows), data.slice(rows)
     probe_vectors = np.stack(probe.column("vector").to_numpy(zero_copy_only=False))
     report: dict = {"path": str(path.resolve()), "rows": rows, "dim": dim}
-    with omendb.open(path) as db:
+    with omendb.open(path) as db, tempfile.TemporaryDirectory(prefix="omendb-demo-") as tmp:
         if "products" in db:
             db.drop_table("products")
-        table = db.create_table("products", dim=dim, metric="cosine", schema=base.schema,
-                                index=omendb.HnswConfig(m=16, ef_construction=100))
+        parquet = Path(tmp) / "products.parquet"
+        pq.write_table(base, parquet, row_group_size=batch)
+        console.print(f"wrote {rows:,} rows to {parquet.name} ({parquet.stat().st_size / 2**20:.1f} MiB) "
+                      "in a temporary folder")
         progress = Progress(TextColumn("ingest"), BarColumn(), MofNCompleteColumn(),
                             TextColumn("rows"), TimeRemainingColumn(), console=console, transient=True)
-        start = time.perf_counter()
         with progress:
             task = progress.add_task("ingest", total=rows)
-            for offset in range(0, rows, batch):
-                chunk = base.slice(offset, batch)
-                table.add(chunk)
-                progress.advance(task, chunk.num_rows)
-        elapsed = time.perf_counter() - start
-        report["ingest_rows_per_s"] = rows / elapsed
-        console.print(f"ingested {rows:,} rows in {elapsed:.2f} s "
-                      f"([bold]{rows / elapsed:,.0f} rows/s[/], durable: one fsync per batch of {batch:,})")
+            result = ingest(db, parquet, table="products", metric="cosine", batch_size=batch,
+                            on_batch=lambda n: progress.advance(task, n))
+        table = db.open_table("products")
+        table.create_index(m=16, ef_construction=100)
+        elapsed = result.seconds
+        report["ingest_rows_per_s"] = result.rows_per_s
+        console.print(f"ingested {parquet.name} with omendb.sources.ingest: {rows:,} rows in {elapsed:.2f} s "
+                      f"([bold]{result.rows_per_s:,.0f} rows/s[/], {result.batches} durable batches of {batch:,}; "
+                      f"CLI: omendb ingest {parquet.name} --db {path} --table products)")
         table.flush()
         t0 = time.perf_counter()
         with console.status("building the HNSW index in the background..."):
@@ -121,10 +134,52 @@ def run_demo(path: str | Path = "omendb-demo.omen", rows: int = 50_000, dim: int
             result.add_row(str(row["id"]), row["category"], f"{row['price']:.2f}", row["title"],
                            f"{row['_distance']:.4f}")
         console.print(result)
+        _sql_tour(console, db, dim, probe_vectors[0], report)
+        _compaction_tour(console, table, make_clustered(batch, dim, seed=11), rows, report)
+        exported = export_table(table, Path(tmp) / "products-export.parquet")
+        console.print(f"exported {exported.rows:,} live rows back to Parquet in {exported.seconds:.2f} s "
+                      f"({exported.bytes / 2**20:.1f} MiB; CLI: omendb export --db {path} --table products "
+                      "--out products.parquet)")
         stats = table.stats()
         report["stats"] = stats
         console.print(f"table 'products': {stats['rows']:,} rows in {stats['segments']} segment(s), "
                       f"{stats['bytes'] / 2**20:.1f} MiB on disk, version {stats['version']}")
     console.print(f"data is in [bold]{path.resolve()}[/] — reopen it with "
-                  f"omendb.open({str(path)!r}).open_table('products')")
+                  f"omendb.open({str(path)!r}).open_table('products'), or try "
+                  f"omendb info --db {path}")
     return report
+
+
+def _sql_tour(console: Console, db: omendb.Database, dim: int, query: np.ndarray, report: dict) -> None:
+    """kNN and scans through DuckDB SQL."""
+    sql = (f"SELECT id, category, price, _distance "
+           f"FROM omen_knn('products', ?::FLOAT[{dim}], 3, filter := 'price < 20')")
+    t0 = time.perf_counter()
+    rows = [(i, c, p, round(d, 4)) for i, c, p, d in db.sql(sql, params=[query.tolist()]).fetchall()]
+    report["sql_knn_ms"] = (time.perf_counter() - t0) * 1e3
+    console.print(f"SQL: {sql.replace(f'?::FLOAT[{dim}]', 'q')}\n  -> {rows} ({report['sql_knn_ms']:.1f} ms)")
+    sql = ("SELECT category, count(*) AS n, round(avg(price), 2) AS avg_price FROM omen_scan('products') "
+           "GROUP BY category ORDER BY n DESC LIMIT 3")
+    console.print(f"SQL: {sql}\n  -> {db.sql(sql).fetchall()}")
+
+
+def _compaction_tour(console: Console, table: omendb.Table, extra: pa.Table, rows: int, report: dict) -> None:
+    """Deletes and small writes make dead rows and small segments; compact() merges them."""
+    deleted = table.delete(where="price > 60")
+    extra = extra.set_column(0, "id", pa.array(np.arange(rows, rows + extra.num_rows, dtype=np.int64)))
+    for piece in range(4):  # a few small flushed batches: small segments
+        table.add(extra.slice(piece * (extra.num_rows // 4), extra.num_rows // 4))
+        table.flush()
+    before = table.stats()
+    t0 = time.perf_counter()
+    with console.status("compacting (merging segments, dropping deleted rows, rebuilding the index)..."):
+        table.compact()
+        table.wait_for_index()
+    report["compact_s"] = time.perf_counter() - t0
+    after = table.stats()
+    freed = table.cleanup(keep_last=1)
+    console.print(f"deleted {deleted:,} rows (price > 60) and added {extra.num_rows:,} in 4 small flushes: "
+                  f"{before['segments']} segments, {before['deleted_rows']:,} dead rows; compacted to "
+                  f"{after['segments']} segment(s) with {after['deleted_rows']:,} dead rows, index rebuilt, in "
+                  f"{report['compact_s']:.1f} s; cleanup() removed {freed['versions_removed']} old versions, "
+                  f"{freed['bytes_freed'] / 2**20:.1f} MiB (CLI: omendb compact --db ... --cleanup)")
