@@ -30,7 +30,7 @@ class BackgroundWorker:
 
     def submit(self, key: Hashable, job: Callable[[], Any], on_error: Callable[[BaseException], None],
                on_done: Callable[[], None] = lambda: None) -> bool:
-        """Queue ``job`` unless one with the same ``key`` is already queued; True if queued."""
+        """Queue ``job`` unless one with the same ``key`` is queued and not yet started; True if queued."""
         with self._lock:
             if self._closed or key in self._pending:
                 return False
@@ -51,13 +51,13 @@ class BackgroundWorker:
             if item is None:
                 return
             key, job, on_error, on_done = item
+            with self._lock:  # from now on a new submit queues another run (it may see newer state)
+                self._pending.discard(key)
             try:
                 job()
             except BaseException as exc:  # reported to the job's owner, never kills the thread
                 on_error(exc)
             finally:
-                with self._lock:
-                    self._pending.discard(key)
                 on_done()
 
     def close(self) -> None:

@@ -36,13 +36,20 @@ class CompactionMixin:
 
         Every segment with deleted rows is rewritten without them, and segments are
         merged into as few as ``CompactionPolicy.max_rows`` allows. Returns what it did:
-        ``segments_before``, ``segments_after``, ``rows_dropped``, ``version``.
+        ``segments_before`` (segments, counting the unflushed rows as one),
+        ``segments_after``, ``rows_dropped`` (deleted rows removed from segments),
+        ``version``.
         """
         self._check_writable()
-        self.flush()
         with self._compact_lock:
-            before = len(self._segments)
-            dropped = sum(self._merge(group) for group in self._plan(force=True))
+            with self._lock:
+                rows_of = {h.file: h.entry.rows for h in self._segments}
+                before = len(rows_of) + (1 if self._memtable.live_rows else 0)
+            self.flush()  # also drops segments whose rows are all deleted
+            with self._lock:
+                dropped = sum(rows for file, rows in rows_of.items()
+                              if file not in {h.file for h in self._segments})
+            dropped += sum(self._merge(group) for group in self._plan(force=True))
         return {"segments_before": before, "segments_after": len(self._segments),
                 "rows_dropped": dropped, "version": self.version}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import warnings
 from pathlib import Path
@@ -275,7 +276,7 @@ class TableReader:
         seg_rows = sum(h.entry.rows for h in segments)
         indexed = [h for h in segments if h.entry.index_file and h.file not in self._bad_indexes
                    and h.entry.index_params == self._index_config.build_params()]
-        disk = sum(p.stat().st_size for p in self._dir.rglob("*") if p.is_file())
+        disk = _folder_bytes(self._dir)
         return {
             "rows": seg_rows - deleted + mem_rows,
             "deleted_rows": deleted,
@@ -339,3 +340,22 @@ class TableReader:
 
     def _on_bad_index(self, handle: SegmentHandle) -> None:
         """A segment's index failed verification (the writer rebuilds it)."""
+
+
+def _folder_bytes(folder: Path) -> int:
+    """Bytes of the files under ``folder``; files removed meanwhile (WAL rotation,
+    cleanup, compaction) are skipped rather than failing the caller."""
+    total = 0
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                total += _folder_bytes(Path(entry.path))
+            else:
+                total += entry.stat(follow_symlinks=False).st_size
+        except FileNotFoundError:
+            continue
+    return total

@@ -206,9 +206,10 @@ class WriteMixin:
         old_wal = self._wal
         old_wal.close()
         self._start_new_wal(remove=[old_wal.path])
-        if new_handle is not None and not self._closing:
-            self._schedule_index_builds()
-            self._schedule_compaction()
+        if not self._closing:
+            if new_handle is not None:
+                self._schedule_index_builds()
+            self._schedule_compaction()  # new segment or new deletions: the policy may apply
 
     def _start_new_wal(self, remove: Iterable[Path] = ()) -> None:
         self._wal = WalWriter(self._dir / WAL / f"{self._seq + 1:020d}.wal", fsync=self._options.fsync)
