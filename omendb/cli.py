@@ -269,9 +269,9 @@ def ingest(sources: tuple[str, ...], db_path: str, table_name: str, vector_colum
         table = db.open_table(table_name)
         summary = result.as_dict()
         summary["index_seconds"] = 0.0
+        table.flush()  # the summary then counts the segments the rows are in
         if index:
             t0 = time.perf_counter()
-            table.flush()
             if machine:
                 table.wait_for_index()
             else:

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import CorruptFileError, FormatVersionError
+from ..errors import CorruptFileError, FormatVersionError, VersionNotFoundError
 from .fileio import atomic_write
 
 __all__ = ["SegmentEntry", "Manifest", "ManifestStore", "FORMAT_VERSION"]
@@ -106,8 +106,8 @@ class ManifestStore:
         path = self.path_of(version)
         try:
             data = path.read_bytes()
-        except FileNotFoundError:
-            raise CorruptFileError(f"{path}: manifest version {version} does not exist") from None
+        except FileNotFoundError:  # never published, or removed by cleanup()
+            raise VersionNotFoundError(f"{path}: manifest version {version} does not exist") from None
         manifest = Manifest.from_json(data, path)
         if manifest.version != version:
             raise CorruptFileError(f"{path}: holds version {manifest.version}, not {version}")

@@ -10,7 +10,6 @@ compaction) runs on the database's worker threads and publishes new versions.
 from __future__ import annotations
 
 import threading
-import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +21,7 @@ from .compaction import CompactionMixin
 from .indexing import IndexMixin
 from .layout import LOCK, WAL, TableOptions
 from .reader import TableReader
+from .registry import register
 from .versions import VersionsMixin
 from .writer import WriteMixin
 
@@ -48,7 +48,6 @@ class Table(VersionsMixin, CompactionMixin, IndexMixin, WriteMixin, TableReader)
         self._index_cond = threading.Condition()
         self._index_errors: dict[str, BaseException] = {}
         self._closing = False
-        self._checkouts: weakref.WeakSet = weakref.WeakSet()
         self._writer_lock: WriterLock | None = None
         self._checkout_version = None if checkout is None else checkout.version
         self._read_only = checkout is not None or options.read_only
@@ -66,6 +65,7 @@ class Table(VersionsMixin, CompactionMixin, IndexMixin, WriteMixin, TableReader)
             except BaseException:
                 self._writer_lock.release()
                 raise
+        register(self)
 
     def _latest_manifest(self) -> Manifest:
         manifest = self._store.latest()

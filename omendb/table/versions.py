@@ -10,6 +10,7 @@ from typing import Any
 from ..errors import VersionNotFoundError
 from ..storage.fileio import fsync_dir
 from .layout import MANIFESTS, SEGMENTS
+from .registry import open_tables
 
 __all__ = ["VersionsMixin"]
 
@@ -22,7 +23,10 @@ class VersionsMixin:
         self._check_open()
         out = []
         for number in self._store.versions():
-            manifest = self._store.load(number)
+            try:
+                manifest = self._store.load(number)
+            except VersionNotFoundError:  # removed by a cleanup() running meanwhile
+                continue
             out.append({
                 "version": number,
                 "time": dt.datetime.fromtimestamp(manifest.created_at, tz=dt.timezone.utc),
@@ -43,9 +47,7 @@ class VersionsMixin:
         if version not in available:
             retained = f"retained: {available[0]}..{available[-1]}" if available else "none retained"
             raise VersionNotFoundError(f"table {self.name!r} has no version {version!r} ({retained})")
-        checkout = type(self)(self.name, self._dir, self._options, None, checkout=self._store.load(version))
-        self._checkouts.add(checkout)
-        return checkout
+        return type(self)(self.name, self._dir, self._options, None, checkout=self._store.load(version))
 
     def refresh(self) -> int:
         """Adopt the newest published version (readers; the writer is always current)."""
@@ -65,7 +67,8 @@ class VersionsMixin:
 
         A version is removed when it is not among the ``keep_last`` newest, is older
         than ``older_than`` (seconds or a timedelta; ``None``: any age) and is not held
-        by an open ``checkout()`` of this process. The newest version is always kept.
+        by a table open in this process (a ``checkout()``, or a table of a read-only
+        database). The newest version is always kept.
         Returns ``versions_removed``, ``files_removed`` and ``bytes_freed``.
         """
         self._check_writable()
@@ -76,15 +79,24 @@ class VersionsMixin:
         cutoff = None if older_than is None else time.time() - float(older_than)
         with self._write_lock:
             numbers = self._store.versions()
-            pinned = {c._manifest.version for c in list(self._checkouts) if not c._closed}
-            manifests = {n: self._store.load(n) for n in numbers}
+            others = [t for t in open_tables(self._dir) if t is not self]
+            pinned = {t._manifest.version for t in others}
+            manifests = {}
+            for n in numbers:
+                try:
+                    manifests[n] = self._store.load(n)
+                except VersionNotFoundError:
+                    continue
+            numbers = sorted(manifests)
             keep = set(numbers[-keep_last:]) | pinned
             if cutoff is not None:
                 keep |= {n for n, m in manifests.items() if m.created_at >= cutoff}
             drop = [n for n in numbers if n not in keep]
             in_use = {f for n in keep for f in _files(manifests[n])}
-            with self._lock:
-                in_use |= {h.file for h in self._segments}
+            for table in [self, *others]:  # what open tables of this process have mapped
+                with table._lock:
+                    in_use |= {f for h in table._segments
+                               for f in (h.file, h.entry.deletions_file, h.entry.index_file) if f}
             unreferenced = {f for n in drop for f in _files(manifests[n])} - in_use
             # Manifests first: a crash in between leaves orphan files (removed on the next
             # open), never a retained version pointing at a missing file.
