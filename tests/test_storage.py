@@ -12,6 +12,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+import omendb
+
 from conftest import run_python
 from omendb.errors import CorruptFileError, FormatVersionError, OmenError
 from omendb.storage import segment as segment_module
@@ -404,7 +406,7 @@ class TestManifest:
     def test_missing_version(self, tmp_path: Path) -> None:
         store = ManifestStore(tmp_path)
         store.publish(_manifest(1))
-        with pytest.raises(CorruptFileError, match="v0000000005.json"):
+        with pytest.raises(omendb.VersionNotFoundError, match="v0000000005.json"):
             store.load(5)
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -22,6 +23,24 @@ from ..storage.manifest import Manifest, ManifestStore, SegmentEntry
 from .layout import MANIFESTS, SEGMENTS, TableOptions, schema_from_text
 
 __all__ = ["TableReader"]
+
+
+def _retry_on_vanished_files(read: Callable) -> Callable:
+    """A reader of the newest version may lose a race with the writer's cleanup(): a
+    segment it has not mapped yet is gone. Then it adopts the newest version and
+    reads once more (mapped files stay readable after they are removed)."""
+
+    @functools.wraps(read)
+    def wrapper(self: "TableReader", *args: Any, **kwargs: Any) -> Any:
+        try:
+            return read(self, *args, **kwargs)
+        except CorruptFileError as exc:
+            if not self._follows_latest() or "is missing" not in str(exc):
+                raise
+            self.refresh()
+            return read(self, *args, **kwargs)
+
+    return wrapper
 
 
 class TableReader:
@@ -186,6 +205,7 @@ class TableReader:
             raise InvalidVectorError("query contains NaN or infinity")
         return queries, batch
 
+    @_retry_on_vanished_files
     def search(self, q: Any, k: int = 10, *, where: str | None = None, columns: Sequence[str] | None = None,
                exact: bool = False, ef: int | None = None) -> pa.Table:
         """Nearest neighbours of ``q``.
@@ -217,6 +237,7 @@ class TableReader:
                    vector_column=self.vector_column, batch=batch, empty_schema=self._schema,
                    exact=exact, ef=max(ef, int(k)))
 
+    @_retry_on_vanished_files
     def get(self, ids: Any, columns: Sequence[str] | None = None) -> pa.Table:
         """Rows with the given primary keys, in the order asked; missing ids are skipped."""
         self._before_read()
@@ -236,6 +257,7 @@ class TableReader:
         rows = pa.concat_tables(pieces)
         return rows.take(pa.array(np.argsort(np.concatenate(order), kind="stable")))
 
+    @_retry_on_vanished_files
     def count(self) -> int:
         """Number of live rows."""
         self._before_read()
@@ -246,6 +268,7 @@ class TableReader:
                 total += handle.entry.rows if live is None else int(live.sum())
         return total
 
+    @_retry_on_vanished_files
     def to_arrow(self) -> pa.Table:
         """Every live row as one Arrow table (segments memory-mapped, zero copy where possible)."""
         self._before_read()
@@ -324,6 +347,7 @@ class TableReader:
         except (TypeError, pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
             raise SchemaError(f"ids must be {id_type} values for table {self.name!r}: {exc}") from None
 
+    @_retry_on_vanished_files
     def snapshot(self) -> Snapshot:
         """A frozen view of the live rows now (unflushed rows included), for SQL glue."""
         self._before_read()
@@ -337,6 +361,10 @@ class TableReader:
             memtable = self._memtable
             return (id(self._manifest), id(memtable), len(memtable), memtable.live_rows,
                     tuple(id(m) for m in self._live.values()))
+
+    def _follows_latest(self) -> bool:
+        """True for tables of a read-only database (not checkouts, not the writer)."""
+        return False
 
     def _on_bad_index(self, handle: SegmentHandle) -> None:
         """A segment's index failed verification (the writer rebuilds it)."""

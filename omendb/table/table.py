@@ -97,6 +97,9 @@ class Table(VersionsMixin, CompactionMixin, IndexMixin, WriteMixin, TableReader)
         self._schedule_index_builds()
         self._schedule_compaction()
 
+    def _follows_latest(self) -> bool:
+        return self._read_only and self._checkout_version is None
+
     def _before_read(self) -> None:
         super()._before_read()
         if self._read_only and self._checkout_version is None:
