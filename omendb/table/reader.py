@@ -354,6 +354,14 @@ class TableReader:
         return Snapshot(self.name, self._snapshot_parts(exact=False), self._schema, self._metric,
                         self.vector_column, self._index_config.ef_search)
 
+    def export(self, path: str | os.PathLike, format: str = "parquet", *, overwrite: bool = False) -> Any:
+        """Write every live row (one consistent snapshot) to ``path`` as ``"parquet"``,
+        ``"lance"`` (a Lance dataset folder, which LanceDB opens) or ``"arrow"`` (IPC file).
+        Returns what was written (path, format, rows, bytes)."""
+        from ..export import export_table
+
+        return export_table(self, path, format, overwrite=overwrite)
+
     def _state_token(self) -> tuple:
         """Changes whenever the table's visible rows may have changed (cheap to compute)."""
         self._before_read()
