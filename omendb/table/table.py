@@ -10,6 +10,7 @@ compaction) runs on the database's worker threads and publishes new versions.
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -57,6 +58,7 @@ class Table(VersionsMixin, CompactionMixin, IndexMixin, WriteMixin, TableReader)
             self._load_manifest(checkout)
         elif options.read_only:
             self._manifest_mtime = self._manifests_mtime()
+            self._listed_at = time.monotonic()
             self._load_manifest(self._latest_manifest())
         else:
             self._writer_lock = WriterLock(self._dir / LOCK, name, options.lock_timeout)
@@ -103,7 +105,11 @@ class Table(VersionsMixin, CompactionMixin, IndexMixin, WriteMixin, TableReader)
     def _before_read(self) -> None:
         super()._before_read()
         if self._read_only and self._checkout_version is None:
-            if self._manifests_mtime() != self._manifest_mtime:
+            # A new manifest changes the folder's mtime; a coarse-timestamp filesystem can
+            # hide two publishes in one tick, so also look at the listing once a second.
+            now = time.monotonic()
+            if self._manifests_mtime() != self._manifest_mtime or now - self._listed_at > 1.0:
+                self._listed_at = now
                 self.refresh()
 
     def close(self) -> None:
