@@ -218,3 +218,27 @@ def test_demo_small(tmp_path):
                          "--queries", "20", timeout=300))
     for expected in ("ingested products.parquet", "HNSW search", "SQL:", "compacted to", "exported"):
         assert expected in proc.stdout, proc.stdout
+
+
+def test_interrupted_ingest_keeps_whole_batches(data, db_path):
+    """Ctrl-C while ingest waits for more input: exit 130, the batches already written are kept."""
+    import signal
+    import time
+
+    table = pq.read_table(data[0])
+    proc = subprocess.Popen([sys.executable, "-m", "omendb.cli", "ingest", "-", "--db", str(db_path), "--table",
+                             "docs", "--batch-size", "100"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    writer = pa.ipc.new_stream(proc.stdin, table.schema)
+    writer.write_table(table.slice(0, 350))      # 3 whole batches, and 50 rows of a 4th
+    proc.stdin.flush()
+    deadline = time.monotonic() + 60
+    while not (db_path / "docs").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)                                # the 2nd and 3rd batches follow the first at once
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert b"interrupted after 300 rows" in err
+    with omendb.open(db_path, read_only=True) as db:
+        assert db["docs"].count() == 300

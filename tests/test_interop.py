@@ -216,6 +216,7 @@ def test_export_refuses_to_overwrite_unless_asked(reference, tmp_path, db_path):
         assert out.read_text() == "precious"
         export_table(table, out, overwrite=True)
         assert pq.read_table(out).num_rows == N
+        assert table.export(tmp_path / "method.arrow", "arrow").rows == N   # Table.export is the same call
         (tmp_path / "docs.lance").mkdir()
         export_table(table, tmp_path / "docs.lance", "lance", overwrite=True)  # a folder replaced by a dataset
         with pytest.raises(ValueError, match="unknown export format 'csv'"):
