@@ -14,7 +14,7 @@ from .index.hnsw import HnswIndex, load_hnsw
 from .keys import KeyIndex
 from .storage.deletions import read_deletions
 from .storage.manifest import SegmentEntry
-from .storage.segment import open_segment
+from .storage.segment import open_segment, read_segment_column
 
 __all__ = ["SegmentHandle", "NORM_COLUMN"]
 
@@ -90,8 +90,16 @@ class SegmentHandle:
         return self._norms
 
     def keys(self) -> KeyIndex:
+        """Primary-key lookup; reads only the key column when the segment is not loaded."""
         if self._keys is None:
-            self._keys = KeyIndex(self.table.column(self.id_column))
+            if self._table is not None:
+                column = self._table.column(self.id_column)
+            else:
+                column = read_segment_column(self.path, self.id_column, rows=self.entry.rows,
+                                             size=self.entry.bytes,
+                                             crc32=None if self._verified else self.entry.crc32)
+                self._verified = True
+            self._keys = KeyIndex(column)
         return self._keys
 
     def hnsw(self) -> HnswIndex | None:

@@ -20,7 +20,8 @@ import pyarrow as pa
 from ..errors import CorruptFileError, FormatVersionError
 from .fileio import fsync_dir
 
-__all__ = ["SegmentFileInfo", "write_segment", "open_segment", "FORMAT_VERSION", "SUFFIXES"]
+__all__ = ["SegmentFileInfo", "write_segment", "open_segment", "read_segment_column", "FORMAT_VERSION",
+           "SUFFIXES"]
 
 #: Segment file suffix of each table format.
 SUFFIXES = {"arrow": ".arrow", "lance": ".lance"}
@@ -132,3 +133,35 @@ def _read_lance(path: Path) -> pa.Table:
     except (OSError, ValueError, RuntimeError) as exc:
         raise CorruptFileError(f"{path}: not a readable Lance segment: {exc}") from exc
     return table.combine_chunks()
+
+
+def read_segment_column(path: str | os.PathLike, column: str, *, rows: int, size: int,
+                        crc32: int | None) -> pa.ChunkedArray:
+    """One column of a segment (e.g. its keys) without decoding the others.
+
+    Arrow IPC segments are mapped, so this only touches that column's pages; a Lance
+    segment is read with a column projection. The checksum is verified when given.
+    """
+    path = Path(path)
+    if path.suffix != SUFFIXES["lance"]:
+        return open_segment(path, rows=rows, size=size, crc32=crc32).column(column)
+    if crc32 is not None:
+        try:
+            actual_size = path.stat().st_size
+        except FileNotFoundError:
+            raise CorruptFileError(f"{path}: segment file is missing") from None
+        if actual_size != size:
+            raise CorruptFileError(f"{path}: segment is {actual_size} bytes, manifest says {size}")
+        crc = 0
+        with open(path, "rb") as handle:
+            while chunk := handle.read(16 << 20):
+                crc = zlib.crc32(chunk, crc)
+        if crc != crc32:
+            raise CorruptFileError(f"{path}: segment checksum mismatch (file is damaged)")
+    try:
+        table = _lance_file().LanceFileReader(str(path), columns=[column]).read_all().to_table()
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise CorruptFileError(f"{path}: not a readable Lance segment: {exc}") from exc
+    if table.num_rows != rows:
+        raise CorruptFileError(f"{path}: segment has {table.num_rows} rows, manifest says {rows}")
+    return table.column(column)
