@@ -14,7 +14,10 @@ from __future__ import annotations
 
 from typing import Literal
 
+import contextlib
+
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 __all__ = ["METRICS", "Metric", "vector_norms", "exact_search", "SCORE_BLOCK_BYTES"]
 
@@ -25,6 +28,20 @@ METRICS: tuple[str, ...] = ("l2", "cosine", "dot")
 SCORE_BLOCK_BYTES = 64 << 20
 #: Below this fraction of allowed rows, gathering them beats scanning everything.
 GATHER_FRACTION = 0.25
+#: Scans smaller than this (rows x queries) run BLAS on one thread: threading them costs
+#: more than it gains, and concurrent searches (a server) would fight over the cores.
+SINGLE_THREAD_WORK = 1 << 17
+_BLAS: ThreadpoolController | None = None
+
+
+def _blas_threads(work: int):
+    """One BLAS thread for small scans; the library default for large ones."""
+    global _BLAS
+    if work >= SINGLE_THREAD_WORK:
+        return contextlib.nullcontext()
+    if _BLAS is None:
+        _BLAS = ThreadpoolController()  # scans the process once; limit() is then cheap
+    return _BLAS.limit(limits=1, user_api="blas")
 _TINY = np.float32(1e-30)
 
 
@@ -117,10 +134,11 @@ def exact_search(
     out_pos = np.empty((n_queries, k), dtype=np.int64)
     for start in range(0, n_queries, block):
         stop = min(n_queries, start + block)
-        if stop - start == 1:
-            dots = (vectors @ queries[start])[None, :]
-        else:
-            dots = queries[start:stop] @ vectors.T
+        with _blas_threads(vectors.shape[0] * (stop - start)):
+            if stop - start == 1:
+                dots = (vectors @ queries[start])[None, :]
+            else:
+                dots = queries[start:stop] @ vectors.T
         score = _scores(dots, norms, metric)
         if blocked is not None:
             score[:, blocked] = np.inf

@@ -24,7 +24,7 @@ import numpy as np
 from ..errors import CorruptFileError
 from ..storage.fileio import fsync_dir
 
-__all__ = ["HnswConfig", "HnswIndex", "BuildCancelled", "build_hnsw", "load_hnsw"]
+__all__ = ["HnswConfig", "HnswIndex", "BuildCancelled", "build_hnsw", "build_threads", "load_hnsw"]
 
 _FAISS_METRIC = {"l2": faiss.METRIC_L2, "cosine": faiss.METRIC_INNER_PRODUCT, "dot": faiss.METRIC_INNER_PRODUCT}
 
@@ -124,6 +124,17 @@ class HnswIndex:
         return path.stat().st_size, crc
 
 
+def build_threads() -> int:
+    """Threads for one index build: all cores but one, so searches keep a core.
+
+    ``OMENDB_BUILD_THREADS`` overrides it.
+    """
+    configured = os.environ.get("OMENDB_BUILD_THREADS")
+    if configured:
+        return max(1, int(configured))
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
 class BuildCancelled(Exception):
     """``build_hnsw`` was asked to stop (its table closed)."""
 
@@ -137,6 +148,9 @@ def build_hnsw(vectors: np.ndarray, norms: np.ndarray | None, metric: str, confi
     """
     index = faiss.IndexHNSWFlat(vectors.shape[1], config.m, _FAISS_METRIC[metric])
     index.hnsw.efConstruction = config.ef_construction
+    # OpenMP thread count is per calling thread: this limits builds (run on background
+    # threads) and leaves the foreground's searches alone.
+    faiss.omp_set_num_threads(build_threads())
     for start in range(0, vectors.shape[0], chunk_rows):
         if should_stop():
             raise BuildCancelled()

@@ -27,6 +27,11 @@ def serve(path: str | Path, *, host: str = "127.0.0.1", port: int = 6334, http_p
     from .flight import OmenFlightServer
     from .http import create_app
 
+    # Requests run in parallel on the server's threads: one BLAS thread each, or the
+    # threads of concurrent searches fight over the cores (measured in bench_server).
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")
     db = omendb.open(path)
     flight_server = OmenFlightServer(db, f"grpc://{host}:{port}", token=token,
                                      max_message_bytes=max(max_request_bytes, 1 << 20) * 4)
