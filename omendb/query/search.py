@@ -40,6 +40,8 @@ _MASKS = MaskCache()
 EXACT_MAX_ALLOWED = 4_096
 #: ... and likewise below this fraction of the segment's rows.
 EXACT_MAX_FRACTION = 0.03
+#: Largest widening of ``ef`` for a filtered graph walk (see ``search_part``).
+FILTERED_EF_MAX_FACTOR = 16
 
 
 def allowed_rows(part: SearchPart, where: str | None, vector_column: str) -> np.ndarray | None:
@@ -68,6 +70,10 @@ def search_part(part: SearchPart, queries: np.ndarray, k: int, metric: str,
     if (exact or part.index is None or n_allowed <= EXACT_MAX_ALLOWED
             or n_allowed < EXACT_MAX_FRACTION * rows):
         return exact_search(part.vectors, part.norms, queries, k, metric, allowed)
+    if allowed is not None and n_allowed < rows:
+        # A filtered walk reaches only this fraction of the candidates it visits: widen
+        # the candidate list accordingly (up to 16x) to keep recall near the unfiltered one.
+        ef = int(ef * min(rows / n_allowed, FILTERED_EF_MAX_FACTOR))
     dist, pos = part.index.search(queries, k, ef, allowed)
     want = min(k, n_allowed)
     short = np.flatnonzero((pos[:, :want] < 0).any(axis=1))
