@@ -59,6 +59,8 @@ class SegmentHandle:
         return key
 
     def _load(self) -> None:
+        if self._table is not None:  # set last by a load: everything else is in place
+            return
         with self._lock:
             if self._table is not None:
                 return
@@ -110,6 +112,8 @@ class SegmentHandle:
         entry = self.entry
         if entry.index_file is None:
             return None
+        if self._hnsw_file == entry.index_file:
+            return self._hnsw
         with self._lock:
             if self._hnsw_file != entry.index_file:
                 self._hnsw = load_hnsw(self.directory / entry.index_file, metric=self.metric,
