@@ -2,7 +2,7 @@
 
     python examples/polars_lazy_ingest.py
 
-A LazyFrame over Parquet files is ingested without collecting it: `omendb.sources.ingest`
+A LazyFrame over Parquet files is ingested without collecting it: `omendb.ingest.ingest`
 pulls record batches through polars' streaming engine, one durable commit per batch.
 """
 
@@ -13,7 +13,7 @@ import numpy as np
 import polars as pl
 
 import omendb
-from omendb.sources import ingest
+from omendb.ingest import ingest
 
 rng = np.random.default_rng(1)
 with tempfile.TemporaryDirectory() as tmp:

@@ -203,7 +203,7 @@ def ingest(sources: tuple[str, ...], db_path: str, table_name: str, vector_colum
     every whole batch written before (re-run with --upsert to finish safely). The
     table is created from the first batch's schema unless it exists.
     """
-    from .sources import ingest as ingest_rows
+    from .ingest import ingest as ingest_rows
     from .sources import open_source
 
     if create_only and append_only:
