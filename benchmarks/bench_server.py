@@ -58,6 +58,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _machine import cpu_model, fs_type, package_version  # noqa: E402  (benchmarks/ is on sys.path)
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "pypi-minilm-100k"
@@ -147,40 +148,6 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-def _version(module: str) -> str | None:
-    try:
-        mod = __import__(module)
-        return getattr(mod, "__version__", None)
-    except Exception:
-        return None
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
-
-
-def fs_type(path: Path) -> str:
-    path = str(Path(path).resolve())
-    best, kind = "", "?"
-    try:
-        with open("/proc/mounts") as fh:
-            for line in fh:
-                parts = line.split()
-                mount, fstype = parts[1], parts[2]
-                if (path == mount or path.startswith(mount.rstrip("/") + "/")) and len(mount) > len(best):
-                    best, kind = mount, fstype
-    except OSError:
-        pass
-    return kind
-
-
 def thread_pools() -> list[dict]:
     """BLAS / OpenMP pools loaded in this process (threadpoolctl, when installed) and their thread counts."""
     try:
@@ -209,12 +176,12 @@ def machine_info(workdir: Path) -> dict:
         git = "?"
     return {
         "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "platform": platform.platform(), "cpu_model": _cpu_model(), "cpu_count": os.cpu_count(),
+        "platform": platform.platform(), "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "memory_gib": round(psutil.virtual_memory().total / (1 << 30), 1),
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
         "python": platform.python_version(), "numpy": np.__version__, "pyarrow": pa.__version__,
-        "faiss": _version("faiss"), "fastapi": _version("fastapi"), "uvicorn": _version("uvicorn"),
+        "faiss": package_version("faiss"), "fastapi": package_version("fastapi"), "uvicorn": package_version("uvicorn"),
         "psutil": psutil.__version__,
         "omendb": omendb.__version__, "omendb_git": git, "omendb_path": str(Path(omendb.__file__).resolve().parent),
         "workdir": str(workdir), "workdir_fs": fs_type(workdir), "thread_pools": thread_pools(),

@@ -61,6 +61,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _machine import cpu_model, fs_type, package_version  # noqa: E402  (benchmarks/ is on sys.path)
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "pypi-minilm-100k"
@@ -232,40 +233,6 @@ def explain(con, sql: str, params=None, analyze: bool = False) -> str:
 
 def vec_literal(q: np.ndarray) -> str:
     return ",".join(repr(float(x)) for x in q)
-
-
-def _version(module: str) -> str | None:
-    try:
-        mod = __import__(module)
-        return getattr(mod, "__version__", None)
-    except Exception:
-        return None
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
-
-
-def fs_type(path: Path) -> str:
-    path = str(Path(path).resolve())
-    best, kind = "", "?"
-    try:
-        with open("/proc/mounts") as fh:
-            for line in fh:
-                parts = line.split()
-                mount, fstype = parts[1], parts[2]
-                if (path == mount or path.startswith(mount.rstrip("/") + "/")) and len(mount) > len(best):
-                    best, kind = mount, fstype
-    except OSError:
-        pass
-    return kind
 
 
 # ============================================================================ vss (vss venv)
@@ -669,11 +636,11 @@ def machine_info(workdir: Path) -> dict:
         mem = None
     return {
         "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "platform": platform.platform(), "cpu_model": _cpu_model(), "cpu_count": os.cpu_count(),
+        "platform": platform.platform(), "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "memory_gib": mem, "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
         "python": platform.python_version(), "numpy": np.__version__, "pyarrow": pa.__version__,
-        "duckdb": _version("duckdb"), "faiss": _version("faiss"), "threadpoolctl": _version("threadpoolctl"),
+        "duckdb": package_version("duckdb"), "faiss": package_version("faiss"), "threadpoolctl": package_version("threadpoolctl"),
         "omendb": omendb.__version__, "omendb_git": git, "omendb_path": str(Path(omendb.__file__).resolve().parent),
         "workdir": str(workdir), "workdir_fs": fs_type(workdir),
         "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
