@@ -13,7 +13,6 @@ Filtering (deleted rows, ``where``) happens inside the graph walk with an
 from __future__ import annotations
 
 import os
-import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -22,7 +21,7 @@ import faiss
 import numpy as np
 
 from ..errors import CorruptFileError
-from ..storage.fileio import fsync_dir
+from ..storage.fileio import publish_written, verify_file
 
 __all__ = ["HnswConfig", "HnswIndex", "BuildCancelled", "build_hnsw", "build_threads", "load_hnsw"]
 
@@ -114,14 +113,7 @@ class HnswIndex:
         """Write atomically (temp, fsync, rename, fsync dir); returns (bytes, crc32)."""
         tmp = path.with_name(f".{path.name}.tmp")
         faiss.write_index(self._index, str(tmp))
-        crc = 0
-        with open(tmp, "rb+") as handle:
-            while chunk := handle.read(16 << 20):
-                crc = zlib.crc32(chunk, crc)
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-        return path.stat().st_size, crc
+        return publish_written(tmp, path)
 
 
 def build_threads() -> int:
@@ -161,18 +153,7 @@ def build_hnsw(vectors: np.ndarray, norms: np.ndarray | None, metric: str, confi
 
 def load_hnsw(path: Path, *, metric: str, size: int, crc32: int, rows: int) -> HnswIndex:
     """Verify size and checksum, then memory-map the index file."""
-    try:
-        actual = path.stat().st_size
-    except FileNotFoundError:
-        raise CorruptFileError(f"{path}: index file is missing") from None
-    if actual != size:
-        raise CorruptFileError(f"{path}: index is {actual} bytes, manifest says {size}")
-    crc = 0
-    with open(path, "rb") as handle:
-        while chunk := handle.read(16 << 20):
-            crc = zlib.crc32(chunk, crc)
-    if crc != crc32:
-        raise CorruptFileError(f"{path}: index checksum mismatch (file is damaged)")
+    verify_file(path, size=size, crc32=crc32, what="index")
     try:
         index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)
     except RuntimeError as exc:

@@ -6,7 +6,9 @@ import os
 import zlib
 from pathlib import Path
 
-__all__ = ["atomic_write", "fsync_dir", "crc32_of_file", "write_file_synced"]
+from ..errors import CorruptFileError
+
+__all__ = ["atomic_write", "fsync_dir", "crc32_of_file", "write_file_synced", "publish_written", "verify_file"]
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -51,3 +53,36 @@ def crc32_of_file(path: str | os.PathLike, chunk_bytes: int = 16 << 20) -> int:
         while chunk := handle.read(chunk_bytes):
             crc = zlib.crc32(chunk, crc)
     return crc
+
+
+def publish_written(tmp: str | os.PathLike, final: str | os.PathLike) -> tuple[int, int]:
+    """Make a fully written temp file durable under its final name.
+
+    Reads it back for its CRC-32, fsyncs it, renames it and fsyncs the directory.
+    Returns ``(bytes, crc32)`` for the manifest.
+    """
+    final = Path(final)
+    crc = 0
+    with open(tmp, "rb+") as handle:
+        while chunk := handle.read(16 << 20):
+            crc = zlib.crc32(chunk, crc)
+        os.fsync(handle.fileno())
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+    return final.stat().st_size, crc
+
+
+def verify_file(path: str | os.PathLike, *, size: int, crc32: int | None, what: str) -> None:
+    """Check a file against the size and CRC-32 its manifest recorded (CRC when given).
+
+    Raises :class:`CorruptFileError` naming the file when it is missing, has another
+    size or fails the checksum.
+    """
+    try:
+        actual = os.stat(path).st_size
+    except FileNotFoundError:
+        raise CorruptFileError(f"{path}: {what} file is missing") from None
+    if actual != size:
+        raise CorruptFileError(f"{path}: {what} is {actual} bytes, manifest says {size}")
+    if crc32 is not None and crc32_of_file(path) != crc32:
+        raise CorruptFileError(f"{path}: {what} checksum mismatch (file is damaged)")

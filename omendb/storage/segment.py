@@ -11,14 +11,13 @@ checksum is verified the first time a process opens the file.
 from __future__ import annotations
 
 import os
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 
 from ..errors import CorruptFileError, FormatVersionError
-from .fileio import fsync_dir
+from .fileio import publish_written, verify_file
 
 __all__ = ["SegmentFileInfo", "write_segment", "open_segment", "read_segment_column", "FORMAT_VERSION",
            "SUFFIXES"]
@@ -62,15 +61,8 @@ def write_segment(directory: str | os.PathLike, name: str, table: pa.Table) -> S
         with pa.OSFile(str(tmp), "wb") as sink:
             with pa.ipc.new_file(sink, schema, options=options) as writer:
                 writer.write_batch(one_batch)
-    crc = 0
-    with open(tmp, "rb+") as handle:
-        while chunk := handle.read(16 << 20):
-            crc = zlib.crc32(chunk, crc)
-        os.fsync(handle.fileno())
-    final = directory / name
-    os.replace(tmp, final)
-    fsync_dir(directory)
-    return SegmentFileInfo(name, table.num_rows, final.stat().st_size, crc)
+    size, crc = publish_written(tmp, directory / name)
+    return SegmentFileInfo(name, table.num_rows, size, crc)
 
 
 def open_segment(path: str | os.PathLike, *, rows: int, size: int, crc32: int | None) -> pa.Table:
@@ -80,24 +72,12 @@ def open_segment(path: str | os.PathLike, *, rows: int, size: int, crc32: int | 
     the manifest recorded, and raises a clear error naming the file on any mismatch.
     """
     path = Path(path)
-    try:
-        actual_size = path.stat().st_size
-    except FileNotFoundError:
-        raise CorruptFileError(f"{path}: segment file is missing") from None
-    if actual_size != size:
-        raise CorruptFileError(f"{path}: segment is {actual_size} bytes, manifest says {size}")
-    source = pa.memory_map(str(path), "r")
-    if crc32 is not None:
-        actual_crc = zlib.crc32(source.read_buffer(size))
-        source.seek(0)
-        if actual_crc != crc32:
-            raise CorruptFileError(f"{path}: segment checksum mismatch (file is damaged)")
+    verify_file(path, size=size, crc32=crc32, what="segment")
     if path.suffix == SUFFIXES["lance"]:
-        source.close()
         table = _read_lance(path)
     else:
         try:
-            table = pa.ipc.open_file(source).read_all()
+            table = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
         except (pa.ArrowInvalid, OSError) as exc:
             raise CorruptFileError(f"{path}: not a readable Arrow IPC segment: {exc}") from exc
     metadata = table.schema.metadata or {}
@@ -145,19 +125,7 @@ def read_segment_column(path: str | os.PathLike, column: str, *, rows: int, size
     path = Path(path)
     if path.suffix != SUFFIXES["lance"]:
         return open_segment(path, rows=rows, size=size, crc32=crc32).column(column)
-    if crc32 is not None:
-        try:
-            actual_size = path.stat().st_size
-        except FileNotFoundError:
-            raise CorruptFileError(f"{path}: segment file is missing") from None
-        if actual_size != size:
-            raise CorruptFileError(f"{path}: segment is {actual_size} bytes, manifest says {size}")
-        crc = 0
-        with open(path, "rb") as handle:
-            while chunk := handle.read(16 << 20):
-                crc = zlib.crc32(chunk, crc)
-        if crc != crc32:
-            raise CorruptFileError(f"{path}: segment checksum mismatch (file is damaged)")
+    verify_file(path, size=size, crc32=crc32, what="segment")
     try:
         table = _lance_file().LanceFileReader(str(path), columns=[column]).read_all().to_table()
     except (OSError, ValueError, RuntimeError) as exc:
