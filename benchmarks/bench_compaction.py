@@ -54,6 +54,7 @@ from pathlib import Path
 
 import numpy as np
 from _machine import cpu_model, fs_type, package_version  # noqa: E402  (benchmarks/ is on sys.path)
+from _common import dir_bytes, f2, f3, lat_summary, load_vectors, now_ns, pct, thread_pools, yes  # noqa: E402  (benchmarks/ is on sys.path)
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "pypi-minilm-100k"
@@ -71,28 +72,6 @@ INDEX_TIMEOUT_S = 1800.0
 
 
 # ============================================================================ helpers
-def now_ns() -> int:
-    return time.perf_counter_ns()
-
-
-def pct(samples_ns, q: float) -> float | None:
-    if len(samples_ns) == 0:
-        return None
-    return float(np.percentile(np.asarray(samples_ns, dtype=np.float64), q)) / 1e6
-
-
-def lat_summary(lat_ns) -> dict:
-    lat = np.asarray(lat_ns, dtype=np.float64)
-    return {"n": int(lat.size), "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99),
-            "mean_ms": float(lat.mean()) / 1e6 if lat.size else None,
-            "max_ms": float(lat.max()) / 1e6 if lat.size else None}
-
-
-def load_vectors(column, dim: int) -> np.ndarray:
-    flat = column.combine_chunks().flatten()
-    return np.asarray(flat.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
-
-
 def load_dataset(data: Path, rows: int, n_queries: int):
     """(Arrow table id/name/summary/vector with float32 vectors, X float32, Q float32, dim)."""
     import pyarrow as pa
@@ -137,22 +116,6 @@ def recall(found: list[list[int]], qidx: np.ndarray, gt: np.ndarray) -> float | 
         return None
     hits = sum(len(set(f[:K]) & set(gt[qi].tolist())) for f, qi in zip(found, qidx))
     return hits / (K * len(found))
-
-
-def dir_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
-
-
-def thread_pools() -> list[dict]:
-    """BLAS / OpenMP pools loaded in this process (threadpoolctl, when installed) and their thread counts."""
-    try:
-        import faiss  # noqa: F401  (loads its OpenMP runtime and BLAS)
-        import threadpoolctl
-
-        return [{k: info.get(k) for k in ("user_api", "internal_api", "num_threads", "version")}
-                for info in threadpoolctl.threadpool_info()]
-    except Exception:
-        return []
 
 
 def machine_info(workdir: Path) -> dict:
@@ -597,24 +560,12 @@ def main(argv=None) -> int:
 
 
 # ============================================================================ report
-def f2(x) -> str:
-    return "—" if x is None else f"{x:.2f}"
-
-
-def f3(x) -> str:
-    return "—" if x is None else f"{x:.3f}"
-
-
 def f4(x) -> str:
     return "—" if x is None else f"{x:.4f}"
 
 
 def mib(x) -> str:
     return "—" if x is None else f"{x / (1 << 20):,.1f}"
-
-
-def yes(ok: bool) -> str:
-    return "yes" if ok else "**no**"
 
 
 def write_markdown(res: dict, path: Path) -> None:

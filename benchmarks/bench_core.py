@@ -46,6 +46,7 @@ import pyarrow.parquet as pq
 
 import omendb
 from _machine import cpu_model  # noqa: E402  (benchmarks/ is on sys.path)
+from _common import now_ns  # noqa: E402  (benchmarks/ is on sys.path)
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "pypi-minilm-100k"
@@ -56,10 +57,6 @@ CHUNK_BYTES = 64 << 20
 
 
 # ----------------------------------------------------------------------------- helpers
-def now_ns() -> int:
-    return time.perf_counter_ns()
-
-
 def pct(samples_ns, q: float) -> float:
     """Percentile of nanosecond samples, in milliseconds."""
     return float(np.percentile(np.asarray(samples_ns, dtype=np.float64), q)) / 1e6

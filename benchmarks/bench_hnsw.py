@@ -55,6 +55,7 @@ from pathlib import Path
 
 import numpy as np
 from _machine import cpu_model, fs_type, package_version  # noqa: E402  (benchmarks/ is on sys.path)
+from _common import f3, load_vectors, now_ns  # noqa: E402  (benchmarks/ is on sys.path)
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "pypi-minilm-100k"
@@ -80,10 +81,6 @@ SQ_REFINE = (None, 2)
 
 
 # ============================================================================ helpers
-def now_ns() -> int:
-    return time.perf_counter_ns()
-
-
 def pct(samples_ns, q: float) -> float:
     """Percentile of nanosecond samples, in milliseconds."""
     return float(np.percentile(np.asarray(samples_ns, dtype=np.float64), q)) / 1e6
@@ -154,11 +151,6 @@ def time_queries(run, Q: np.ndarray, warmup: int = WARMUP):
 
 def lat_summary(lat_ns) -> dict[str, float]:
     return {"p50_ms": pct(lat_ns, 50), "p99_ms": pct(lat_ns, 99), "mean_ms": float(np.mean(lat_ns)) / 1e6}
-
-
-def load_vectors(column, dim: int) -> np.ndarray:
-    flat = column.combine_chunks().flatten()
-    return np.asarray(flat.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
 
 
 def load_dataset(data: Path, rows: int, n_queries: int):
@@ -634,10 +626,6 @@ def machine_info(workdir: Path) -> dict:
 
 
 # ============================================================================ report
-def f3(x) -> str:
-    return "—" if x is None else f"{x:.3f}"
-
-
 def f4(x) -> str:
     return "—" if x is None else f"{x:.4f}"
 

@@ -59,6 +59,7 @@ from pathlib import Path
 
 import numpy as np
 from _machine import cpu_model, fs_type, package_version  # noqa: E402  (benchmarks/ is on sys.path)
+from _common import dir_bytes, f2, f3, lat_summary, load_vectors, now_ns, pct, thread_pools, yes  # noqa: E402  (benchmarks/ is on sys.path)
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "pypi-minilm-100k"
@@ -78,29 +79,6 @@ STOP_TIMEOUT_S = 60.0
 
 
 # ============================================================================ helpers
-def now_ns() -> int:
-    return time.perf_counter_ns()
-
-
-def pct(samples_ns, q: float) -> float | None:
-    """Percentile of nanosecond samples, in milliseconds."""
-    if len(samples_ns) == 0:
-        return None
-    return float(np.percentile(np.asarray(samples_ns, dtype=np.float64), q)) / 1e6
-
-
-def lat_summary(lat_ns) -> dict:
-    lat = np.asarray(lat_ns, dtype=np.float64)
-    return {"n": int(lat.size), "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99),
-            "mean_ms": float(lat.mean()) / 1e6 if lat.size else None,
-            "max_ms": float(lat.max()) / 1e6 if lat.size else None}
-
-
-def load_vectors(column, dim: int) -> np.ndarray:
-    flat = column.combine_chunks().flatten()
-    return np.asarray(flat.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
-
-
 def load_dataset(data: Path, rows: int, n_queries: int):
     """(base Arrow table id/name/summary/vector with float32 vectors, X float32, Q float32, dim)."""
     import pyarrow as pa
@@ -130,10 +108,6 @@ def table_schema(dim: int):
                       pa.field("vector", pa.list_(pa.float32(), dim), nullable=False)])
 
 
-def dir_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
-
-
 def free_ports(n: int) -> list[int]:
     """``n`` distinct free TCP ports on 127.0.0.1 (bound together, then released)."""
     socks = []
@@ -146,18 +120,6 @@ def free_ports(n: int) -> list[int]:
     finally:
         for s in socks:
             s.close()
-
-
-def thread_pools() -> list[dict]:
-    """BLAS / OpenMP pools loaded in this process (threadpoolctl, when installed) and their thread counts."""
-    try:
-        import faiss  # noqa: F401  (loads its OpenMP runtime and BLAS)
-        import threadpoolctl
-
-        return [{k: info.get(k) for k in ("user_api", "internal_api", "num_threads", "version")}
-                for info in threadpoolctl.threadpool_info()]
-    except Exception:
-        return []
 
 
 def machine_info(workdir: Path) -> dict:
@@ -777,18 +739,6 @@ def main(argv=None) -> int:
 
 
 # ============================================================================ report
-def f2(x) -> str:
-    return "—" if x is None else f"{x:.2f}"
-
-
-def f3(x) -> str:
-    return "—" if x is None else f"{x:.3f}"
-
-
-def yes(ok: bool) -> str:
-    return "yes" if ok else "**no**"
-
-
 def write_markdown(res: dict, path: Path) -> None:
     a = res["args"]
     s = res["summary"]

@@ -62,6 +62,7 @@ from pathlib import Path
 
 import numpy as np
 from _machine import cpu_model, fs_type, package_version  # noqa: E402  (benchmarks/ is on sys.path)
+from _common import f3, load_vectors, now_ns  # noqa: E402  (benchmarks/ is on sys.path)
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "pypi-minilm-100k"
@@ -97,10 +98,6 @@ TOPN_WINDOW_OPT = "top_n_window_elimination"
 
 
 # ============================================================================ helpers (both venvs)
-def now_ns() -> int:
-    return time.perf_counter_ns()
-
-
 def pct(samples_ns, q: float) -> float:
     """Percentile of nanosecond samples, in milliseconds."""
     return float(np.percentile(np.asarray(samples_ns, dtype=np.float64), q)) / 1e6
@@ -174,11 +171,6 @@ def time_batch(run, reps: int = BATCH_REPS, slow_s: float = SLOW_BATCH_S):
             result = run()
             runs.append((now_ns() - t0) / 1e9)
     return result, {"seconds": float(np.median(runs)), "min_s": float(min(runs)), "runs_s": runs, "first_s": first}
-
-
-def load_vectors(column, dim: int) -> np.ndarray:
-    flat = column.combine_chunks().flatten()
-    return np.asarray(flat.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
 
 
 def load_dataset(data: Path, rows: int, n_queries: int, columns=None):
@@ -649,10 +641,6 @@ def machine_info(workdir: Path) -> dict:
 
 
 # ============================================================================ summary + report
-def f3(x) -> str:
-    return "—" if x is None else f"{x:.3f}"
-
-
 def f4(x) -> str:
     return "—" if x is None else f"{x:.4f}"
 
