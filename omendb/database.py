@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
 import shutil
 import threading
 import uuid
+import warnings
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +43,22 @@ def _check_name(name: Any) -> str:
     return name
 
 
+#: Databases not yet closed. At interpreter exit they are closed (memtables flushed,
+#: background index builds and merges cancelled, threads joined) before Python tears
+#: down its daemon threads: a worker thread inside faiss or DuckDB at that point would
+#: otherwise be unwound through C++ frames and abort the process.
+_OPEN: "weakref.WeakSet[Database]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_databases() -> None:
+    for db in list(_OPEN):
+        try:
+            db.close()
+        except Exception as exc:  # exit must go on; the WAL still holds every acknowledged write
+            warnings.warn(f"omendb: closing {db.path} at exit failed: {exc}", RuntimeWarning, stacklevel=1)
+
+
 class Database(ShorthandMixin):
     """A folder holding omendb tables. Thread-safe; use as a context manager.
 
@@ -58,6 +77,7 @@ class Database(ShorthandMixin):
         self._open_folder()
         self._workers = None if options.read_only else Workers()
         self._sql_session = None
+        _OPEN.add(self)
 
     def _open_folder(self) -> None:
         marker = self.path / MARKER
@@ -274,6 +294,7 @@ class Database(ShorthandMixin):
                     errors.append(exc)
             self._tables.clear()
             self._closed = True
+            _OPEN.discard(self)
             if self._sql_session is not None:
                 self._sql_session.con.close()
             if self._workers is not None:

@@ -8,12 +8,31 @@ table's locks except for its final publish, so writes and searches never wait fo
 
 from __future__ import annotations
 
+import atexit
 import queue
 import threading
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
-__all__ = ["BackgroundWorker", "Workers"]
+__all__ = ["BackgroundWorker", "Workers", "exiting"]
+
+_LIVE: "weakref.WeakSet[BackgroundWorker]" = weakref.WeakSet()
+_EXITING = threading.Event()
+
+
+def exiting() -> bool:
+    """True once the interpreter is exiting: long jobs should stop at their next check."""
+    return _EXITING.is_set()
+
+
+@atexit.register
+def _stop_workers_at_exit() -> None:
+    # Python kills daemon threads when it finalizes; one inside faiss or DuckDB would be
+    # unwound through C++ frames and abort the process. Stop them while Python is whole.
+    _EXITING.set()
+    for worker in list(_LIVE):
+        worker.close()
 
 
 class BackgroundWorker:
@@ -27,6 +46,7 @@ class BackgroundWorker:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._closed = False
+        _LIVE.add(self)
 
     def submit(self, key: Hashable, job: Callable[[], Any], on_error: Callable[[BaseException], None],
                on_done: Callable[[], None] = lambda: None) -> bool:

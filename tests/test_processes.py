@@ -757,3 +757,27 @@ def test_sigkill_at_each_step_of_compaction_and_cleanup(tmp_path: Path, db_path:
         assert tbl.stats()["segments"] == 1
     assert stored_state(db_path) == expected
     assert set(os.listdir(tdir / "segments")) == referenced_files(tdir)
+
+
+def test_exit_without_close_during_an_index_build_is_clean(tmp_path: Path, db_path: Path) -> None:
+    """A script that never closes its database exits with status 0 while the background
+    builder is busy, and its memtable is flushed on the way out."""
+    script = tmp_path / "no_close.py"
+    script.write_text(textwrap.dedent(f"""
+        import numpy as np, omendb
+        db = omendb.open({str(db_path)!r}, fsync=False)
+        tbl = db.create_table("docs", dim=32, index=omendb.HnswConfig(min_rows=1_000))
+        rng = np.random.default_rng(0)
+        tbl.add({{"id": np.arange(30_000), "vector": rng.normal(size=(30_000, 32)).astype("float32")}})
+        tbl.flush()                                  # queues an index build
+        tbl.add({{"id": [-1], "vector": rng.normal(size=(1, 32)).astype("float32")}})
+        print("exiting", flush=True)                 # no close: exit while the build runs
+    """))
+    env = dict(os.environ, PYTHONPATH=PACKAGE_ROOT)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "exiting" in done.stdout
+    with omendb.open(db_path, read_only=True) as db:  # a reader sees only flushed rows
+        stats = db.open_table("docs").stats()
+        assert stats["rows"] == 30_001
+        assert db.open_table("docs").get([-1]).num_rows == 1

@@ -23,6 +23,7 @@ from ..segments import NORM_COLUMN, SegmentHandle
 from ..storage.deletions import write_deletions
 from ..storage.manifest import SegmentEntry
 from ..storage.segment import SUFFIXES, write_segment
+from ..worker import exiting
 from .layout import SEGMENTS
 
 __all__ = ["CompactionMixin"]
@@ -179,7 +180,7 @@ class CompactionMixin:
         if not self._options.build_indexes or handle.entry.rows < config.min_rows:
             return handle.entry, None
         index = build_hnsw(handle.vectors, handle.norms, self._metric, config,
-                           should_stop=lambda: self._closed or self._closing)
+                           should_stop=lambda: self._closed or self._closing or exiting())
         name = f"{Path(handle.file).stem}.{os.urandom(4).hex()}.hnsw"
         size, crc = index.save(self._dir / SEGMENTS / name)
         written.append(self._dir / SEGMENTS / name)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..index.hnsw import BuildCancelled, HnswConfig, build_hnsw
 from ..segments import SegmentHandle
+from ..worker import exiting
 from .layout import SEGMENTS
 
 __all__ = ["IndexMixin"]
@@ -51,7 +52,7 @@ class IndexMixin:
         if handle is None or self._closed or self._closing or not self._needs_index(handle):
             return
         index = build_hnsw(handle.vectors, handle.norms, self._metric, config,
-                           should_stop=lambda: self._closed or self._closing)
+                           should_stop=lambda: self._closed or self._closing or exiting())
         name = f"{Path(segment_file).stem}.{os.urandom(4).hex()}.hnsw"
         path = self._dir / SEGMENTS / name
         size, crc = index.save(path)
