@@ -73,6 +73,8 @@ def _prepare(vectors: np.ndarray, norms: np.ndarray | None, metric: str) -> np.n
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if metric != "cosine":
         return vectors
+    if vectors.shape[0] == 1 and norms is None:  # the common single query: one dot, one divide
+        return vectors / max(np.float32(np.sqrt(vectors[0].dot(vectors[0]))), np.float32(1e-30))
     if norms is None:
         norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))
     return vectors / np.maximum(norms, np.float32(1e-30))[:, None]
@@ -84,30 +86,41 @@ class HnswIndex:
     def __init__(self, index: faiss.Index, metric: str) -> None:
         self._index = index
         self.metric = metric
+        self._params: dict[int, faiss.SearchParametersHNSW] = {}  # unfiltered, per ef: read-only, shareable
 
     @property
     def rows(self) -> int:
         return self._index.ntotal
 
+    def _search_params(self, ef: int, allowed: np.ndarray | None) -> tuple[faiss.SearchParametersHNSW, Any]:
+        """Parameters for one call (and the bitmap they point into, kept alive by the caller)."""
+        if allowed is None:
+            params = self._params.get(ef)
+            if params is None:
+                params = self._params[ef] = faiss.SearchParametersHNSW(efSearch=ef)
+            return params, None
+        bits = np.packbits(allowed, bitorder="little")
+        params = faiss.SearchParametersHNSW(efSearch=ef)
+        params.sel = faiss.IDSelectorBitmap(allowed.size, faiss.swig_ptr(bits))
+        return params, (bits, params.sel)
+
     def search(self, queries: np.ndarray, k: int, ef: int,
                allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Approximate top-``k``: ``(distances, positions)`` (Q, k), missing slots -1/inf."""
+        """Approximate top-``k``: ``(distances, positions)`` (Q, k) float32 / int64, missing slots inf / -1."""
         queries = _prepare(queries, None, self.metric)
-        params = faiss.SearchParametersHNSW(efSearch=max(ef, k))
-        if allowed is not None:
-            bits = np.packbits(allowed, bitorder="little")
-            selector = faiss.IDSelectorBitmap(allowed.size, faiss.swig_ptr(bits))
-            params.sel = selector
+        params, _keep_alive = self._search_params(max(ef, k), allowed)
         scores, positions = self._index.search(queries, k, params=params)
-        missing = positions < 0
-        if self.metric == "cosine":
-            distances = np.clip(1.0 - scores, 0.0, 2.0)
+        if self.metric == "cosine":  # 1 - similarity, kept in [0, 2] against rounding
+            distances = np.subtract(np.float32(1.0), scores, out=scores)
+            np.maximum(distances, 0.0, out=distances)
+            np.minimum(distances, 2.0, out=distances)
         elif self.metric == "dot":
-            distances = -scores
+            distances = np.negative(scores, out=scores)
         else:
-            distances = np.maximum(scores, 0.0)
-        distances[missing] = np.inf
-        return distances.astype(np.float32), positions.astype(np.int64)
+            distances = np.maximum(scores, 0.0, out=scores)
+        if positions.size and positions.min() < 0:
+            distances[positions < 0] = np.inf
+        return distances, positions
 
     def save(self, path: Path) -> tuple[int, int]:
         """Write atomically (temp, fsync, rename, fsync dir); returns (bytes, crc32)."""

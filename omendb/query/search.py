@@ -141,32 +141,47 @@ def knn(parts: list[SearchPart], queries: np.ndarray, k: int, metric: str, *,
     Columns: ``_query`` (only when ``batch``), the requested ``columns``, ``_distance``;
     rows grouped by query and sorted by distance within each query.
     """
-    schema = pa.schema([empty_schema.field(c) for c in columns])
     hits = knn_hits(parts, queries, k, metric, where=where, vector_column=vector_column, exact=exact, ef=ef)
+    fields = [empty_schema.field(c) for c in columns]
     if hits.distances.size == 0:
-        rows = pa.Table.from_batches([], schema=schema)
+        arrays = [pa.array([], type=f.type) for f in fields]
     elif hits.single_part is not None:
-        rows = _take(parts[hits.single_part], columns, hits.positions, schema)
+        arrays = [_gather(parts[hits.single_part].table.column(c), hits.positions) for c in columns]
     else:
-        pieces, picked_all = [], []
-        for part_id in np.unique(hits.part_ids):
-            picked = np.flatnonzero(hits.part_ids == part_id)
-            pieces.append(_take(parts[part_id], columns, hits.positions[picked], schema))
-            picked_all.append(picked)
-        where_from = np.concatenate(picked_all)
-        inverse = np.empty_like(where_from)
-        inverse[where_from] = np.arange(where_from.size)
-        rows = pa.concat_tables(pieces).take(pa.array(inverse))
-    return _with_extras(rows, hits.query_ids, hits.distances, batch)
-
-
-def _take(part: SearchPart, columns: list[str], positions: np.ndarray, schema: pa.Schema) -> pa.Table:
-    taken = part.table.select(columns).take(pa.array(positions))
-    return pa.Table.from_arrays(taken.columns, schema=schema)  # drops the file's schema metadata
-
-
-def _with_extras(rows: pa.Table, query_ids: np.ndarray, dist: np.ndarray, batch: bool) -> pa.Table:
-    rows = rows.append_column(pa.field(DISTANCE, pa.float32()), pa.array(dist.astype(np.float32, copy=False)))
+        arrays = [_gather_parts(parts, c, hits) for c in columns]
+    fields.append(pa.field(DISTANCE, pa.float32()))
+    arrays.append(pa.array(hits.distances))
     if batch:
-        rows = rows.add_column(0, pa.field(QUERY, pa.int32()), pa.array(query_ids))
-    return rows
+        fields.insert(0, pa.field(QUERY, pa.int32()))
+        arrays.insert(0, pa.array(hits.query_ids))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def _gather(column: pa.ChunkedArray, positions: np.ndarray) -> pa.Array:
+    """``column[positions]``; fixed-width columns without nulls gather straight from the mapped buffer."""
+    if column.num_chunks == 1:
+        chunk = column.chunk(0)
+        width = _NUMPY_GATHER.get(chunk.type.id)
+        if width is not None and chunk.null_count == 0:
+            values = np.frombuffer(chunk.buffers()[1], dtype=width, count=chunk.offset + len(chunk))
+            return pa.array(values[chunk.offset:][positions], type=chunk.type)
+        return chunk.take(pa.array(positions))
+    return column.take(pa.array(positions)).combine_chunks()
+
+
+#: Arrow type ids whose values buffer is a plain NumPy array of this dtype.
+_NUMPY_GATHER = {pa.int64().id: np.int64, pa.int32().id: np.int32, pa.float32().id: np.float32,
+                 pa.float64().id: np.float64}
+
+
+def _gather_parts(parts: list[SearchPart], column: str, hits: Hits) -> pa.Array:
+    """One column of hits spread over several parts, in hit order."""
+    pieces, picked_all = [], []
+    for part_id in np.unique(hits.part_ids):
+        picked = np.flatnonzero(hits.part_ids == part_id)
+        pieces.append(_gather(parts[part_id].table.column(column), hits.positions[picked]))
+        picked_all.append(picked)
+    where_from = np.concatenate(picked_all)
+    inverse = np.empty_like(where_from)
+    inverse[where_from] = np.arange(where_from.size)
+    return pa.concat_arrays(pieces).take(pa.array(inverse))
