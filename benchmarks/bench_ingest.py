@@ -230,7 +230,11 @@ def markdown(results: dict) -> str:
     row("bytes on disk: total", lambda r: f"{r['bytes']['total'] / mib:,.0f} MiB")
     lines += ["", f"Exact p50 over {runs[0]['search']['exact_queries']} queries, indexed over "
                   f"{runs[0]['search']['indexed_queries']}; recall over the exact ones. Peak RSS is the process's "
-                  "own high-water mark (`VmHWM`), memory-mapped segment pages included. Reproduce: "
+                  "own high-water mark (`VmHWM`), memory-mapped segment pages included. "
+                  "Recall is at the default `ef_search` (64), tuned on the 100K real set: the jittered copies put each "
+                  "row among near-duplicates of itself, so a query's true top 10 is one tight cluster that a "
+                  "graph walk at that `ef` only partly finds (raise `ef` per search for more). "
+                  "Reproduce: "
                   f"`python benchmarks/bench_ingest.py{' --quick' if results['quick'] else ''}`.", ""]
     return "\n".join(lines)
 

@@ -22,8 +22,8 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from threadpoolctl import ThreadpoolController
 
+from .blas import one_blas_thread
 from .errors import DimensionError, InvalidVectorError, TableNotFoundError
 from .query.snapshot import ROW_NUMBER, Snapshot
 
@@ -31,17 +31,6 @@ __all__ = ["duckdb_connect", "SqlSession", "definitions_sql"]
 
 _UDF = "omen_knn_rows"
 _RESULT = pa.struct([(ROW_NUMBER, pa.int64()), ("_distance", pa.float32()), ("_rank", pa.int32())])
-
-
-_BLAS: ThreadpoolController | None = None
-
-
-def _one_blas_thread():
-    """Context pinning BLAS to one thread (the controller is built once: it scans the process)."""
-    global _BLAS
-    if _BLAS is None:
-        _BLAS = ThreadpoolController()
-    return _BLAS.limit(limits=1, user_api="blas")
 
 
 def _view_name(table: str) -> str:
@@ -107,7 +96,7 @@ class SqlSession:
         groups: dict[tuple, list[int]] = {}
         for row, key in enumerate(keys):
             groups.setdefault(key, []).append(row)
-        with _one_blas_thread():  # DuckDB runs UDFs on its own threads
+        with one_blas_thread():  # DuckDB runs UDFs on its own threads
             for (table, k, where, ef, exact), rows in groups.items():
                 rows_with_query = [r for r in rows if queries[r].is_valid]
                 if not rows_with_query:

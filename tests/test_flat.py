@@ -212,3 +212,36 @@ def test_property_batch_equals_singles(metric, problem):
         assert p.shape[1] == batch_pos.shape[1]
         # ties may be broken differently; the distances must agree
         np.testing.assert_allclose(batch_dist[qi], d[0], rtol=RTOL, atol=atol)
+
+
+def test_one_blas_thread_pins_and_restores_across_nested_and_concurrent_users() -> None:
+    import threading
+
+    from threadpoolctl import threadpool_info
+
+    from omendb.blas import one_blas_thread
+
+    def blas_threads() -> list[int]:
+        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+    before = blas_threads()
+    inside, entered, release = [], threading.Event(), threading.Event()
+
+    def other_user() -> None:
+        with one_blas_thread():
+            entered.set()
+            release.wait(10)
+
+    worker = threading.Thread(target=other_user)
+    with one_blas_thread():
+        inside.append(blas_threads())
+        with one_blas_thread():
+            inside.append(blas_threads())
+        inside.append(blas_threads())  # the inner exit did not undo the outer pin
+        worker.start()
+        assert entered.wait(10)
+    inside.append(blas_threads())      # the other thread still holds the pin
+    release.set()
+    worker.join()
+    assert all(threads == [1] * len(before) for threads in inside)
+    assert blas_threads() == before

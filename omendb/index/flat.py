@@ -12,12 +12,12 @@ left out) and the true distance is computed only for the ``k`` winners.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Literal
 
-import contextlib
-
 import numpy as np
-from threadpoolctl import ThreadpoolController
+
+from ..blas import one_blas_thread
 
 __all__ = ["METRICS", "Metric", "vector_norms", "exact_search", "SCORE_BLOCK_BYTES"]
 
@@ -33,17 +33,13 @@ GATHER_FRACTION = 0.25
 #: (a 100K x 384 single-query scan is ~1.8x faster on 2 cores); the server pins BLAS to
 #: one thread for everything, since its requests already run in parallel.
 SINGLE_THREAD_WORK = 1 << 22
-_BLAS: ThreadpoolController | None = None
 
 
 def _blas_threads(work: int):
     """One BLAS thread for small scans; the library default for large ones."""
-    global _BLAS
     if work >= SINGLE_THREAD_WORK:
         return contextlib.nullcontext()
-    if _BLAS is None:
-        _BLAS = ThreadpoolController()  # scans the process once; limit() is then cheap
-    return _BLAS.limit(limits=1, user_api="blas")
+    return one_blas_thread()
 _TINY = np.float32(1e-30)
 
 

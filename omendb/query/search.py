@@ -76,8 +76,9 @@ def search_part(part: SearchPart, queries: np.ndarray, k: int, metric: str,
         ef = int(ef * min(rows / n_allowed, FILTERED_EF_MAX_FACTOR))
     dist, pos = part.index.search(queries, k, ef, allowed)
     want = min(k, n_allowed)
-    short = np.flatnonzero((pos[:, :want] < 0).any(axis=1))
-    if short.size:
+    # A walk fills its answer nearest first, so a short answer has a hole at position want-1.
+    if pos.size and pos[:, want - 1].min() < 0:
+        short = np.flatnonzero(pos[:, want - 1] < 0)
         exact_dist, exact_pos = exact_search(part.vectors, part.norms, queries[short], k, metric, allowed)
         dist[short], pos[short] = np.inf, -1
         dist[short, :exact_pos.shape[1]], pos[short, :exact_pos.shape[1]] = exact_dist, exact_pos
@@ -126,8 +127,8 @@ def knn_hits(parts: list[SearchPart], queries: np.ndarray, k: int, metric: str, 
         pid = np.take_along_axis(pid, order, axis=1)
     query_ids = np.repeat(np.arange(queries.shape[0], dtype=np.int32), dist.shape[1])
     dist, pos, pid = dist.reshape(-1), pos.reshape(-1), pid.reshape(-1)
-    hit = np.isfinite(dist)  # graph walks may leave empty slots
-    if not hit.all():
+    if pos.size and pos.min() < 0:  # empty slots: fewer allowed rows than k
+        hit = pos >= 0
         dist, pos, pid, query_ids = dist[hit], pos[hit], pid[hit], query_ids[hit]
     return Hits(query_ids, pid, pos, dist.astype(np.float32, copy=False),
                 found[0][0] if len(found) == 1 else None)

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import CorruptFileError, FormatVersionError
+from .checksum import crc32
 from .fileio import atomic_write
 
 __all__ = ["write_deletions", "read_deletions", "FORMAT_VERSION"]
@@ -27,7 +27,7 @@ def write_deletions(path: str | os.PathLike, positions: np.ndarray) -> None:
     """Atomically write the deleted row positions (any order; stored sorted, unique)."""
     rows = np.unique(np.asarray(positions, dtype=np.uint32)).astype("<u4")
     body = _HEADER.pack(_MAGIC, FORMAT_VERSION, rows.size) + rows.tobytes()
-    atomic_write(path, body + struct.pack("<I", zlib.crc32(body)))
+    atomic_write(path, body + struct.pack("<I", crc32(body)))
 
 
 def read_deletions(path: str | os.PathLike, *, segment_rows: int) -> np.ndarray:
@@ -49,7 +49,7 @@ def read_deletions(path: str | os.PathLike, *, segment_rows: int) -> np.ndarray:
     if len(data) != _HEADER.size + 4 * count + 4:
         raise CorruptFileError(f"{path}: deletion file length does not match its count")
     (crc,) = struct.unpack_from("<I", data, len(data) - 4)
-    if zlib.crc32(data[:-4]) != crc:
+    if crc32(data[:-4]) != crc:
         raise CorruptFileError(f"{path}: deletion file checksum mismatch")
     rows = np.frombuffer(data, dtype="<u4", count=count, offset=_HEADER.size)
     if count and int(rows[-1]) >= segment_rows:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-import zlib
 from pathlib import Path
 
 from ..errors import CorruptFileError
+from .checksum import crc32_of_file
 
 __all__ = ["atomic_write", "fsync_dir", "crc32_of_file", "write_file_synced", "publish_written", "verify_file"]
 
@@ -46,26 +46,15 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
-def crc32_of_file(path: str | os.PathLike, chunk_bytes: int = 16 << 20) -> int:
-    """CRC-32 of a whole file, read in chunks (never all at once)."""
-    crc = 0
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_bytes):
-            crc = zlib.crc32(chunk, crc)
-    return crc
-
-
 def publish_written(tmp: str | os.PathLike, final: str | os.PathLike) -> tuple[int, int]:
     """Make a fully written temp file durable under its final name.
 
-    Reads it back for its CRC-32, fsyncs it, renames it and fsyncs the directory.
-    Returns ``(bytes, crc32)`` for the manifest.
+    Checksums it (through a memory map), fsyncs it, renames it and fsyncs the
+    directory. Returns ``(bytes, crc32)`` for the manifest.
     """
     final = Path(final)
-    crc = 0
+    crc = crc32_of_file(tmp)
     with open(tmp, "rb+") as handle:
-        while chunk := handle.read(16 << 20):
-            crc = zlib.crc32(chunk, crc)
         os.fsync(handle.fileno())
     os.replace(tmp, final)
     fsync_dir(final.parent)

@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import zlib
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ..errors import CorruptFileError, FormatVersionError, VersionNotFoundError
+from .checksum import crc32
 from .fileio import atomic_write
 
 __all__ = ["SegmentEntry", "Manifest", "ManifestStore", "FORMAT_VERSION"]
@@ -58,7 +58,7 @@ class Manifest:
         body["segments"] = [asdict(s) for s in self.segments]
         text = json.dumps(body, sort_keys=True, separators=(",", ":"))
         envelope = {"format": "omendb.manifest", "format_version": FORMAT_VERSION,
-                    "crc32": zlib.crc32(text.encode()), "body": body}
+                    "crc32": crc32(text.encode()), "body": body}
         return json.dumps(envelope, sort_keys=True, indent=1).encode()
 
     @classmethod
@@ -74,7 +74,7 @@ class Manifest:
                     f"(this omendb reads version {FORMAT_VERSION})")
             body = envelope["body"]
             text = json.dumps(body, sort_keys=True, separators=(",", ":"))
-            if zlib.crc32(text.encode()) != envelope["crc32"]:
+            if crc32(text.encode()) != envelope["crc32"]:
                 raise CorruptFileError(f"{path}: manifest checksum mismatch")
             body["segments"] = tuple(SegmentEntry(**s) for s in body["segments"])
             return cls(**body)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import enum
 import os
 import struct
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -20,6 +19,7 @@ from typing import Iterator
 import pyarrow as pa
 
 from ..errors import CorruptFileError, FormatVersionError
+from .checksum import crc32
 
 __all__ = ["RecordKind", "WalRecord", "WalWriter", "read_wal", "encode_table", "decode_table"]
 
@@ -62,11 +62,11 @@ def decode_table(payload: pa.Buffer | bytes) -> pa.Table:
 
 def _header_bytes() -> bytes:
     head = FILE_MAGIC + struct.pack("<I", FORMAT_VERSION)
-    return FILE_HEADER.pack(FILE_MAGIC, FORMAT_VERSION, zlib.crc32(head))
+    return FILE_HEADER.pack(FILE_MAGIC, FORMAT_VERSION, crc32(head))
 
 
 def _record_crc(header_fields: bytes, payload: memoryview | bytes | pa.Buffer) -> int:
-    return zlib.crc32(payload, zlib.crc32(header_fields))
+    return crc32(payload, crc32(header_fields))
 
 
 class WalWriter:
@@ -120,7 +120,7 @@ def read_wal(path: str | os.PathLike, *, repair: bool = True) -> Iterator[WalRec
                 handle.truncate(0)
         return
     magic, version, crc = FILE_HEADER.unpack_from(data, 0)
-    if magic != FILE_MAGIC or crc != zlib.crc32(data[:12]):
+    if magic != FILE_MAGIC or crc != crc32(data[:12]):
         raise CorruptFileError(f"{path}: not an omendb write-ahead log (bad header)")
     if version != FORMAT_VERSION:
         raise FormatVersionError(

@@ -117,6 +117,11 @@ class WriteMixin:
 
     def _commit(self, kind: RecordKind, table: pa.Table, fsync: bool | None) -> None:
         """Log then apply one validated change (caller holds the write lock)."""
+        if (kind is not RecordKind.DELETE and len(self._memtable)
+                and self._memtable.nbytes + table.nbytes > self._options.memtable_bytes):
+            # Flush first rather than overfill: the memtable's buffers are sized for
+            # ``memtable_bytes`` and growing them would copy every row held so far.
+            self._flush_locked("flush")
         seq = self._seq + 1
         self._wal.append(seq, kind, encode_table(table), fsync=fsync)
         self._seq = seq
