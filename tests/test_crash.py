@@ -269,4 +269,4 @@ def test_clean_exit_without_close_keeps_every_batch(tmp_path: Path, db_path: Pat
     assert writer.acknowledged() == 60
     stored, stats = stored_state(db_path)
     assert stored == expected_state({}, 0, 60, True)
-    assert stats["segments"] >= 2  # flushes happened while writing
+    assert stats["version"] >= 3  # flushes happened while writing (compaction may merge segments)

@@ -204,3 +204,32 @@ def test_sigkill_during_index_build_leaves_table_searchable_and_build_resumes(tm
         assert table.stats()["indexed_segments"] == 1
         leftovers = [p.name for p in (tmp_path / "db" / "t" / "segments").iterdir() if p.name.startswith(".")]
         assert leftovers == []
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2", "dot"])
+def test_single_indexed_segment_answers_like_exact(tmp_path: Path, metric: str) -> None:
+    """A table that is one indexed segment (the common, shortest search path)."""
+    db = omendb.open(tmp_path / "db", compaction=False)
+    vectors = clustered(3_000)
+    table = db.create_table("t", dim=DIM, metric=metric, index=CONFIG,
+                            schema=pa.schema([("id", pa.string()), ("n", pa.int32()), ("score", pa.float64()),
+                                              ("vector", pa.list_(pa.float32(), DIM))]))
+    table.add({"id": [f"doc-{i}" for i in range(3_000)], "n": np.arange(3_000, dtype=np.int32),
+               "score": np.arange(3_000) / 7, "vector": vectors})
+    table.flush()
+    assert table.wait_for_index(timeout=120)
+    assert table.stats()["segments"] == 1 and table.stats()["indexed_segments"] == 1
+    queries = clustered(50, seed=3) * (3.0 if metric == "cosine" else 1.0)  # cosine ignores the norm
+    approx = table.search(queries, k=10, ef=200)  # (inner product graphs need a wider walk)
+    exact = table.search(queries, k=10, exact=True)
+    assert approx.schema == exact.schema and approx.column_names == ["_query", "id", "n", "score", "vector", "_distance"]
+    assert recall(approx, exact, 50) >= 0.95
+    one = table.search(queries[0], k=5, columns=["n", "score", "id"])
+    assert one.column_names == ["n", "score", "id", "_distance"]
+    rows = one.to_pylist()
+    assert all(r["id"] == f"doc-{r['n']}" and r["score"] == pytest.approx(r["n"] / 7) for r in rows)
+    truth = table.search(queries[0], k=3_000, exact=True, columns=["n"]).to_pandas().set_index("n")
+    np.testing.assert_allclose(one["_distance"].to_numpy(), truth.loc[one["n"].to_pylist(), "_distance"],
+                               rtol=1e-4, atol=1e-4)
+    assert table.search(queries[0], k=3_005).num_rows == 3_000  # more than the table: every row, once
+    db.close()

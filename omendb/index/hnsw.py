@@ -12,6 +12,7 @@ Filtering (deleted rows, ``where``) happens inside the graph walk with an
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -70,14 +71,21 @@ class HnswConfig:
 
 
 def _prepare(vectors: np.ndarray, norms: np.ndarray | None, metric: str) -> np.ndarray:
+    """Rows as faiss stores them: float32, C-contiguous, unit length for ``cosine``."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if metric != "cosine":
         return vectors
-    if vectors.shape[0] == 1 and norms is None:  # the common single query: one dot, one divide
-        return vectors / max(np.float32(np.sqrt(vectors[0].dot(vectors[0]))), np.float32(1e-30))
     if norms is None:
         norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))
     return vectors / np.maximum(norms, np.float32(1e-30))[:, None]
+
+
+def _negative_inverse_norms(queries: np.ndarray) -> np.float32 | np.ndarray:
+    """``-1/|q|`` per query as float32 (a scalar for one query), tiny norms clamped."""
+    if queries.shape[0] == 1:
+        return np.float32(-1.0 / max(math.sqrt(float(queries[0].dot(queries[0]))), 1e-30))
+    norms = np.sqrt(np.einsum("ij,ij->i", queries, queries))
+    return (-1.0 / np.maximum(norms, 1e-30)).astype(np.float32)[:, None]
 
 
 class HnswIndex:
@@ -107,11 +115,15 @@ class HnswIndex:
     def search(self, queries: np.ndarray, k: int, ef: int,
                allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Approximate top-``k``: ``(distances, positions)`` (Q, k) float32 / int64, missing slots inf / -1."""
-        queries = _prepare(queries, None, self.metric)
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
         params, _keep_alive = self._search_params(max(ef, k), allowed)
+        # Cosine: the stored rows are unit length, so an inner-product walk ranks them the
+        # same for any positive scaling of the query; dividing the k scores by the query's
+        # norm afterwards is cheaper than normalising the query first.
         scores, positions = self._index.search(queries, k, params=params)
         if self.metric == "cosine":  # 1 - similarity, kept in [0, 2] against rounding
-            distances = np.subtract(np.float32(1.0), scores, out=scores)
+            distances = np.multiply(scores, _negative_inverse_norms(queries), out=scores)
+            np.add(distances, np.float32(1.0), out=distances)
             np.maximum(distances, 0.0, out=distances)
             np.minimum(distances, 2.0, out=distances)
         elif self.metric == "dot":

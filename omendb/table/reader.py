@@ -16,7 +16,7 @@ from ..errors import ClosedError, CorruptFileError, DimensionError, InvalidVecto
 from ..index.hnsw import HnswConfig, HnswIndex
 from ..keys import keys_to_numpy
 from ..memtable import Memtable
-from ..query.search import SearchPart, knn
+from ..query.search import SearchPart, graph_knn, knn, result_schema
 from ..query.snapshot import Snapshot
 from ..segments import SegmentHandle
 from ..storage.manifest import Manifest, ManifestStore, SegmentEntry
@@ -67,6 +67,7 @@ class TableReader:
         self._bad_indexes: set[str] = set()
         self._segments: list[SegmentHandle] = []
         self._live: dict[str, np.ndarray | None] = {}
+        self._result_schemas: dict[tuple[tuple[str, ...], bool], pa.Schema] = {}  # the schema never changes
 
     def _load_manifest(self, manifest: Manifest) -> None:
         """Adopt ``manifest`` as the table's state, reusing already mapped segments."""
@@ -169,10 +170,11 @@ class TableReader:
         with self._lock:
             segments = list(self._segments)
             live = dict(self._live)
-            mem = self._memtable.view()
+            mem = self._memtable.view() if len(self._memtable) or not segments else None
         parts = [SearchPart(h.table, h.vectors, h.norms, live[h.file], None if exact else self._segment_index(h),
                             cache_key=h.cache_key) for h in segments]
-        parts.append(SearchPart(mem.table, mem.vectors, mem.norms, None if mem.live.all() else mem.live))
+        if mem is not None:  # an empty memtable adds nothing (unless it is all there is: it gives the schema)
+            parts.append(SearchPart(mem.table, mem.vectors, mem.norms, None if mem.live.all() else mem.live))
         return parts
 
     def _columns(self, columns: Sequence[str] | None) -> list[str]:
@@ -187,6 +189,10 @@ class TableReader:
         return list(columns)
 
     def _queries(self, q: Any) -> tuple[np.ndarray, bool]:
+        if type(q) is np.ndarray and q.dtype == np.float32 and q.shape == (self._dim,) and q.flags.c_contiguous:
+            if not np.isfinite(q).all():
+                raise InvalidVectorError("query contains NaN or infinity")
+            return q.reshape(1, -1), False
         try:
             if isinstance(q, (pa.Array, pa.ChunkedArray)):
                 q = q.to_numpy(zero_copy_only=False)
@@ -232,10 +238,30 @@ class TableReader:
         names = self._columns(columns)
         if ef is not None and (isinstance(ef, bool) or not isinstance(ef, (int, np.integer)) or ef < 1):
             raise ValueError(f"ef must be a positive integer, got {ef!r}")
-        ef = self._index_config.ef_search if ef is None else int(ef)
+        ef = max(self._index_config.ef_search if ef is None else int(ef), int(k))
+        if where is None and not exact:
+            graph = self._whole_table_graph()
+            if graph is not None:
+                schema = self._result_schemas.get((tuple(names), batch))
+                if schema is None:
+                    schema = self._result_schemas[(tuple(names), batch)] = result_schema(self._schema, names, batch)
+                found = graph_knn(graph[0], graph[1], queries, int(k), ef=ef, columns=names, result_schema=schema)
+                if found is not None:
+                    return found
         return knn(self._snapshot_parts(exact), queries, int(k), self._metric, where=where, columns=names,
                    vector_column=self.vector_column, batch=batch, empty_schema=self._schema,
-                   exact=exact, ef=max(ef, int(k)))
+                   exact=exact, ef=ef)
+
+    def _whole_table_graph(self) -> tuple[pa.Table, HnswIndex] | None:
+        """(rows, graph) when the table is one indexed segment with no deleted and no unflushed rows."""
+        with self._lock:
+            if len(self._segments) != 1 or len(self._memtable):
+                return None
+            handle = self._segments[0]
+            if self._live[handle.file] is not None:
+                return None
+        index = self._segment_index(handle)
+        return None if index is None else (handle.table, index)
 
     @_retry_on_vanished_files
     def get(self, ids: Any, columns: Sequence[str] | None = None) -> pa.Table:
