@@ -660,11 +660,6 @@ def write_markdown(res: dict, path: Path) -> None:
                  f"{r['p50_ratio']:.2f}x | <= {P50_TARGET}x | {'yes' if s['p50_ok'] else '**no**'} |")
     else:
         L.append(f"| p50 at recall >= {RECALL_TARGET} | not reached in the sweep | | | <= {P50_TARGET}x | **no** |")
-    if s.get("target_ef_in_memory") is not None:
-        r = next(x for x in res["sweep_in_memory"] if x["ef"] == s["target_ef_in_memory"])
-        L.append(f"| same, `omendb.open(index_in_memory=True)` (ef={s['target_ef_in_memory']}, "
-                 f"recall {r['omendb']['recall']:.4f}), ms | {r['omendb']['p50_ms']:.3f} | {r['faiss']['p50_ms']:.3f} | "
-                 f"{r['p50_ratio']:.2f}x | <= {P50_TARGET}x | {'yes' if s['p50_ok_in_memory'] else '**no**'} |")
     L += ["", f"omendb build detail: ingest {b['ingest_s']:.2f} s ({b['ingest_rows_per_s']:,.0f} rows/s, "
           f"fsync=False, batches of {b['add_batch']:,}), flush {b['flush_s']:.2f} s, build {b['build_s']:.2f} s "
           f"(includes normalising, saving + fsync + crc of the index file, manifest publish); "
@@ -683,20 +678,9 @@ def write_markdown(res: dict, path: Path) -> None:
                  f"{r['p50_ratio']:.2f}x | {r['p99_ratio']:.2f}x | {1e3 * (o['p50_ms'] - f['p50_ms']):.0f} | "
                  f"{r['same_results_as_faiss']:.3f} |")
     L += ["", "omendb = `tbl.search(q, k=10, ef=ef, columns=['id'])`; index layer = omendb's `HnswIndex.search` "
-          "alone (`SearchParametersHNSW`, distance conversion; no table, planner or Arrow); "
+          "alone (query normalising, `SearchParametersHNSW`, distance conversion; no table, planner or Arrow); "
           "faiss = `index.search(q[None], 10)` with `hnsw.efSearch = ef`. p50 overhead = omendb p50 - faiss p50. same ids = mean overlap of omendb's "
           "and faiss' top-10 (the graphs differ: omendb adds rows in chunks of 8,192).", ""]
-    if res.get("sweep_in_memory"):
-        L += ["### The same with `omendb.open(index_in_memory=True)`", "",
-              "Each index read into process memory (as raw faiss' own index is) instead of memory-mapped "
-              "(the default). Timed again side by side with raw faiss.", "",
-              "| ef | omendb recall | omendb p50 ms | omendb p99 ms | faiss p50 ms | p50 ratio | p50 overhead µs |",
-              "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-        for r in res["sweep_in_memory"]:
-            o, f = r["omendb"], r["faiss"]
-            L.append(f"| {r['ef']} | {f4(o['recall'])} | {f3(o['p50_ms'])} | {f3(o['p99_ms'])} | {f3(f['p50_ms'])} | "
-                     f"{r['p50_ratio']:.2f}x | {1e3 * (o['p50_ms'] - f['p50_ms']):.0f} |")
-        L.append("")
     if res["omendb"].get("short_queries_total"):
         L += [f"**omendb returned fewer than k rows for {res['omendb']['short_queries_total']} query calls.**", ""]
     L += ["## Filtered search (omendb, ef=%d)" % res["filter_ef"], "",
@@ -857,8 +841,6 @@ def main(argv=None) -> int:
 
     import faiss  # noqa: F401  (fail early, before any work, if the main venv lacks it)
 
-    import omendb
-
     wall0 = time.time()
     command = " ".join(shlex.quote(c) for c in [sys.executable, *sys.argv])
     out = args.out or (REPO / "benchmarks" / "results" / ("hnsw-quick" if args.quick else "hnsw"))
@@ -929,15 +911,7 @@ def main(argv=None) -> int:
                        "hnsw_files": sorted(p.name for p in seg.glob("*.hnsw")),
                        "vector_bytes": int(X.shape[0]) * dim * 4, "stats": stats}
         db.close()
-        del tbl, db, layer
-        gc.collect()
-
-        # ---- 5b. the same sweep with omendb.open(index_in_memory=True): the index read into
-        # memory like raw faiss' own, instead of memory-mapped
-        print("ef sweep, omendb with index_in_memory=True", flush=True)
-        with omendb.open(workdir / "omendb", index_in_memory=True, build_indexes=False, compaction=False) as db2:
-            res["sweep_in_memory"] = sweep(db2.open_table(TABLE), findex, None, Q, gt, args.efs)
-        del findex
+        del tbl, db, findex, layer
         gc.collect()
 
         # ---- 5. RSS of a fresh process
@@ -980,14 +954,9 @@ def main(argv=None) -> int:
             "target_ef": target["ef"] if target else None,
             "p50_ratio_at_target": target["p50_ratio"] if target else None,
             "p50_ok": bool(target and target["p50_ratio"] <= P50_TARGET),
-            "target_ef_in_memory": None, "p50_ratio_at_target_in_memory": None, "p50_ok_in_memory": False,
             "filter_violations": sum(r["omendb"]["violating_rows"] for r in res["filtered"]),
             "filter_short_queries": sum(r["omendb"]["short_queries"] for r in res["filtered"]),
         }
-        target_mem = next((r for r in res["sweep_in_memory"] if r["omendb"]["recall"] >= RECALL_TARGET), None)
-        if target_mem:
-            res["summary"].update(target_ef_in_memory=target_mem["ef"], p50_ratio_at_target_in_memory=target_mem["p50_ratio"],
-                                  p50_ok_in_memory=target_mem["p50_ratio"] <= P50_TARGET)
         res["wall_s"] = time.time() - wall0
         res["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
         out.with_suffix(".json").write_text(json.dumps(res, indent=1, default=str))

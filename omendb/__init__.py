@@ -37,8 +37,7 @@ __all__ = [
 
 def open(path: str | os.PathLike, *, fsync: bool = True, memtable_bytes: int = 64 << 20,  # noqa: A001
          build_indexes: bool = True, compaction: CompactionPolicy | bool = True, read_only: bool = False,
-         lock_timeout: float = 0.0, index_in_memory: bool = False, dim: int | None = None,
-         metric: str = "cosine") -> Database:
+         lock_timeout: float = 0.0, dim: int | None = None, metric: str = "cosine") -> Database:
     """Open the omendb database in folder ``path``, creating it if missing.
 
     Args:
@@ -57,16 +56,11 @@ def open(path: str | os.PathLike, *, fsync: bool = True, memtable_bytes: int = 6
             still in the writer's memtable appear once it flushes.
         lock_timeout: seconds to wait for another process's writer lock of a table
             before raising ``TableLockedError`` (default: fail at once).
-        index_in_memory: read each HNSW index into this process's memory on first use
-            instead of memory-mapping it (default). Graph walks over a mapped file are
-            ~15% slower on the benchmark machine; reading costs the index's size in
-            private memory per process and a slower first search.
         dim, metric: of the default table ``vectors`` that ``db.add_batch(...)`` creates
             (default: the first batch's dimension, cosine).
     """
     if isinstance(compaction, bool):
         compaction = CompactionPolicy(enabled=compaction)
     return Database(path, TableOptions(fsync=fsync, memtable_bytes=memtable_bytes, build_indexes=build_indexes,
-                                       compaction=compaction, read_only=read_only, lock_timeout=lock_timeout,
-                                       index_in_memory=index_in_memory),
+                                       compaction=compaction, read_only=read_only, lock_timeout=lock_timeout),
                     dim=dim, metric=metric)

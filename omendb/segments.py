@@ -26,8 +26,7 @@ class SegmentHandle:
     """One segment file; maps it on first use and verifies its checksum then."""
 
     def __init__(self, directory: Path, entry: SegmentEntry, *, vector_column: str,
-                 id_column: str, dim: int, metric: str, verified: bool = False,
-                 index_in_memory: bool = False) -> None:
+                 id_column: str, dim: int, metric: str, verified: bool = False) -> None:
         self.directory = directory
         self.entry = entry
         self.vector_column = vector_column
@@ -35,7 +34,6 @@ class SegmentHandle:
         self.dim = dim
         self.metric = metric
         self._verified = verified
-        self._index_in_memory = index_in_memory
         self._lock = threading.Lock()
         self._table: pa.Table | None = None
         self._vectors: np.ndarray | None = None
@@ -119,8 +117,7 @@ class SegmentHandle:
         with self._lock:
             if self._hnsw_file != entry.index_file:
                 self._hnsw = load_hnsw(self.directory / entry.index_file, metric=self.metric,
-                                       size=entry.index_bytes, crc32=entry.index_crc32, rows=entry.rows,
-                                       in_memory=self._index_in_memory)
+                                       size=entry.index_bytes, crc32=entry.index_crc32, rows=entry.rows)
                 self._hnsw_file = entry.index_file
             return self._hnsw
 

@@ -233,23 +233,3 @@ def test_single_indexed_segment_answers_like_exact(tmp_path: Path, metric: str) 
                                rtol=1e-4, atol=1e-4)
     assert table.search(queries[0], k=3_005).num_rows == 3_000  # more than the table: every row, once
     db.close()
-
-
-def test_index_in_memory_reads_indexes_instead_of_mapping_them(tmp_path: Path, monkeypatch) -> None:
-    import faiss
-
-    db, table, vectors = make_table(tmp_path / "db")
-    table.flush()
-    assert table.wait_for_index(timeout=120)
-    queries = clustered(20, seed=5)
-    expected = table.search(queries, k=5)
-    db.close()
-    flags = []
-    real_read = faiss.read_index
-    monkeypatch.setattr(faiss, "read_index", lambda path, flag=0: flags.append(flag) or real_read(path, flag))
-    for in_memory in (True, False):
-        flags.clear()
-        with omendb.open(tmp_path / "db", read_only=True, index_in_memory=in_memory) as reopened:
-            found = reopened["t"].search(queries, k=5)
-        assert found.equals(expected)
-        assert flags and all(bool(flag & faiss.IO_FLAG_MMAP_IFC) is not in_memory for flag in flags)

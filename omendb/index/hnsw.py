@@ -176,11 +176,11 @@ def build_hnsw(vectors: np.ndarray, norms: np.ndarray | None, metric: str, confi
     return HnswIndex(index, metric)
 
 
-def load_hnsw(path: Path, *, metric: str, size: int, crc32: int, rows: int, in_memory: bool = False) -> HnswIndex:
-    """Verify size and checksum, then memory-map the index file (or read it into memory)."""
+def load_hnsw(path: Path, *, metric: str, size: int, crc32: int, rows: int) -> HnswIndex:
+    """Verify size and checksum, then memory-map the index file."""
     verify_file(path, size=size, crc32=crc32, what="index")
     try:
-        index = faiss.read_index(str(path), 0 if in_memory else faiss.IO_FLAG_MMAP_IFC)
+        index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)
     except RuntimeError as exc:
         raise CorruptFileError(f"{path}: not a readable HNSW index: {exc}") from None
     if index.ntotal != rows:

@@ -61,8 +61,6 @@ class TableOptions:
         compaction: the background compaction policy.
         read_only: open tables without the writer lock, seeing published versions only.
         lock_timeout: seconds to wait for another process's writer lock (0: fail at once).
-        index_in_memory: read HNSW index files into process memory instead of
-            memory-mapping them (see :func:`omendb.open`).
     """
 
     fsync: bool = True
@@ -71,7 +69,6 @@ class TableOptions:
     compaction: CompactionPolicy = field(default_factory=CompactionPolicy)
     read_only: bool = False
     lock_timeout: float = 0.0
-    index_in_memory: bool = False
 
 
 def schema_to_text(schema: pa.Schema) -> str:

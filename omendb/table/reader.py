@@ -99,8 +99,7 @@ class TableReader:
 
     def _handle(self, entry: SegmentEntry, verified: bool = False) -> SegmentHandle:
         return SegmentHandle(self._dir / SEGMENTS, entry, vector_column=self.vector_column,
-                             id_column=self.id_column, dim=self._dim, metric=self._metric, verified=verified,
-                             index_in_memory=self._options.index_in_memory)
+                             id_column=self.id_column, dim=self._dim, metric=self._metric, verified=verified)
 
     def _before_read(self) -> None:
         """Hook run before every read: checks the table is open (readers also refresh)."""
