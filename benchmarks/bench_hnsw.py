@@ -678,7 +678,7 @@ def write_markdown(res: dict, path: Path) -> None:
                  f"{r['p50_ratio']:.2f}x | {r['p99_ratio']:.2f}x | {1e3 * (o['p50_ms'] - f['p50_ms']):.0f} | "
                  f"{r['same_results_as_faiss']:.3f} |")
     L += ["", "omendb = `tbl.search(q, k=10, ef=ef, columns=['id'])`; index layer = omendb's `HnswIndex.search` "
-          "alone (query normalising, `SearchParametersHNSW`, distance conversion; no table, planner or Arrow); "
+          "alone (`SearchParametersHNSW`, distance conversion; no table, planner or Arrow); "
           "faiss = `index.search(q[None], 10)` with `hnsw.efSearch = ef`. p50 overhead = omendb p50 - faiss p50. same ids = mean overlap of omendb's "
           "and faiss' top-10 (the graphs differ: omendb adds rows in chunks of 8,192).", ""]
     if res["omendb"].get("short_queries_total"):

@@ -547,17 +547,17 @@ def bench_breakdown(db, tbl, Q, gt, default_ef) -> dict:
     # pieces inside the UDF, from Python
     extra = []
     try:
-        from threadpoolctl import threadpool_limits
+        from omendb.blas import one_blas_thread
 
-        def tpl(_q):
-            with threadpool_limits(limits=1, user_api="blas"):
+        def pin(_q):
+            with one_blas_thread():
                 pass
 
-        _, lat = time_queries(tpl, Q)
-        extra.append({"label": "threadpool_limits(limits=1, user_api='blas') enter + exit (run by every UDF call)",
-                      "key": "threadpool_limits", **lat_summary(lat)})
+        _, lat = time_queries(pin, Q)
+        extra.append({"label": "omendb.blas.one_blas_thread() enter + exit (run by every UDF call)",
+                      "key": "one_blas_thread", **lat_summary(lat)})
     except Exception as exc:
-        extra.append({"label": "threadpool_limits", "key": "threadpool_limits", "error": str(exc)[:300]})
+        extra.append({"label": "one_blas_thread", "key": "one_blas_thread", "error": str(exc)[:300]})
     try:
         snap = tbl.snapshot()  # internal: what the UDF searches
         _, lat = time_queries(lambda q: snap.knn_rows(q[None, :], K, where=None, ef=None, exact=False), Q)
