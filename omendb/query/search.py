@@ -187,10 +187,9 @@ def result_schema(empty_schema: pa.Schema, columns: list[str], batch: bool) -> p
 
 def _gather(table: pa.Table, name: str, positions: np.ndarray) -> pa.Array:
     """``table[name][positions]``; fixed-width columns without nulls gather straight from the mapped buffer."""
-    fixed = _fixed_width_values(table, name)
-    if fixed is not None:
-        values, arrow_type = fixed
-        return pa.array(values[positions], type=arrow_type)
+    values = _fixed_width_values(table, name)
+    if values is not None:
+        return pa.array(values[positions])  # NumPy's dtype maps back to the column's type
     column = table.column(name)
     if column.num_chunks == 1:
         return column.chunk(0).take(pa.array(positions))
@@ -198,11 +197,11 @@ def _gather(table: pa.Table, name: str, positions: np.ndarray) -> pa.Array:
 
 
 #: NumPy views of fixed-width columns, by table identity and column (dropped with the table).
-_VALUES: dict[tuple[int, str], tuple[np.ndarray, pa.DataType] | None] = {}
+_VALUES: dict[tuple[int, str], np.ndarray | None] = {}
 
 
-def _fixed_width_values(table: pa.Table, name: str) -> tuple[np.ndarray, pa.DataType] | None:
-    """(NumPy view, Arrow type) of a column that is one chunk of a fixed-width type with no nulls."""
+def _fixed_width_values(table: pa.Table, name: str) -> np.ndarray | None:
+    """NumPy view of a column that is one chunk of int32/int64/float32/float64 with no nulls."""
     key = (id(table), name)
     try:
         return _VALUES[key]
@@ -215,7 +214,7 @@ def _fixed_width_values(table: pa.Table, name: str) -> tuple[np.ndarray, pa.Data
         width = _NUMPY_GATHER.get(chunk.type.id)
         if width is not None and chunk.null_count == 0:
             values = np.frombuffer(chunk.buffers()[1], dtype=width, count=chunk.offset + len(chunk))
-            fixed = (values[chunk.offset:], chunk.type)
+            fixed = values[chunk.offset:]
     _VALUES[key] = fixed
     weakref.finalize(table, _VALUES.pop, key, None)
     return fixed

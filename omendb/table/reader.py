@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import os
 import threading
 import warnings
@@ -73,6 +74,7 @@ class TableReader:
         """Adopt ``manifest`` as the table's state, reusing already mapped segments."""
         info = manifest.table
         self._schema = schema_from_text(info["schema"])
+        self._schema_names = frozenset(self._schema.names)
         self.id_column: str = info["id_column"]
         self.vector_column: str = info["vector_column"]
         self._metric: str = info["metric"]
@@ -182,7 +184,8 @@ class TableReader:
             return list(self._schema.names)
         if isinstance(columns, str):
             columns = [columns]
-        unknown = [c for c in columns if c not in self._schema.names]
+        names = self._schema_names
+        unknown = [c for c in columns if c not in names]
         if unknown:
             raise SchemaError(f"unknown column(s) {', '.join(map(repr, unknown))}; "
                               f"table {self.name!r} has {', '.join(self._schema.names)}")
@@ -190,7 +193,8 @@ class TableReader:
 
     def _queries(self, q: Any) -> tuple[np.ndarray, bool]:
         if type(q) is np.ndarray and q.dtype == np.float32 and q.shape == (self._dim,) and q.flags.c_contiguous:
-            if not np.isfinite(q).all():
+            # one pass: a NaN or infinity makes the sum non-finite (so may a huge sum: then look closer)
+            if not math.isfinite(np.add.reduce(q)) and not np.isfinite(q).all():
                 raise InvalidVectorError("query contains NaN or infinity")
             return q.reshape(1, -1), False
         try:
