@@ -40,6 +40,8 @@ def _blas_threads(work: int):
     if work >= SINGLE_THREAD_WORK:
         return contextlib.nullcontext()
     return one_blas_thread()
+
+
 _TINY = np.float32(1e-30)
 
 
