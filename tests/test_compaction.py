@@ -34,6 +34,16 @@ def rows(ids, vecs: np.ndarray) -> dict:
     return {"id": np.asarray(ids, dtype=np.int64), "vector": np.asarray(vecs, dtype=np.float32)}
 
 
+def add_flushed(tbl, model: dict[int, np.ndarray], rng: np.random.Generator, batch: int, n: int,
+                stride: int = 100) -> None:
+    """Add ``n`` rows with ids ``batch*stride ...``, flush them into a segment, record them in ``model``."""
+    ids = np.arange(batch * stride, batch * stride + n)
+    vecs = vectors(rng, n)
+    tbl.add(rows(ids, vecs))
+    tbl.flush()
+    model.update(zip(ids.tolist(), vecs))
+
+
 def vectors_of(table: pa.Table) -> np.ndarray:
     column = table.column("vector").combine_chunks()
     return np.asarray(column.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, DIM)
@@ -154,11 +164,7 @@ def test_policy_merges_in_background_once_enough_segments(db_path: Path, rng) ->
         tbl = db.create_table("t", dim=DIM)
         model: dict[int, np.ndarray] = {}
         for batch in range(2):
-            ids = np.arange(batch * 100, batch * 100 + 50)
-            vecs = vectors(rng, 50)
-            tbl.add(rows(ids, vecs))
-            tbl.flush()
-            model.update(zip(ids.tolist(), vecs))
+            add_flushed(tbl, model, rng, batch, 50)
         time.sleep(0.3)
         assert tbl.stats()["segments"] == 2, "merged before the policy's min_segments was reached"
         assert "compact" not in changes(tbl)
@@ -205,18 +211,11 @@ def test_flushes_during_a_background_merge_are_merged_later(db_path: Path, rng, 
         tbl = db.create_table("t", dim=DIM)
         model: dict[int, np.ndarray] = {}
 
-        def add_and_flush(batch: int) -> None:
-            ids = np.arange(batch * 100, batch * 100 + 30)
-            vecs = vectors(rng, 30)
-            tbl.add(rows(ids, vecs))
-            tbl.flush()
-            model.update(zip(ids.tolist(), vecs))
-
         for batch in range(3):
-            add_and_flush(batch)
+            add_flushed(tbl, model, rng, batch, 30)
         paused.wait_reached()  # the background merge of those 3 is under way
         for batch in range(3, 6):
-            add_and_flush(batch)  # 3 more small segments: enough for another merge
+            add_flushed(tbl, model, rng, batch, 30)  # 3 more small segments: enough for another merge
         paused.go.set()
         assert wait_until(lambda: "compact" in changes(tbl))
         converged = wait_until(lambda: tbl.stats()["segments"] < policy.min_segments, timeout=3)
@@ -281,11 +280,7 @@ def test_compaction_false_disables_background_merges(db_path: Path, rng) -> None
         tbl = db.create_table("t", dim=DIM)
         model: dict[int, np.ndarray] = {}
         for batch in range(8):
-            ids = np.arange(batch * 10, batch * 10 + 10)
-            vecs = vectors(rng, 10)
-            tbl.add(rows(ids, vecs))
-            tbl.flush()
-            model.update(zip(ids.tolist(), vecs))
+            add_flushed(tbl, model, rng, batch, 10, stride=10)
         tbl.delete(list(range(0, 80, 2)))
         tbl.flush()
         for i in range(0, 80, 2):
@@ -324,11 +319,7 @@ def test_compact_drops_deleted_rows_and_keeps_live_rows(db_path: Path, rng) -> N
         tbl = db.create_table("t", dim=DIM)
         model: dict[int, np.ndarray] = {}
         for batch in range(5):
-            ids = np.arange(batch * 100, batch * 100 + 80)
-            vecs = vectors(rng, 80)
-            tbl.add(rows(ids, vecs))
-            tbl.flush()
-            model.update(zip(ids.tolist(), vecs))
+            add_flushed(tbl, model, rng, batch, 80)
         unflushed = vectors(rng, 30)
         tbl.add(rows(np.arange(900, 930), unflushed))  # still in the memtable
         model.update(zip(range(900, 930), unflushed))
@@ -395,11 +386,7 @@ def test_compact_respects_max_rows(db_path: Path, rng) -> None:
         tbl = db.create_table("t", dim=DIM)
         model: dict[int, np.ndarray] = {}
         for batch in range(6):
-            ids = np.arange(batch * 100, batch * 100 + 100)
-            vecs = vectors(rng, 100)
-            tbl.add(rows(ids, vecs))
-            tbl.flush()
-            model.update(zip(ids.tolist(), vecs))
+            add_flushed(tbl, model, rng, batch, 100)
         result = tbl.compact()
         assert result["segments_before"] == 6
         assert 3 <= result["segments_after"] < 6  # 600 rows, at most 250 per merged segment
@@ -525,11 +512,7 @@ def test_merge_whose_source_disappears_is_abandoned(db_path: Path, rng, monkeypa
         tbl = db.create_table("t", dim=DIM)
         model: dict[int, np.ndarray] = {}
         for batch in range(3):
-            ids = np.arange(batch * 100, batch * 100 + 20)
-            vecs = vectors(rng, 20)
-            tbl.add(rows(ids, vecs))
-            tbl.flush()
-            model.update(zip(ids.tolist(), vecs))
+            add_flushed(tbl, model, rng, batch, 20)
         thread, out = in_thread(tbl.compact)
         paused.wait_reached()
         tbl.delete(list(range(100, 120)))
@@ -550,11 +533,7 @@ def test_searches_do_not_wait_for_a_merge(db_path: Path, rng, monkeypatch) -> No
         tbl = db.create_table("t", dim=DIM)
         model: dict[int, np.ndarray] = {}
         for batch in range(3):
-            ids = np.arange(batch * 100, batch * 100 + 40)
-            vecs = vectors(rng, 40)
-            tbl.add(rows(ids, vecs))
-            tbl.flush()
-            model.update(zip(ids.tolist(), vecs))
+            add_flushed(tbl, model, rng, batch, 40)
         compaction, out = in_thread(tbl.compact)
         paused.wait_reached()
         reader, read_out = in_thread(lambda: (tbl.search(vectors(rng, 1)[0], k=5).num_rows, tbl.count(),
@@ -606,11 +585,7 @@ def test_background_merge_builds_the_index(db_path: Path, rng) -> None:
         tbl = db.create_table("t", dim=DIM, index=config)
         model: dict[int, np.ndarray] = {}
         for batch in range(3):
-            ids = np.arange(batch * 100, batch * 100 + 50)
-            vecs = vectors(rng, 50)
-            tbl.add(rows(ids, vecs))
-            tbl.flush()
-            model.update(zip(ids.tolist(), vecs))
+            add_flushed(tbl, model, rng, batch, 50)
         assert wait_until(lambda: tbl.stats()["segments"] == 1)
         assert tbl.stats()["indexed_segments"] == 1
         assert_matches(tbl, model, "after the background merge")
