@@ -45,7 +45,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import omendb
-from _machine import cpu_model  # noqa: E402  (benchmarks/ is on sys.path)
+from _machine import cpu_model, fs_type, git_revision  # noqa: E402  (benchmarks/ is on sys.path)
 from _common import now_ns  # noqa: E402  (benchmarks/ is on sys.path)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -87,35 +87,6 @@ def dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def fs_type(path: Path) -> str:
-    """Filesystem type of the mount holding ``path`` (from /proc/mounts)."""
-    path = str(path.resolve())
-    best, kind = "", "?"
-    try:
-        with open("/proc/mounts") as fh:
-            for line in fh:
-                parts = line.split()
-                mount, fstype = parts[1], parts[2]
-                if (path == mount or path.startswith(mount.rstrip("/") + "/")) and len(mount) > len(best):
-                    best, kind = mount, fstype
-    except OSError:
-        pass
-    return kind
-
-
-def git_revision() -> str:
-    """Commit of the omendb actually imported (+dirty when its omendb/ has local changes)."""
-    root = Path(omendb.__file__).resolve().parent.parent
-    try:
-        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "omendb"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return rev + ("+dirty(omendb/)" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "? (not a git checkout)"
-
-
 def machine_info(workdir: Path) -> dict:
     info = {
         "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -132,7 +103,7 @@ def machine_info(workdir: Path) -> dict:
         "numexpr": _version("numexpr"),
         "psutil": psutil.__version__,
         "omendb": omendb.__version__,
-        "omendb_git": git_revision(),
+        "omendb_git": git_revision(Path(omendb.__file__).resolve().parent),
         "omendb_path": str(Path(omendb.__file__).resolve().parent),
         "workdir": str(workdir),
         "workdir_fs": fs_type(workdir),

@@ -54,7 +54,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _machine import cpu_model, fs_type, package_version  # noqa: E402  (benchmarks/ is on sys.path)
+from _machine import cpu_model, fs_type, git_revision, machine_section, package_version  # noqa: E402  (benchmarks/ is on sys.path)
 from _common import f3, load_vectors, now_ns  # noqa: E402  (benchmarks/ is on sys.path)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -599,15 +599,7 @@ def machine_info(workdir: Path) -> dict:
     import pyarrow as pa
     import omendb
 
-    root = Path(omendb.__file__).resolve().parent.parent
-    try:
-        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "omendb"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-        git = rev + ("+dirty(omendb/)" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        git = "?"
+    git = git_revision(Path(omendb.__file__).resolve().parent, "omendb")
     info = {
         "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "platform": platform.platform(), "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
@@ -778,14 +770,9 @@ def write_markdown(res: dict, path: Path) -> None:
                 L.append(f"| chroma | (in build) | {mib(p['bytes_total'])} | {mib(p['index_bytes'])} | {rss_txt} |")
         L.append("")
     m = res["machine"]
-    L += ["## Machine", "",
-          f"- date (UTC): {m['date_utc']}; total wall time {res['wall_s']:.0f} s",
-          f"- CPU: {m['cpu_model']}, cpu_count {m['cpu_count']} (affinity {m['cpu_affinity']}), RAM {m['memory_gib']} GiB, "
-          f"load average at start {m['loadavg_at_start']}, at end {m.get('loadavg_at_end')}",
-          f"- {m['platform']}; work dir {m['workdir']} ({m['workdir_fs']})",
-          f"- Python {m['python']}, numpy {m['numpy']}, pyarrow {m['pyarrow']}, faiss {m['faiss']} "
-          f"({m['faiss_omp_threads']} OpenMP threads), duckdb {m['duckdb']}, psutil {m['psutil']}",
-          f"- omendb {m['omendb']} ({m['omendb_git']}) from {m['omendb_path']}"]
+    libraries = (f"Python {m['python']}, numpy {m['numpy']}, pyarrow {m['pyarrow']}, faiss {m['faiss']} "
+                 f"({m['faiss_omp_threads']} OpenMP threads), duckdb {m['duckdb']}, psutil {m['psutil']}")
+    L += machine_section(m, res["wall_s"], libraries)
     if res.get("peer_python"):
         L.append(f"- peers: {res['peer_python']}: {json.dumps(res.get('peer_versions', {}))}")
     if m["env"]:

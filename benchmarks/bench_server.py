@@ -58,7 +58,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _machine import cpu_model, fs_type, package_version  # noqa: E402  (benchmarks/ is on sys.path)
+from _machine import cpu_model, fs_type, git_revision, machine_section, package_version  # noqa: E402  (benchmarks/ is on sys.path)
 from _common import dir_bytes, f2, f3, lat_summary, load_vectors, now_ns, pct, thread_pools, yes  # noqa: E402  (benchmarks/ is on sys.path)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -127,15 +127,7 @@ def machine_info(workdir: Path) -> dict:
     import pyarrow as pa
     import omendb
 
-    root = Path(omendb.__file__).resolve().parent.parent
-    try:
-        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "omendb"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-        git = rev + ("+dirty(omendb/)" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        git = "?"
+    git = git_revision(Path(omendb.__file__).resolve().parent, "omendb")
     return {
         "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "platform": platform.platform(), "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
@@ -827,14 +819,9 @@ def write_markdown(res: dict, path: Path) -> None:
           f"rows ({'= acknowledged' if res['reopen']['count_ok'] else '**differs from acknowledged**'}), "
           f"{res['reopen']['memtable_rows_replayed']} rows replayed from the WAL, tables {res['reopen']['tables']}.", ""]
     m = res["machine"]
-    L += ["## Machine", "",
-          f"- date (UTC): {m['date_utc']}; total wall time {res['wall_s']:.0f} s",
-          f"- CPU: {m['cpu_model']}, cpu_count {m['cpu_count']} (affinity {m['cpu_affinity']}), RAM {m['memory_gib']} GiB, "
-          f"load average at start {m['loadavg_at_start']}, at end {m.get('loadavg_at_end')}",
-          f"- {m['platform']}; work dir {m['workdir']} ({m['workdir_fs']})",
-          f"- Python {m['python']}, numpy {m['numpy']}, pyarrow {m['pyarrow']} (Flight), faiss {m['faiss']}, "
-          f"fastapi {m['fastapi']}, uvicorn {m['uvicorn']}, psutil {m['psutil']}",
-          f"- omendb {m['omendb']} ({m['omendb_git']}) from {m['omendb_path']}"]
+    libraries = (f"Python {m['python']}, numpy {m['numpy']}, pyarrow {m['pyarrow']} (Flight), faiss {m['faiss']}, "
+                 f"fastapi {m['fastapi']}, uvicorn {m['uvicorn']}, psutil {m['psutil']}")
+    L += machine_section(m, res["wall_s"], libraries)
     if m.get("thread_pools"):
         L.append("- thread pools: " + ", ".join(" ".join(x for x in (p["internal_api"], p.get("version"),
                                                                      f"x{p['num_threads']}") if x)

@@ -61,7 +61,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _machine import cpu_model, fs_type, package_version  # noqa: E402  (benchmarks/ is on sys.path)
+from _machine import cpu_model, fs_type, git_revision, machine_section, package_version  # noqa: E402  (benchmarks/ is on sys.path)
 from _common import f3, load_vectors, now_ns  # noqa: E402  (benchmarks/ is on sys.path)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -611,15 +611,7 @@ def machine_info(workdir: Path) -> dict:
     import pyarrow as pa
     import omendb
 
-    root = Path(omendb.__file__).resolve().parent.parent
-    try:
-        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "omendb", "sql"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-        git = rev + ("+dirty(omendb/ or sql/)" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        git = "?"
+    git = git_revision(Path(omendb.__file__).resolve().parent, "omendb", "sql")
     try:
         import psutil
 
@@ -843,14 +835,9 @@ def write_markdown(res: dict, path: Path) -> None:
             L.append("")
     # ---- machine
     m = res["machine"]
-    L += ["## Machine", "",
-          f"- date (UTC): {m['date_utc']}; total wall time {res['wall_s']:.0f} s",
-          f"- CPU: {m['cpu_model']}, cpu_count {m['cpu_count']} (affinity {m['cpu_affinity']}), RAM {m['memory_gib']} GiB, "
-          f"load average at start {m['loadavg_at_start']}, at end {m.get('loadavg_at_end')}",
-          f"- {m['platform']}; work dir {m['workdir']} ({m['workdir_fs']})",
-          f"- Python {m['python']}, numpy {m['numpy']}, pyarrow {m['pyarrow']}, duckdb {m['duckdb']}, "
-          f"faiss {m['faiss']}, threadpoolctl {m['threadpoolctl']}",
-          f"- omendb {m['omendb']} ({m['omendb_git']}) from {m['omendb_path']}"]
+    libraries = (f"Python {m['python']}, numpy {m['numpy']}, pyarrow {m['pyarrow']}, duckdb {m['duckdb']}, "
+                 f"faiss {m['faiss']}, threadpoolctl {m['threadpoolctl']}")
+    L += machine_section(m, res["wall_s"], libraries)
     if res.get("vss_python"):
         L.append(f"- vss: {res['vss_python']}: {json.dumps(res.get('vss_versions', {}))}")
     if m["env"]:
