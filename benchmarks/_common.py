@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["now_ns", "pct", "lat_summary", "load_vectors", "dir_bytes", "thread_pools", "f2", "f3", "yes"]
+__all__ = ["now_ns", "pct", "lat_summary", "load_vectors", "load_dataset", "dataset_schema", "dir_bytes",
+           "thread_pools", "f2", "f3", "yes"]
 
 
 def now_ns() -> int:
@@ -31,6 +32,36 @@ def lat_summary(lat_ns) -> dict:
 def load_vectors(column, dim: int) -> np.ndarray:
     flat = column.combine_chunks().flatten()
     return np.asarray(flat.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
+
+
+def load_dataset(data: Path, rows: int, n_queries: int):
+    """(base Arrow table id/name/summary/vector with float32 vectors, X float32, Q float32, dim)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    base = pq.read_table(data / "base.parquet", columns=["id", "name", "summary", "vector"])
+    if rows > base.num_rows:
+        raise SystemExit(f"--rows {rows} > {base.num_rows} rows in {data / 'base.parquet'}")
+    base = base.slice(0, rows).combine_chunks()
+    dim = base.schema.field("vector").type.list_size
+    X = load_vectors(base["vector"], dim)
+    queries = pq.read_table(data / "queries.parquet", columns=["vector"])
+    if n_queries > queries.num_rows:
+        raise SystemExit(f"--queries {n_queries} > {queries.num_rows} rows in {data / 'queries.parquet'}")
+    Q = np.ascontiguousarray(load_vectors(queries.slice(0, n_queries)["vector"], dim))
+    vec = pa.FixedSizeListArray.from_arrays(pa.array(X.reshape(-1)), dim)
+    table = pa.table({"id": base["id"], "name": base["name"], "summary": base["summary"], "vector": vec},
+                     schema=dataset_schema(dim))
+    return table, X, Q, dim
+
+
+def dataset_schema(dim: int):
+    """id (int64, not null), name, summary, vector (float32 x dim, not null)."""
+    import pyarrow as pa
+
+    return pa.schema([pa.field("id", pa.int64(), nullable=False), pa.field("name", pa.string()),
+                      pa.field("summary", pa.string()),
+                      pa.field("vector", pa.list_(pa.float32(), dim), nullable=False)])
 
 
 def dir_bytes(path: Path) -> int:

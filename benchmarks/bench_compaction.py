@@ -53,7 +53,7 @@ from pathlib import Path
 
 import numpy as np
 from _machine import cpu_model, fs_type, git_revision, machine_section, package_version  # noqa: E402  (benchmarks/ is on sys.path)
-from _common import dir_bytes, f2, f3, lat_summary, load_vectors, now_ns, pct, thread_pools, yes  # noqa: E402  (benchmarks/ is on sys.path)
+from _common import dir_bytes, f2, f3, lat_summary, load_dataset, now_ns, thread_pools, yes  # noqa: E402  (benchmarks/ is on sys.path)
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "pypi-minilm-100k"
@@ -71,30 +71,6 @@ INDEX_TIMEOUT_S = 1800.0
 
 
 # ============================================================================ helpers
-def load_dataset(data: Path, rows: int, n_queries: int):
-    """(Arrow table id/name/summary/vector with float32 vectors, X float32, Q float32, dim)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    base = pq.read_table(data / "base.parquet", columns=["id", "name", "summary", "vector"])
-    if rows > base.num_rows:
-        raise SystemExit(f"--rows {rows} > {base.num_rows} rows in {data / 'base.parquet'}")
-    base = base.slice(0, rows).combine_chunks()
-    dim = base.schema.field("vector").type.list_size
-    X = load_vectors(base["vector"], dim)
-    queries = pq.read_table(data / "queries.parquet", columns=["vector"])
-    if n_queries > queries.num_rows:
-        raise SystemExit(f"--queries {n_queries} > {queries.num_rows} rows in {data / 'queries.parquet'}")
-    Q = np.ascontiguousarray(load_vectors(queries.slice(0, n_queries)["vector"], dim))
-    schema = pa.schema([pa.field("id", pa.int64(), nullable=False), pa.field("name", pa.string()),
-                        pa.field("summary", pa.string()),
-                        pa.field("vector", pa.list_(pa.float32(), dim), nullable=False)])
-    vec = pa.FixedSizeListArray.from_arrays(pa.array(X.reshape(-1)), dim)
-    table = pa.table({"id": base["id"], "name": base["name"], "summary": base["summary"], "vector": vec},
-                     schema=schema)
-    return table, X, Q, dim
-
-
 def exact_topk(X: np.ndarray, Q: np.ndarray, k: int, block: int = 100) -> np.ndarray:
     """Exact top-k row positions by cosine (rows and queries normalised), ties -> lower position."""
     Xn = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-30)
@@ -367,19 +343,23 @@ def bench_to_indexed(workdir: Path, data, size_mib: int, flushes: int, poll_s: f
         max_rows = 4 * (size_mib << 20) // max(1, data.nbytes // data.num_rows) + ADD_BATCH
         for f in range(flushes):
             t_first = None
-            rows = 0
+            rows = memtable_rows = tbl.stats()["memtable_rows"]  # rows already held go into this flush
             while True:
                 if rows > max_rows:
                     raise RuntimeError(f"no flush after {rows:,} rows with memtable_bytes={size_mib} MiB")
                 b = next_batch(data, counter, 1_000_000_000)
                 t0 = time.perf_counter()
-                rows += tbl.add(b)
+                added = tbl.add(b)
+                rows += added
                 t1 = time.perf_counter()
                 wall_t1 = time.time()
                 t_first = t0 if t_first is None else t_first
                 st = tbl.stats()
-                if st["memtable_rows"] == 0:  # this add flushed the memtable (flush happens inside add)
+                # this add flushed the memtable (inside add: before its rows when they would overfill it)
+                if st["memtable_rows"] < memtable_rows + added:
+                    rows -= st["memtable_rows"]  # rows that went into the new segment
                     break
+                memtable_rows = st["memtable_rows"]
             seg_before_wait = st["segments"]
             polls = 0
             timed_out = False

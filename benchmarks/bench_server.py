@@ -59,7 +59,7 @@ from pathlib import Path
 
 import numpy as np
 from _machine import cpu_model, fs_type, git_revision, machine_section, package_version  # noqa: E402  (benchmarks/ is on sys.path)
-from _common import dir_bytes, f2, f3, lat_summary, load_vectors, now_ns, pct, thread_pools, yes  # noqa: E402  (benchmarks/ is on sys.path)
+from _common import f2, f3, lat_summary, load_dataset, now_ns, thread_pools, yes  # noqa: E402  (benchmarks/ is on sys.path)
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "pypi-minilm-100k"
@@ -79,35 +79,6 @@ STOP_TIMEOUT_S = 60.0
 
 
 # ============================================================================ helpers
-def load_dataset(data: Path, rows: int, n_queries: int):
-    """(base Arrow table id/name/summary/vector with float32 vectors, X float32, Q float32, dim)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    base = pq.read_table(data / "base.parquet", columns=["id", "name", "summary", "vector"])
-    if rows > base.num_rows:
-        raise SystemExit(f"--rows {rows} > {base.num_rows} rows in {data / 'base.parquet'}")
-    base = base.slice(0, rows).combine_chunks()
-    dim = base.schema.field("vector").type.list_size
-    X = load_vectors(base["vector"], dim)
-    queries = pq.read_table(data / "queries.parquet", columns=["vector"])
-    if n_queries > queries.num_rows:
-        raise SystemExit(f"--queries {n_queries} > {queries.num_rows} rows in {data / 'queries.parquet'}")
-    Q = np.ascontiguousarray(load_vectors(queries.slice(0, n_queries)["vector"], dim))
-    vec = pa.FixedSizeListArray.from_arrays(pa.array(X.reshape(-1)), dim)
-    table = pa.table({"id": base["id"], "name": base["name"], "summary": base["summary"], "vector": vec},
-                     schema=table_schema(dim))
-    return table, X, Q, dim
-
-
-def table_schema(dim: int):
-    import pyarrow as pa
-
-    return pa.schema([pa.field("id", pa.int64(), nullable=False), pa.field("name", pa.string()),
-                      pa.field("summary", pa.string()),
-                      pa.field("vector", pa.list_(pa.float32(), dim), nullable=False)])
-
-
 def free_ports(n: int) -> list[int]:
     """``n`` distinct free TCP ports on 127.0.0.1 (bound together, then released)."""
     socks = []
