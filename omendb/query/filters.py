@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import threading
 from collections import OrderedDict
+from typing import Iterator
 
 import duckdb
 import numpy as np
@@ -14,16 +17,67 @@ from ..errors import FilterError
 __all__ = ["filter_mask", "validate_predicate", "MaskCache"]
 
 _ROW = "__omendb_row"
-_local = threading.local()
 
 
-def _connection() -> duckdb.DuckDBPyConnection:
-    con = getattr(_local, "con", None)
-    if con is None:
+class _ConnectionPool:
+    """Cursors of one private DuckDB database, lent to one predicate at a time.
+
+    Not thread-local on purpose: a DuckDB connection freed when its thread ends
+    aborts the process if that thread is a daemon ending during interpreter exit
+    (the destructor releases the GIL and cannot take it back), and every DuckDB
+    database starts threads of its own. The pool is closed at exit instead; a
+    predicate evaluated after that gets a connection of its own, closed after use.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._database: duckdb.DuckDBPyConnection | None = None
+        self._idle: list[duckdb.DuckDBPyConnection] = []
+        self._closed = False
+
+    @staticmethod
+    def _new_database() -> duckdb.DuckDBPyConnection:
         # No file access: a predicate can only read the rows it is given.
-        con = duckdb.connect(":memory:", config={"threads": 1, "enable_external_access": False})
-        _local.con = con
-    return con
+        return duckdb.connect(":memory:", config={"threads": 1, "enable_external_access": False})
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with self._lock:
+            if self._closed:
+                con = None
+            elif self._idle:
+                con = self._idle.pop()
+            else:
+                if self._database is None:
+                    self._database = self._new_database()
+                con = self._database.cursor()
+        if con is None:
+            with contextlib.closing(self._new_database()) as own:
+                yield own
+            return
+        try:
+            yield con
+        finally:
+            with self._lock:
+                keep = not self._closed
+                if keep:
+                    self._idle.append(con)
+            if not keep:
+                con.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            database, self._database = self._database, None
+        for con in idle:
+            con.close()
+        if database is not None:
+            database.close()
+
+
+_pool = _ConnectionPool()
+atexit.register(_pool.close)
 
 
 def validate_predicate(where: str) -> str:
@@ -41,16 +95,16 @@ def filter_mask(table: pa.Table, where: str) -> np.ndarray:
     """Boolean mask of the rows of ``table`` for which ``where`` is true (NULL is false)."""
     validate_predicate(where)
     numbered = table.append_column(_ROW, pa.array(np.arange(table.num_rows, dtype=np.int64)))
-    con = _connection()
-    con.register("t", numbered)
-    try:
-        # The newline ends a trailing "--" comment; the predicate parsed as one expression.
-        rows = con.execute(f"SELECT {_ROW} FROM t WHERE ({where}\n)").fetchnumpy()[_ROW]
-    except duckdb.Error as exc:
-        message = str(exc).splitlines()[0]
-        raise FilterError(f"invalid where predicate {where!r}: {message}") from None
-    finally:
-        con.unregister("t")
+    with _pool.connection() as con:
+        con.register("t", numbered)
+        try:
+            # The newline ends a trailing "--" comment; the predicate parsed as one expression.
+            rows = con.execute(f"SELECT {_ROW} FROM t WHERE ({where}\n)").fetchnumpy()[_ROW]
+        except duckdb.Error as exc:
+            message = str(exc).splitlines()[0]
+            raise FilterError(f"invalid where predicate {where!r}: {message}") from None
+        finally:
+            con.unregister("t")
     mask = np.zeros(table.num_rows, dtype=bool)
     mask[np.asarray(rows, dtype=np.int64)] = True
     return mask
