@@ -114,25 +114,59 @@ class HnswIndex:
 
     def search(self, queries: np.ndarray, k: int, ef: int,
                allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Approximate top-``k``: ``(distances, positions)`` (Q, k) float32 / int64, missing slots inf / -1."""
-        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        """Approximate top-``k``: ``(distances, positions)`` (Q, k) float32 / int64, missing slots inf / -1.
+
+        A query's missing slots (fewer than ``k`` rows reachable or allowed) are its last ones.
+        """
+        if queries.dtype != np.float32 or not queries.flags.c_contiguous:
+            queries = np.ascontiguousarray(queries, dtype=np.float32)
         params, _keep_alive = self._search_params(max(ef, k), allowed)
+        n = queries.shape[0]
+        scores = np.empty((n, k), dtype=np.float32)
+        positions = np.empty((n, k), dtype=np.int64)
+        # faiss' own ``search`` wrapper re-checks and re-allocates; a sub-millisecond
+        # search feels those microseconds, so call the wrapped method directly.
+        self._index.search_c(n, faiss.swig_ptr(queries), k, faiss.swig_ptr(scores), faiss.swig_ptr(positions),
+                             params)
         # Cosine: the stored rows are unit length, so an inner-product walk ranks them the
         # same for any positive scaling of the query; dividing the k scores by the query's
         # norm afterwards is cheaper than normalising the query first.
-        scores, positions = self._index.search(queries, k, params=params)
-        if self.metric == "cosine":  # 1 - similarity, kept in [0, 2] against rounding
-            distances = np.multiply(scores, _negative_inverse_norms(queries), out=scores)
-            np.add(distances, np.float32(1.0), out=distances)
-            np.maximum(distances, 0.0, out=distances)
-            np.minimum(distances, 2.0, out=distances)
+        if n == 1:
+            self._finish_one(queries[0], scores[0], positions[0])
+        elif self.metric == "cosine":  # 1 - similarity, kept in [0, 2] against rounding
+            np.multiply(scores, _negative_inverse_norms(queries), out=scores)
+            np.add(scores, np.float32(1.0), out=scores)
+            np.maximum(scores, 0.0, out=scores)
+            np.minimum(scores, 2.0, out=scores)
         elif self.metric == "dot":
-            distances = np.negative(scores, out=scores)
+            np.negative(scores, out=scores)
         else:
-            distances = np.maximum(scores, 0.0, out=scores)
-        if positions.size and positions.min() < 0:
-            distances[positions < 0] = np.inf
-        return distances, positions
+            np.maximum(scores, 0.0, out=scores)
+        if n > 1 and k and positions[:, -1].min() < 0:
+            scores[positions < 0] = np.inf
+        return scores, positions
+
+    def _finish_one(self, query: np.ndarray, scores: np.ndarray, positions: np.ndarray) -> None:
+        """:meth:`search`'s score conversion for one query, in place, in as few NumPy calls as
+        possible: after a graph walk each call costs microseconds (cold caches)."""
+        if self.metric == "cosine":
+            inverse = -1.0 / max(math.sqrt(float(query.dot(query))), 1e-30)
+            np.multiply(scores, np.float32(inverse), out=scores)
+            np.add(scores, np.float32(1.0), out=scores)
+            clamp = (0.0, 2.0)
+        elif self.metric == "dot":
+            np.negative(scores, out=scores)
+            clamp = None
+        else:
+            clamp = (0.0, None)
+        if clamp is not None and len(scores):  # the scores ascend: only the ends can stray
+            low, high = clamp
+            if scores[0] < low:
+                np.maximum(scores, low, out=scores)
+            if high is not None and scores[-1] > high:
+                np.minimum(scores, high, out=scores)
+        if len(positions) and positions[-1] < 0:  # missing slots come last
+            scores[positions < 0] = np.inf
 
     def save(self, path: Path) -> tuple[int, int]:
         """Write atomically (temp, fsync, rename, fsync dir); returns (bytes, crc32)."""

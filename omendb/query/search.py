@@ -169,11 +169,11 @@ def graph_knn(table: pa.Table, index: HnswIndex, queries: np.ndarray, k: int, *,
     if k > table.num_rows:
         return None
     dist, pos = index.search(queries, k, ef)
-    if pos.size and pos[:, k - 1].min() < 0:
-        return None
+    if (pos[0, k - 1] < 0) if pos.shape[0] == 1 else (pos.size and pos[:, k - 1].min() < 0):
+        return None  # (a walk's missing slots come last)
     positions = pos.reshape(-1)
     arrays = [_gather(table, c, positions) for c in columns]
-    arrays.append(pa.array(dist.reshape(-1)))
+    arrays.append(_as_arrow(dist.reshape(-1), _FLOAT32))
     if result_schema.names[0] == QUERY:
         arrays.insert(0, pa.array(np.repeat(np.arange(queries.shape[0], dtype=np.int32), pos.shape[1])))
     return pa.Table.from_arrays(arrays, schema=result_schema)
@@ -187,21 +187,34 @@ def result_schema(empty_schema: pa.Schema, columns: list[str], batch: bool) -> p
 
 def _gather(table: pa.Table, name: str, positions: np.ndarray) -> pa.Array:
     """``table[name][positions]``; fixed-width columns without nulls gather straight from the mapped buffer."""
-    values = _fixed_width_values(table, name)
-    if values is not None:
-        return pa.array(values[positions])  # NumPy's dtype maps back to the column's type
+    fixed = _fixed_width_values(table, name)
+    if fixed is not None:
+        values, arrow_type = fixed
+        return _as_arrow(values[positions], arrow_type)
     column = table.column(name)
     if column.num_chunks == 1:
         return column.chunk(0).take(pa.array(positions))
     return column.take(pa.array(positions)).combine_chunks()
 
 
-#: NumPy views of fixed-width columns, by table identity and column (dropped with the table).
-_VALUES: dict[tuple[int, str], np.ndarray | None] = {}
+_FLOAT32 = pa.float32()
 
 
-def _fixed_width_values(table: pa.Table, name: str) -> np.ndarray | None:
-    """NumPy view of a column that is one chunk of int32/int64/float32/float64 with no nulls."""
+def _as_arrow(values: np.ndarray, arrow_type: pa.DataType) -> pa.Array:
+    """A contiguous NumPy array as an Arrow array of ``arrow_type``, zero-copy.
+
+    ``pa.array`` would infer the type first; skipping that is felt by sub-millisecond searches.
+    """
+    return pa.Array.from_buffers(arrow_type, values.size, [None, pa.py_buffer(values)])
+
+
+#: NumPy views of fixed-width columns and their Arrow types, by table identity and
+#: column (dropped with the table).
+_VALUES: dict[tuple[int, str], tuple[np.ndarray, pa.DataType] | None] = {}
+
+
+def _fixed_width_values(table: pa.Table, name: str) -> tuple[np.ndarray, pa.DataType] | None:
+    """NumPy view of a column that is one chunk of int32/int64/float32/float64 with no nulls, and its type."""
     key = (id(table), name)
     try:
         return _VALUES[key]
@@ -214,7 +227,7 @@ def _fixed_width_values(table: pa.Table, name: str) -> np.ndarray | None:
         width = _NUMPY_GATHER.get(chunk.type.id)
         if width is not None and chunk.null_count == 0:
             values = np.frombuffer(chunk.buffers()[1], dtype=width, count=chunk.offset + len(chunk))
-            fixed = values[chunk.offset:]
+            fixed = (values[chunk.offset:], chunk.type)
     _VALUES[key] = fixed
     weakref.finalize(table, _VALUES.pop, key, None)
     return fixed

@@ -236,11 +236,13 @@ class TableReader:
             A ``pyarrow.Table`` (``.to_pandas()`` / ``polars.from_arrow`` to convert).
         """
         self._before_read()
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        if not (type(k) is int and k >= 1) and (isinstance(k, bool) or not isinstance(k, (int, np.integer))
+                                                or k < 1):
             raise ValueError(f"k must be a positive integer, got {k!r}")
         queries, batch = self._queries(q)
         names = self._columns(columns)
-        if ef is not None and (isinstance(ef, bool) or not isinstance(ef, (int, np.integer)) or ef < 1):
+        if ef is not None and not (type(ef) is int and ef >= 1) and (
+                isinstance(ef, bool) or not isinstance(ef, (int, np.integer)) or ef < 1):
             raise ValueError(f"ef must be a positive integer, got {ef!r}")
         ef = max(self._index_config.ef_search if ef is None else int(ef), int(k))
         if where is None and not exact:
