@@ -19,7 +19,7 @@ from .convert import vectors_view
 from .index.flat import vector_norms
 from .keys import keys_to_numpy
 
-__all__ = ["Memtable", "MemtableView"]
+__all__ = ["Memtable", "MemtableView", "StagedRows"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,14 @@ class MemtableView:
     vectors: np.ndarray      # (rows, dim) float32
     norms: np.ndarray        # (rows,) float32
     live: np.ndarray         # (rows,) bool
+
+
+@dataclass(frozen=True)
+class StagedRows:
+    """Rows copied into the memtable's buffers by :meth:`Memtable.stage`, not yet visible."""
+
+    table: pa.Table
+    start: int
 
 
 class Memtable:
@@ -73,17 +81,33 @@ class Memtable:
 
     def append(self, table: pa.Table) -> None:
         """Append conformed rows (keys must not be live here already)."""
-        n = table.num_rows
-        need = self._rows + n
+        self.commit(self.stage(table))
+
+    def stage(self, table: pa.Table) -> StagedRows:
+        """Copy ``table``'s vectors and norms into the slots after the last row.
+
+        Nothing is visible until :meth:`commit`; staging may run before the rows are
+        durable (the writer overlaps it with the WAL's disk write). Only the latest
+        staging may be committed.
+        """
+        start = self._rows
+        need = start + table.num_rows
         self._reserve(need)
-        vectors = self._vectors[self._rows:need]
+        vectors = self._vectors[start:need]
         vectors[:] = vectors_view(table.column(self.vector_column), self.dim)
-        self._norms[self._rows:need] = vector_norms(vectors)
-        self._live[self._rows:need] = True  # snapshots only see rows before these
+        self._norms[start:need] = vector_norms(vectors)
+        self._live[start:need] = True  # snapshots only see rows before ``self._rows``
+        return StagedRows(table, start)
+
+    def commit(self, staged: StagedRows) -> None:
+        """Make staged rows visible (the writer calls it once they are durable)."""
+        table, start = staged.table, staged.start
+        if start != self._rows:
+            raise RuntimeError("memtable changed between stage() and commit()")
         for offset, key in enumerate(keys_to_numpy(table.column(self.id_column)).tolist()):
-            self._key_rows[key] = self._rows + offset
+            self._key_rows[key] = start + offset
         self._batches.append(table.remove_column(self._vector_index))
-        self._rows = need
+        self._rows = start + table.num_rows
         self._table_cache = None
         self.nbytes += table.nbytes
 

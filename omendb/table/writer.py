@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 from ..convert import conform, to_arrow_table
 from ..errors import DuplicateKeyError, ReadOnlyError
 from ..keys import keys_to_numpy
-from ..memtable import Memtable
+from ..memtable import Memtable, StagedRows
 from ..query.search import allowed_rows
 from ..segments import NORM_COLUMN
 from ..storage.deletions import write_deletions
@@ -123,24 +123,37 @@ class WriteMixin:
             # ``memtable_bytes`` and growing them would copy every row held so far.
             self._flush_locked("flush")
         seq = self._seq + 1
-        self._wal.append(seq, kind, encode_table(table), fsync=fsync)
+        self._wal.write(seq, kind, encode_table(table))
+        staged = None
+        try:
+            if kind is not RecordKind.DELETE:
+                # Copy the vectors in while the record goes to disk; they stay invisible
+                # until the record is durable and committed below.
+                staged = self._memtable.stage(table)
+        except Exception:
+            staged = None  # _apply stages again once the record is durable, and fails there if it must
+        if self._wal.fsync if fsync is None else fsync:
+            self._wal.sync_data()
         self._seq = seq
-        self._apply(kind, table)
+        self._apply(kind, table, staged)
         if self._memtable.nbytes >= self._options.memtable_bytes:
             self._flush_locked("flush")
 
-    def _apply(self, kind: RecordKind, table: pa.Table) -> None:
+    def _apply(self, kind: RecordKind, table: pa.Table, staged: StagedRows | None = None) -> None:
         """Apply a logged change to memory (also used by WAL replay).
 
-        Holds the state lock throughout, so a reader sees an upsert's old rows or its
-        new rows, never neither.
+        ``staged``: the rows already copied in by ``Memtable.stage``. Holds the state
+        lock throughout, so a reader sees an upsert's old rows or its new rows, never neither.
         """
         keys = table.column(self.id_column)
         with self._lock:
             if kind in (RecordKind.UPSERT, RecordKind.DELETE):
                 self._delete_keys(keys_to_numpy(keys))
             if kind in (RecordKind.ADD, RecordKind.UPSERT):
-                self._memtable.append(table)
+                if staged is None:
+                    self._memtable.append(table)
+                else:
+                    self._memtable.commit(staged)
         if kind is not RecordKind.DELETE and pa.types.is_integer(keys.type) and len(keys):
             self._next_id = max(self._next_id, int(pc.max(keys).as_py()) + 1)
 
