@@ -250,6 +250,7 @@ class Database(ShorthandMixin):
                 raise TableNotFoundError(f"table {name!r} does not exist in {self.path}")
             table = self._tables.pop(name, None)
             if table is not None:
+                table._wait_for_sealed()  # a background flush writes no more files into the folder
                 table._closing = table._closed = True  # its files are going away: nothing to flush
                 table._wal.close()
                 table._writer_lock.release()

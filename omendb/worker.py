@@ -1,9 +1,10 @@
 """Background workers: one daemon thread per job kind per open database, fed by a queue.
 
-The database runs two: the index builder (``table._build_index(segment)`` after a
-flush, and on open for segments that lack a current index) and the compaction
-service (``table._compact_auto()`` after a flush). A job runs without holding the
-table's locks except for its final publish, so writes and searches never wait for it.
+The database runs three: the flusher (a full memtable to a segment), the index
+builder (``table._build_index(segment)`` after a flush, and on open for segments that
+lack a current index) and the compaction service (``table._compact_auto()`` after a
+flush). A job runs without holding the table's locks except for its final publish,
+so writes and searches never wait for it.
 """
 
 from __future__ import annotations
@@ -94,9 +95,11 @@ class BackgroundWorker:
 class Workers:
     """The background threads of one open database."""
 
+    flusher: BackgroundWorker = field(default_factory=lambda: BackgroundWorker("flusher"))
     indexer: BackgroundWorker = field(default_factory=lambda: BackgroundWorker("index-builder"))
     compactor: BackgroundWorker = field(default_factory=lambda: BackgroundWorker("compaction"))
 
     def close(self) -> None:
+        self.flusher.close()
         self.compactor.close()
         self.indexer.close()

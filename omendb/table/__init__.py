@@ -1,7 +1,8 @@
 """Tables: durable writes, snapshot reads, index maintenance, compaction and versions.
 
 ``Table`` is assembled from one module per concern: ``reader`` (queries over a
-snapshot), ``writer`` (WAL, memtable, flush), ``indexing`` (background HNSW builds),
+snapshot), ``writer`` (validation, WAL, memtable), ``flushing`` (memtable to segment,
+in the background), ``indexing`` (background HNSW builds),
 ``compaction`` (merges racing safely with writes) and ``versions`` (time travel and
 cleanup).
 """

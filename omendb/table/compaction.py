@@ -45,7 +45,7 @@ class CompactionMixin:
         with self._compact_lock:
             with self._lock:
                 rows_of = {h.file: h.entry.rows for h in self._segments}
-                before = len(rows_of) + (1 if self._memtable.live_rows else 0)
+                before = len(rows_of) + (1 if any(m.live_rows for m in self._memtables()) else 0)
             self.flush()  # also drops segments whose rows are all deleted
             with self._lock:
                 dropped = sum(rows for file, rows in rows_of.items()

@@ -121,6 +121,8 @@ class IndexMixin:
         """
         self._check_writable()
         deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._wait_for_sealed(timeout):  # a segment still being flushed will need one
+            return False
         with self._index_cond:
             while True:
                 if self._index_errors:

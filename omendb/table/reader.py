@@ -98,6 +98,8 @@ class TableReader:
             if not hasattr(self, "_memtable"):
                 self._memtable = Memtable(self._schema, self.id_column, self.vector_column,
                                           self._options.memtable_bytes)
+                self._sealed: Memtable | None = None  # a full memtable being flushed in the background
+                self._sealed_job: Any = None  # its flush (see flushing.py)
 
     def _handle(self, entry: SegmentEntry, verified: bool = False) -> SegmentHandle:
         return SegmentHandle(self._dir / SEGMENTS, entry, vector_column=self.vector_column,
@@ -168,14 +170,19 @@ class TableReader:
             self._on_bad_index(handle)
             return None
 
+    def _memtables(self) -> list[Memtable]:
+        """Unflushed rows: the memtable being flushed (if any), then the current one (state lock held)."""
+        return [self._memtable] if self._sealed is None else [self._sealed, self._memtable]
+
     def _snapshot_parts(self, exact: bool = True) -> list[SearchPart]:
         with self._lock:
             segments = list(self._segments)
             live = dict(self._live)
-            mem = self._memtable.view() if len(self._memtable) or not segments else None
+            # An empty memtable adds nothing (unless it is all there is: it gives the schema).
+            mems = [m.view() for m in self._memtables() if len(m)] or ([] if segments else [self._memtable.view()])
         parts = [SearchPart(h.table, h.vectors, h.norms, live[h.file], None if exact else self._segment_index(h),
                             cache_key=h.cache_key) for h in segments]
-        if mem is not None:  # an empty memtable adds nothing (unless it is all there is: it gives the schema)
+        for mem in mems:
             parts.append(SearchPart(mem.table, mem.vectors, mem.norms, None if mem.live.all() else mem.live))
         return parts
 
@@ -261,7 +268,7 @@ class TableReader:
     def _whole_table_graph(self) -> tuple[pa.Table, HnswIndex] | None:
         """(rows, graph) when the table is one indexed segment with no deleted and no unflushed rows."""
         with self._lock:
-            if len(self._segments) != 1 or len(self._memtable):
+            if len(self._segments) != 1 or len(self._memtable) or self._sealed is not None:
                 return None
             handle = self._segments[0]
             if self._live[handle.file] is not None:
@@ -277,10 +284,10 @@ class TableReader:
         keys = keys_to_numpy(self._keys_array(ids))
         with self._lock:
             located = self._locate(keys)
-            mem_table = self._memtable.view().table
+            mem_tables = {id(m): m.view().table for m in self._memtables()}
         pieces, order = [], []
-        for idx, handle, positions in located:
-            source = mem_table if handle is None else handle.table
+        for idx, where, positions in located:
+            source = where.table if isinstance(where, SegmentHandle) else mem_tables[id(where)]
             pieces.append(source.select(names).cast(pa.schema([self._schema.field(n) for n in names])
                                                     ).take(pa.array(positions)))
             order.append(idx)
@@ -294,7 +301,7 @@ class TableReader:
         """Number of live rows."""
         self._before_read()
         with self._lock:
-            total = self._memtable.live_rows
+            total = sum(m.live_rows for m in self._memtables())
             for handle in self._segments:
                 live = self._live[handle.file]
                 total += handle.entry.rows if live is None else int(live.sum())
@@ -326,7 +333,7 @@ class TableReader:
         with self._lock:
             segments = list(self._segments)
             live = dict(self._live)
-            mem_rows = self._memtable.live_rows
+            mem_rows = sum(m.live_rows for m in self._memtables())
         deleted = sum(h.entry.rows - int(live[h.file].sum()) for h in segments if live[h.file] is not None)
         seg_rows = sum(h.entry.rows for h in segments)
         indexed = [h for h in segments if h.entry.index_file and h.file not in self._bad_indexes
@@ -350,8 +357,8 @@ class TableReader:
             "format": self._format,
         }
 
-    def _locate(self, keys: np.ndarray) -> list[tuple[np.ndarray, SegmentHandle | None, np.ndarray]]:
-        """Live rows holding ``keys``: (indices into keys, segment or None=memtable, positions)."""
+    def _locate(self, keys: np.ndarray) -> list[tuple[np.ndarray, SegmentHandle | Memtable, np.ndarray]]:
+        """Live rows holding ``keys``: (indices into keys, segment or memtable, positions)."""
         found = []
         for handle in self._segments:
             idx, pos = handle.keys().lookup(keys)
@@ -361,9 +368,10 @@ class TableReader:
                 idx, pos = idx[alive], pos[alive]
             if idx.size:
                 found.append((idx, handle, pos))
-        idx, pos = self._memtable.lookup(keys)
-        if idx.size:
-            found.append((idx, None, pos))
+        for memtable in self._memtables():
+            idx, pos = memtable.lookup(keys)
+            if idx.size:
+                found.append((idx, memtable, pos))
         return found
 
     def _keys_array(self, ids: Any) -> pa.Array:
@@ -398,8 +406,7 @@ class TableReader:
         """Changes whenever the table's visible rows may have changed (cheap to compute)."""
         self._before_read()
         with self._lock:
-            memtable = self._memtable
-            return (id(self._manifest), id(memtable), len(memtable), memtable.live_rows,
+            return (id(self._manifest), tuple((id(m), len(m), m.live_rows) for m in self._memtables()),
                     tuple(id(m) for m in self._live.values()))
 
     def _follows_latest(self) -> bool:

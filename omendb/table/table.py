@@ -19,6 +19,7 @@ from ..locking import WriterLock
 from ..storage.manifest import Manifest
 from ..storage.wal import WalWriter, read_wal
 from .compaction import CompactionMixin
+from .flushing import FlushMixin
 from .indexing import IndexMixin
 from .layout import LOCK, WAL, TableOptions
 from .reader import TableReader
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 __all__ = ["Table"]
 
 
-class Table(VersionsMixin, CompactionMixin, IndexMixin, WriteMixin, TableReader):
+class Table(VersionsMixin, CompactionMixin, IndexMixin, FlushMixin, WriteMixin, TableReader):
     """One table of a database. Obtain it from ``Database.create_table``/``open_table``.
 
     In a database opened ``read_only`` (reader processes) the table sees the newest
@@ -120,6 +121,7 @@ class Table(VersionsMixin, CompactionMixin, IndexMixin, WriteMixin, TableReader)
             self._closed = True
             return
         self._closing = True  # cancels this table's index build or merge in progress
+        self._wait_for_sealed()
         with self._write_lock:
             try:
                 self._flush_locked("close")

@@ -1,12 +1,8 @@
-"""The write side of a table: WAL commit, apply to memory, flush to a segment."""
+"""The write side of a table: validate, WAL commit, apply to memory (flushing: ``flushing.py``)."""
 
 from __future__ import annotations
 
-import os
-import time
-from dataclasses import replace
-from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -17,13 +13,7 @@ from ..errors import DuplicateKeyError, ReadOnlyError
 from ..keys import keys_to_numpy
 from ..memtable import Memtable, StagedRows
 from ..query.search import allowed_rows
-from ..segments import NORM_COLUMN
-from ..storage.deletions import write_deletions
-from ..storage.fileio import fsync_dir
-from ..storage.manifest import SegmentEntry
-from ..storage.segment import SUFFIXES, write_segment
-from ..storage.wal import RecordKind, WalWriter, encode_table
-from .layout import MANIFESTS, SEGMENTS, WAL
+from ..storage.wal import RecordKind, encode_table
 
 __all__ = ["WriteMixin"]
 
@@ -57,6 +47,7 @@ class WriteMixin:
     def _write(self, kind: RecordKind, data: Any, fsync: bool | None, keys: bool = False) -> Any:
         self._check_writable()
         raw = to_arrow_table(data, self.vector_column)
+        self._wait_for_flush_room(raw.nbytes)
         with self._write_lock:
             self._check_open()
             table = conform(raw, self._schema, id_column=self.id_column, vector_column=self.vector_column,
@@ -117,11 +108,13 @@ class WriteMixin:
 
     def _commit(self, kind: RecordKind, table: pa.Table, fsync: bool | None) -> None:
         """Log then apply one validated change (caller holds the write lock)."""
+        if self._sealed_job is not None and self._sealed_job.error is not None:
+            self._finish_sealed_locked()  # the background flush failed: retry it before logging more
         if (kind is not RecordKind.DELETE and len(self._memtable)
                 and self._memtable.nbytes + table.nbytes > self._options.memtable_bytes):
             # Flush first rather than overfill: the memtable's buffers are sized for
             # ``memtable_bytes`` and growing them would copy every row held so far.
-            self._flush_locked("flush")
+            self._flush_full_memtable()
         seq = self._seq + 1
         self._wal.write(seq, kind, encode_table(table))
         staged = None
@@ -137,7 +130,7 @@ class WriteMixin:
         self._seq = seq
         self._apply(kind, table, staged)
         if self._memtable.nbytes >= self._options.memtable_bytes:
-            self._flush_locked("flush")
+            self._flush_full_memtable()
 
     def _apply(self, kind: RecordKind, table: pa.Table, staged: StagedRows | None = None) -> None:
         """Apply a logged change to memory (also used by WAL replay).
@@ -160,94 +153,11 @@ class WriteMixin:
     def _delete_keys(self, keys: np.ndarray) -> None:
         """Mark the live rows of ``keys`` deleted (caller holds the state lock)."""
         for _, where, positions in self._locate(keys):
-            if where is None:
-                self._memtable.delete_rows(positions)
+            if isinstance(where, Memtable):
+                where.delete_rows(positions)
             else:
                 live = self._live[where.file]
                 live = np.ones(where.entry.rows, bool) if live is None else live.copy()
                 live[positions] = False
                 self._live[where.file] = live
                 self._dirty.add(where.file)
-
-    def flush(self) -> None:
-        """Write the memtable out as a segment and publish a new version now."""
-        self._check_writable()
-        with self._write_lock:
-            self._flush_locked("flush")
-
-    def _flush_locked(self, change: str) -> None:
-        memtable = self._memtable
-        if not (memtable.live_rows or self._dirty or len(memtable)):
-            return
-        version = self._manifest.version + 1
-        seg_dir = self._dir / SEGMENTS
-        entries: list[SegmentEntry] = []
-        for handle in self._segments:
-            entry = handle.entry
-            if handle.file in self._dirty:
-                live = self._live[handle.file]
-                deleted = int(entry.rows - live.sum())
-                if deleted == entry.rows:
-                    continue  # every row deleted: the segment leaves the table
-                del_name = f"{Path(entry.file).stem}.{version:010d}.del"
-                write_deletions(seg_dir / del_name, np.flatnonzero(~live))
-                entry = replace(entry, deleted=deleted, deletions_file=del_name)
-            entries.append(entry)
-        new_handle = None
-        if memtable.live_rows:
-            rows = memtable.live_table()
-            rows = rows.append_column(NORM_COLUMN, pa.array(memtable.live_norms()))
-            name = f"seg-{version:010d}-{os.urandom(4).hex()}{SUFFIXES[self._format]}"
-            info = write_segment(seg_dir, name, rows)
-            entry = SegmentEntry(info.file, info.rows, info.bytes, info.crc32)
-            entries.append(entry)
-            new_handle = self._handle(entry, verified=True)
-        manifest = self._manifest.evolve(segments=tuple(entries), wal_seq=self._seq, next_id=self._next_id,
-                                         created_at=time.time(), change=change)
-        self._store.publish(manifest)
-        by_file = {e.file: e for e in entries}
-        with self._lock:
-            handles = []
-            for handle in self._segments:
-                if handle.file in by_file:
-                    handle.entry = by_file[handle.file]  # same data; new deletion bookkeeping
-                    handles.append(handle)
-            if new_handle is not None:
-                handles.append(new_handle)
-                self._live[new_handle.file] = None
-            self._segments = handles
-            self._live = {h.file: self._live[h.file] for h in handles}
-            self._dirty = set()
-            self._manifest = manifest
-            self._memtable = Memtable(self._schema, self.id_column, self.vector_column,
-                                      self._options.memtable_bytes)
-        old_wal = self._wal
-        old_wal.close()
-        self._start_new_wal(remove=[old_wal.path])
-        if not self._closing:
-            if new_handle is not None:
-                self._schedule_index_builds()
-            self._schedule_compaction()  # new segment or new deletions: the policy may apply
-
-    def _start_new_wal(self, remove: Iterable[Path] = ()) -> None:
-        self._wal = WalWriter(self._dir / WAL / f"{self._seq + 1:020d}.wal", fsync=self._options.fsync)
-        for path in remove:
-            if path != self._wal.path:
-                path.unlink(missing_ok=True)
-        fsync_dir(self._dir / WAL)
-
-    def _remove_orphans(self) -> None:
-        """Delete files no manifest references: leftovers of an interrupted flush."""
-        referenced: set[str] = set()
-        for version in self._store.versions():
-            for entry in self._store.load(version).segments:
-                referenced.update(f for f in (entry.file, entry.deletions_file, entry.index_file) if f)
-        seg_dir = self._dir / SEGMENTS
-        seg_dir.mkdir(exist_ok=True)
-        for name in os.listdir(seg_dir):
-            if name not in referenced:
-                (seg_dir / name).unlink(missing_ok=True)
-        for directory in (self._dir / MANIFESTS, self._dir / WAL):
-            for name in os.listdir(directory):
-                if name.startswith("."):
-                    (directory / name).unlink(missing_ok=True)
