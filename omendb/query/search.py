@@ -157,12 +157,12 @@ def knn(parts: list[SearchPart], queries: np.ndarray, k: int, metric: str, *,
 
 
 def graph_knn(table: pa.Table, index: HnswIndex, queries: np.ndarray, k: int, *, ef: int,
-              columns: list[str], result_schema: pa.Schema) -> pa.Table | None:
+              columns: list[str], result_schema: pa.Schema, batch: bool) -> pa.Table | None:
     """Top-``k`` from one segment's graph when it is the whole table, every row live.
 
     The common case of an unfiltered search, in one pass with no planning or merging:
     what it skips is a sizeable share of a sub-millisecond search. ``result_schema``
-    is ``knn``'s output schema for ``columns`` (``_query`` first for a batch). Returns
+    is ``knn``'s output schema for ``columns`` (``_query`` first when ``batch``). Returns
     None when ``k`` exceeds the rows or the walk came back short (the caller then takes
     the general path, which redoes such queries exactly).
     """
@@ -174,7 +174,7 @@ def graph_knn(table: pa.Table, index: HnswIndex, queries: np.ndarray, k: int, *,
     positions = pos.reshape(-1)
     arrays = [_gather(table, c, positions) for c in columns]
     arrays.append(_as_arrow(dist.reshape(-1), _FLOAT32))
-    if result_schema.names[0] == QUERY:
+    if batch:
         arrays.insert(0, pa.array(np.repeat(np.arange(queries.shape[0], dtype=np.int32), pos.shape[1])))
     return pa.Table.from_arrays(arrays, schema=result_schema)
 

@@ -68,7 +68,7 @@ class TableReader:
         self._bad_indexes: set[str] = set()
         self._segments: list[SegmentHandle] = []
         self._live: dict[str, np.ndarray | None] = {}
-        self._result_schemas: dict[tuple[tuple[str, ...], bool], pa.Schema] = {}  # the schema never changes
+        self._result_plans: dict[tuple[Any, bool], tuple[list[str], pa.Schema]] = {}
 
     def _load_manifest(self, manifest: Manifest) -> None:
         """Adopt ``manifest`` as the table's state, reusing already mapped segments."""
@@ -247,7 +247,7 @@ class TableReader:
                                                 or k < 1):
             raise ValueError(f"k must be a positive integer, got {k!r}")
         queries, batch = self._queries(q)
-        names = self._columns(columns)
+        names, schema = self._result_plan(columns, batch)
         if ef is not None and not (type(ef) is int and ef >= 1) and (
                 isinstance(ef, bool) or not isinstance(ef, (int, np.integer)) or ef < 1):
             raise ValueError(f"ef must be a positive integer, got {ef!r}")
@@ -255,15 +255,26 @@ class TableReader:
         if where is None and not exact:
             graph = self._whole_table_graph()
             if graph is not None:
-                schema = self._result_schemas.get((tuple(names), batch))
-                if schema is None:
-                    schema = self._result_schemas[(tuple(names), batch)] = result_schema(self._schema, names, batch)
-                found = graph_knn(graph[0], graph[1], queries, int(k), ef=ef, columns=names, result_schema=schema)
+                found = graph_knn(graph[0], graph[1], queries, int(k), ef=ef, columns=names, result_schema=schema,
+                                  batch=batch)
                 if found is not None:
                     return found
         return knn(self._snapshot_parts(exact), queries, int(k), self._metric, where=where, columns=names,
                    vector_column=self.vector_column, batch=batch, empty_schema=self._schema,
                    exact=exact, ef=ef)
+
+    def _result_plan(self, columns: Sequence[str] | None, batch: bool) -> tuple[list[str], pa.Schema]:
+        """(column names, result schema) of a search asking for ``columns`` (checked once per
+        distinct ask: the schema never changes)."""
+        key = (columns if columns is None or isinstance(columns, str) else tuple(columns), batch)
+        try:
+            return self._result_plans[key]
+        except (KeyError, TypeError):  # (TypeError: unhashable column names; _columns() names the problem)
+            names = self._columns(columns)
+            plan = names, result_schema(self._schema, names, batch)
+            if len(self._result_plans) < 256:
+                self._result_plans[key] = plan
+            return plan
 
     def _whole_table_graph(self) -> tuple[pa.Table, HnswIndex] | None:
         """(rows, graph) when the table is one indexed segment with no deleted and no unflushed rows."""
