@@ -325,6 +325,9 @@ def test_unknown_columns_requested(pop) -> None:
         pop.table.search(pop.vectors[0], columns=["id", "nope"])
     with pytest.raises(errors.SchemaError, match="'nope'"):
         pop.table.get([1], columns=["nope"])
+    for bad in (5, [["id"]], ["id", 3]):
+        with pytest.raises(errors.SchemaError, match="list of column names"):
+            pop.table.search(pop.vectors[0], columns=bad)
     pop.assert_unchanged()
 
 

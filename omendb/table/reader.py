@@ -189,8 +189,13 @@ class TableReader:
     def _columns(self, columns: Sequence[str] | None) -> list[str]:
         if columns is None:
             return list(self._schema.names)
-        if isinstance(columns, str):
-            columns = [columns]
+        asked = columns
+        try:
+            columns = [columns] if isinstance(columns, str) else list(columns)
+        except TypeError:
+            columns = [None]
+        if not all(isinstance(c, str) for c in columns):
+            raise SchemaError(f"columns must be a column name or a list of column names, got {asked!r}")
         names = self._schema_names
         unknown = [c for c in columns if c not in names]
         if unknown:
@@ -266,10 +271,10 @@ class TableReader:
     def _result_plan(self, columns: Sequence[str] | None, batch: bool) -> tuple[list[str], pa.Schema]:
         """(column names, result schema) of a search asking for ``columns`` (checked once per
         distinct ask: the schema never changes)."""
-        key = (columns if columns is None or isinstance(columns, str) else tuple(columns), batch)
         try:
+            key = (columns if columns is None or isinstance(columns, str) else tuple(columns), batch)
             return self._result_plans[key]
-        except (KeyError, TypeError):  # (TypeError: unhashable column names; _columns() names the problem)
+        except (KeyError, TypeError):  # (TypeError: not names at all; _columns() deals with it)
             names = self._columns(columns)
             plan = names, result_schema(self._schema, names, batch)
             if len(self._result_plans) < 256:
