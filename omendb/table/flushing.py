@@ -85,7 +85,7 @@ class FlushMixin:
             return
         sealed = self._seal()
         if not workers.flusher.submit((id(self), "flush", sealed.seq), lambda: self._flush_sealed(sealed),
-                                      lambda exc: self._flush_failed(sealed, exc)):
+                                      self._flush_failed):
             self._finish_sealed_locked()  # the flusher is shutting down: flush here
 
     def _seal(self) -> _Sealed:
@@ -93,7 +93,6 @@ class FlushMixin:
         wal_dir = self._dir / WAL
         sealed = _Sealed(self._memtable, self._seq, sorted(wal_dir.glob("*.wal")))
         with self._lock:
-            self._sealed = sealed.memtable
             self._sealed_job = sealed
             self._memtable = Memtable(self._schema, self.id_column, self.vector_column,
                                       self._options.memtable_bytes)
@@ -117,8 +116,7 @@ class FlushMixin:
         finally:
             sealed.done.set()
 
-    def _flush_failed(self, sealed: _Sealed, exc: BaseException) -> None:
-        sealed.error = exc
+    def _flush_failed(self, exc: BaseException) -> None:
         if not (self._closed or self._closing):
             warnings.warn(f"omendb: background flush of table {self.name!r} failed ({exc}); its rows stay "
                           "in the write-ahead log and the next write retries the flush",
@@ -209,7 +207,6 @@ class FlushMixin:
             self._live = {h.file: self._live[h.file] for h in handles}
             self._dirty = set()
             self._manifest = manifest
-            self._sealed = None
             self._sealed_job = None
         sealed.done.set()
         if sealed.handle is not None and new_handle is None:

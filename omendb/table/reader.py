@@ -98,8 +98,7 @@ class TableReader:
             if not hasattr(self, "_memtable"):
                 self._memtable = Memtable(self._schema, self.id_column, self.vector_column,
                                           self._options.memtable_bytes)
-                self._sealed: Memtable | None = None  # a full memtable being flushed in the background
-                self._sealed_job: Any = None  # its flush (see flushing.py)
+                self._sealed_job: Any = None  # a full memtable being flushed in the background (flushing.py)
 
     def _handle(self, entry: SegmentEntry, verified: bool = False) -> SegmentHandle:
         return SegmentHandle(self._dir / SEGMENTS, entry, vector_column=self.vector_column,
@@ -172,7 +171,8 @@ class TableReader:
 
     def _memtables(self) -> list[Memtable]:
         """Unflushed rows: the memtable being flushed (if any), then the current one (state lock held)."""
-        return [self._memtable] if self._sealed is None else [self._sealed, self._memtable]
+        sealed = self._sealed_job
+        return [self._memtable] if sealed is None else [sealed.memtable, self._memtable]
 
     def _snapshot_parts(self, exact: bool = True) -> list[SearchPart]:
         with self._lock:
@@ -284,7 +284,7 @@ class TableReader:
     def _whole_table_graph(self) -> tuple[pa.Table, HnswIndex] | None:
         """(rows, graph) when the table is one indexed segment with no deleted and no unflushed rows."""
         with self._lock:
-            if len(self._segments) != 1 or len(self._memtable) or self._sealed is not None:
+            if len(self._segments) != 1 or len(self._memtable) or self._sealed_job is not None:
                 return None
             handle = self._segments[0]
             if self._live[handle.file] is not None:
