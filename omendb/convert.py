@@ -53,7 +53,11 @@ def to_arrow_table(data: Any, vector_column: str = "vector") -> pa.Table:
         for name in frame.columns:  # pandas object columns of ndarrays convert fine; 2-D blocks do not
             if frame[name].dtype == object and len(frame) and isinstance(frame[name].iloc[0], np.ndarray):
                 frame[name] = [np.asarray(v) for v in frame[name]]
-        return pa.Table.from_pandas(frame, preserve_index=False)
+        try:
+            return pa.Table.from_pandas(frame, preserve_index=False)
+        except OverflowError:
+            columns = {str(name): frame[name].tolist() for name in frame.columns}
+            raise SchemaError(f"column {_overflowing(columns)!r} holds an integer too large for 64 bits") from None
     if module == "polars":
         if hasattr(data, "collect") and not hasattr(data, "to_arrow"):
             data = data.collect()
@@ -67,6 +71,8 @@ def to_arrow_table(data: Any, vector_column: str = "vector") -> pa.Table:
                 columns[name] = values
         try:
             return pa.table(columns)
+        except OverflowError:
+            raise SchemaError(f"column {_overflowing(columns)!r} holds an integer too large for 64 bits") from None
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
             raise SchemaError(f"cannot build a table from the dict of columns: {exc}") from exc
     if isinstance(data, (list, tuple)):
@@ -75,6 +81,9 @@ def to_arrow_table(data: Any, vector_column: str = "vector") -> pa.Table:
         if all(isinstance(row, dict) for row in data):
             try:
                 return pa.Table.from_pylist(list(data))
+            except OverflowError:
+                columns = {key: [row.get(key) for row in data] for key in dict.fromkeys(k for row in data for k in row)}
+                raise SchemaError(f"column {_overflowing(columns)!r} holds an integer too large for 64 bits") from None
             except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
                 raise SchemaError(f"cannot build a table from the list of dicts: {exc}") from exc
         try:
@@ -88,6 +97,18 @@ def to_arrow_table(data: Any, vector_column: str = "vector") -> pa.Table:
         f"cannot add data of type {type(data).__name__}: give a pandas/polars DataFrame, "
         "a pyarrow Table/RecordBatch/RecordBatchReader, a list of dicts, a dict of "
         "columns or a 2-D NumPy array")
+
+
+def _overflowing(columns: dict[str, Any]) -> str | None:
+    """The first column whose values Arrow cannot hold in 64-bit integers."""
+    for name, values in columns.items():
+        try:
+            pa.array(values)
+        except OverflowError:
+            return name
+        except Exception:  # another problem, reported elsewhere
+            continue
+    return None
 
 
 def _decode_dictionaries(table: pa.Table) -> pa.Table:

@@ -212,6 +212,22 @@ def test_wrong_id_type_for_get_and_delete(pop) -> None:
     pop.assert_unchanged()
 
 
+def test_integers_too_large_for_64_bits(pop) -> None:
+    huge = 2 ** 70
+    with pytest.raises(errors.SchemaError, match="too large for 64 bits"):
+        pop.table.delete([huge])
+    with pytest.raises(errors.SchemaError, match="too large for 64 bits"):
+        pop.table.get([5, huge])
+    with pytest.raises(errors.SchemaError, match="column 'id' holds an integer too large for 64 bits"):
+        pop.table.add({"id": [huge], "vector": np.ones((1, DIM), np.float32)})
+    with pytest.raises(errors.SchemaError, match="column 'cluster' holds an integer too large for 64 bits"):
+        pop.table.upsert([{"id": 1, "vector": [1.0] * DIM, "cluster": huge}])
+    pd = pytest.importorskip("pandas")
+    with pytest.raises(errors.SchemaError, match="column 'id' holds an integer too large for 64 bits"):
+        pop.table.add(pd.DataFrame({"id": [huge], "vector": [np.ones(DIM, np.float32)]}))
+    pop.assert_unchanged()
+
+
 # ======================================================================== tables
 @pytest.mark.parametrize("action", ["open_table", "drop_table", "getitem"])
 def test_missing_table(pop, action) -> None:

@@ -400,6 +400,9 @@ class TableReader:
             if pa.types.is_integer(id_type) and not pa.types.is_integer(array.type) and len(array):
                 raise TypeError(array.type)
             return array.cast(id_type) if len(array) else pa.array([], id_type)
+        except OverflowError:
+            raise SchemaError(f"ids must be {id_type} values for table {self.name!r}: an id is too large "
+                              "for 64 bits") from None
         except (TypeError, pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
             raise SchemaError(f"ids must be {id_type} values for table {self.name!r}: {exc}") from None
 
