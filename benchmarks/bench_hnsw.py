@@ -11,7 +11,10 @@ Measures, on the pypi-minilm-100k dataset (100,000 x 384 unit vectors, cosine), 
 2. raw faiss (the library omendb wraps) with the same parameters:
    ``IndexHNSWFlat(384, 16, METRIC_INNER_PRODUCT)`` on the normalised float32 vectors,
    efConstruction=200, same threads; build time, recall@10, p50/p99 per ef.
-   Targets: omendb p50 <= 1.3x raw faiss at recall >= 0.95; build <= 1.2x raw.
+   Targets: omendb p50 <= 1.3x raw faiss at recall 0.95 (each side's p50 where its own
+   recall/p50 curve reaches 0.95, linear between the ef values around it: the graphs
+   differ, so one ef gives each a different recall); build <= 1.2x raw. The ratio at one
+   ef is reported too, as omendb's overhead on a walk of the same length.
    An "index layer" column times omendb's ``HnswIndex.search`` alone (no table/planner/
    Arrow), which splits any overhead between the faiss wrapper and the query path.
 3. peers, each in a subprocess run with ``--peer-python`` (a separate venv, see
@@ -20,11 +23,13 @@ Measures, on the pypi-minilm-100k dataset (100,000 x 384 unit vectors, cosine), 
    sweep) and Chroma (hnsw space cosine, same M / construction_ef, search_ef sweep):
    build time, recall@10, p50/p99, bytes on disk, RSS of a fresh process after open +
    first search. Skipped when ``--peer-python`` is not given.
-4. omendb filtered search (``where="bucket < t"`` with ``bucket = id % 100``: ~1%, 10%,
+4. the same graph file searched by omendb's index layer as omendb holds it (mapped) and
+   after faiss' in-memory load, blocks of queries alternating.
+5. omendb filtered search (``where="bucket < t"`` with ``bucket = id % 100``: ~1%, 10%,
    50% and 100% of rows): recall@10 vs. an exact NumPy top-10 over the allowed rows,
    p50/p99, rows violating the filter, queries answered with fewer than k rows; raw
    faiss with an ``IDSelectorBitmap`` at the same ef as a reference.
-5. RSS of a FRESH process after opening the table and its first search, and the index
+6. RSS of a FRESH process after opening the table and its first search, and the index
    bytes on disk (``stats()`` and the sizes of ``segments/*.hnsw``).
 
 Results: benchmarks/results/hnsw.json and hnsw.md (``--quick``: hnsw-quick.*).
@@ -470,31 +475,24 @@ def index_layer(tbl):
 
 
 def bench_index_memory(tbl, Q: np.ndarray, ef: int = 64, block: int = 100, rounds: int = 10) -> dict | None:
-    """The same index file searched (omendb's ``HnswIndex.search``) as omendb loads it (private
-    memory asking for huge pages), as a faiss file mapping (``IO_FLAG_MMAP_IFC``) and as
-    faiss' own in-memory load. Blocks of queries rotate between the three, so drift of the
-    machine's speed falls on all of them alike."""
+    """The same index file searched (omendb's ``HnswIndex.search``) as omendb holds it (a faiss
+    file mapping, ``IO_FLAG_MMAP_IFC``) and as faiss' own in-memory load. Blocks of queries
+    alternate between the two, so drift of the machine's speed falls on both alike."""
     import faiss
-    from omendb.index.hnsw import HnswIndex, load_hnsw
+    from omendb.index.hnsw import HnswIndex
 
     handles = tbl._segments
     if len(handles) != 1 or handles[0].entry.index_file is None:
         return None
-    entry = handles[0].entry
-    path = handles[0].directory / entry.index_file
-    loads = {
-        "omendb (private, huge pages)": load_hnsw(path, metric="cosine", size=entry.index_bytes,
-                                                  crc32=entry.index_crc32, rows=entry.rows),
-        "faiss file mapping": HnswIndex(faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC), "cosine"),
-        "faiss in-memory load": HnswIndex(faiss.read_index(str(path)), "cosine"),
-    }
+    path = handles[0].directory / handles[0].entry.index_file
+    loads = {"omendb (file mapping)": handles[0].hnsw(),
+             "faiss in-memory load": HnswIndex(faiss.read_index(str(path)), "cosine")}
     Q2 = Q[:, None, :]
     lat: dict[str, list[int]] = {name: [] for name in loads}
     names = list(loads)
     for i in range(rounds * len(names)):
         start = (i * block) % len(Q2)
-        order = names[i % len(names):] + names[:i % len(names)]
-        for name in order:
+        for name in (names if i % 2 == 0 else names[::-1]):
             _, latencies = time_queries(lambda q2: loads[name].search(q2, K, ef), Q2[start:start + block], warmup=5)
             lat[name].extend(latencies.tolist())
     out = {"ef": ef, "queries_each": len(lat[names[0]]),
@@ -706,10 +704,10 @@ def write_markdown(res: dict, path: Path) -> None:
         L.append(f"| p50 at recall@10 = {RECALL_TARGET} | not reached by both sweeps | | | <= {P50_TARGET}x | **no** |")
     if s.get("target_ef") is not None:
         r = next(x for x in res["sweep"] if x["ef"] == s["target_ef"])
-        L.append(f"| p50 at the same ef: the smallest where omendb recall >= {RECALL_TARGET} (ef={s['target_ef']}; "
-                 f"recall {r['omendb']['recall']:.4f} vs {r['faiss']['recall']:.4f}), ms | {r['omendb']['p50_ms']:.3f} | "
-                 f"{r['faiss']['p50_ms']:.3f} | {r['p50_ratio']:.2f}x | <= {P50_TARGET}x | "
-                 f"{'yes' if s['p50_ok'] else '**no**'} |")
+        L.append(f"| p50 at one ef, the smallest where omendb recall >= {RECALL_TARGET} (ef={s['target_ef']}; "
+                 f"recall {r['omendb']['recall']:.4f} vs faiss {r['faiss']['recall']:.4f}): omendb's overhead on the "
+                 f"walk, ms | {r['omendb']['p50_ms']:.3f} | {r['faiss']['p50_ms']:.3f} | {r['p50_ratio']:.2f}x | "
+                 f"(info) | |")
     L += ["", f"omendb build detail: ingest {b['ingest_s']:.2f} s ({b['ingest_rows_per_s']:,.0f} rows/s, "
           f"fsync=False, batches of {b['add_batch']:,}), flush {b['flush_s']:.2f} s, build {b['build_s']:.2f} s "
           f"(includes normalising, saving + fsync + crc of the index file, manifest publish); "
@@ -736,11 +734,11 @@ def write_markdown(res: dict, path: Path) -> None:
     mem = res.get("index_memory")
     if mem:
         base = mem["p50_ms"]["faiss in-memory load"]
-        L += [f"## One graph, three ways to hold it (index layer, ef={mem['ef']})", "",
-              "omendb's index file searched by `HnswIndex.search` as omendb loads it (read into private memory "
-              "that asks for transparent huge pages), as a faiss file mapping (`IO_FLAG_MMAP_IFC`) and as "
-              f"faiss' own in-memory load; blocks of 100 queries rotate between them ({mem['queries_each']:,} "
-              "queries each).", "", "| held as | p50 ms | vs faiss in-memory |", "| --- | ---: | ---: |"]
+        L += [f"## One graph, mapped or loaded (index layer, ef={mem['ef']})", "",
+              "omendb's index file searched by `HnswIndex.search` as omendb holds it (a faiss file mapping, "
+              "`IO_FLAG_MMAP_IFC`: page cache, shared, nothing loaded) and as faiss' own in-memory load; blocks "
+              f"of 100 queries alternate between them ({mem['queries_each']:,} queries each).", "",
+              "| held as | p50 ms | vs faiss in-memory |", "| --- | ---: | ---: |"]
         L += [f"| {name} | {p50:.3f} | {p50 / base:.2f}x |" for name, p50 in mem["p50_ms"].items()]
         L.append("")
     L += ["## Filtered search (omendb, ef=%d)" % res["filter_ef"], "",
@@ -953,8 +951,8 @@ def main(argv=None) -> int:
         res["sweep"] = sweep(tbl, findex, layer, Q, gt, args.efs)
         res["omendb"]["short_queries_total"] = sum(r["omendb"]["short_queries"] for r in res["sweep"])
 
-        # ---- 3. one graph file, three ways of holding it in memory
-        print("index memory: omendb's graph file loaded three ways", flush=True)
+        # ---- 3. one graph file, mapped vs loaded
+        print("index memory: omendb's graph file mapped vs loaded", flush=True)
         res["index_memory"] = bench_index_memory(tbl, Q)
 
         # ---- 4. filtered
@@ -1018,8 +1016,8 @@ def main(argv=None) -> int:
             "at_recall": at_recall,
             "build_ratio": res["build_ratio"], "build_ok": res["build_ratio"] <= BUILD_TARGET,
             "target_ef": target["ef"] if target else None,
-            "p50_ratio_at_target": target["p50_ratio"] if target else None,
-            "p50_ok": bool(target and target["p50_ratio"] <= P50_TARGET),
+            "same_ef_p50_ratio": target["p50_ratio"] if target else None,
+            "p50_ok": bool(at_recall and at_recall["ok"]),
             "filter_violations": sum(r["omendb"]["violating_rows"] for r in res["filtered"]),
             "filter_short_queries": sum(r["omendb"]["short_queries"] for r in res["filtered"]),
         }

@@ -13,7 +13,6 @@ Filtering (deleted rows, ``where``) happens inside the graph walk with an
 from __future__ import annotations
 
 import math
-import mmap
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,8 +22,7 @@ import faiss
 import numpy as np
 
 from ..errors import CorruptFileError
-from ..storage.checksum import crc32 as checksum
-from ..storage.fileio import publish_written
+from ..storage.fileio import publish_written, verify_file
 
 __all__ = ["HnswConfig", "HnswIndex", "BuildCancelled", "build_hnsw", "build_threads", "load_hnsw"]
 
@@ -91,11 +89,10 @@ def _negative_inverse_norms(queries: np.ndarray) -> np.float32 | np.ndarray:
 
 
 class HnswIndex:
-    """One segment's graph: search it, save it atomically (:func:`load_hnsw` loads it)."""
+    """One segment's graph: search it, save it atomically, load it memory-mapped."""
 
-    def __init__(self, index: faiss.Index, metric: str, memory: np.ndarray | None = None) -> None:
+    def __init__(self, index: faiss.Index, metric: str) -> None:
         self._index = index
-        self._memory = memory  # what ``index`` points into when loaded zero-copy: must outlive it
         self.metric = metric
         self._params: dict[int, faiss.SearchParametersHNSW] = {}  # unfiltered, per ef: read-only, shareable
 
@@ -214,36 +211,12 @@ def build_hnsw(vectors: np.ndarray, norms: np.ndarray | None, metric: str, confi
 
 
 def load_hnsw(path: Path, *, metric: str, size: int, crc32: int, rows: int) -> HnswIndex:
-    """Read and verify an index file (size and checksum) into memory backed by huge pages.
-
-    A graph walk is a chain of dependent reads scattered over the vectors; with 4 KiB pages
-    most of them also miss the TLB. The file is read into a private anonymous mapping that
-    asks the kernel for transparent huge pages (2 MiB), and faiss uses that memory in place
-    (no second copy). Where the kernel gives none, this is a plain in-memory load.
-    """
+    """Verify size and checksum, then memory-map the index file."""
+    verify_file(path, size=size, crc32=crc32, what="index")
     try:
-        actual = os.stat(path).st_size
-    except FileNotFoundError:
-        raise CorruptFileError(f"{path}: index file is missing") from None
-    if actual != size or size == 0:
-        raise CorruptFileError(f"{path}: index is {actual} bytes, manifest says {size}")
-    memory = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    if hasattr(mmap, "MADV_HUGEPAGE"):
-        try:
-            memory.madvise(mmap.MADV_HUGEPAGE)  # before the first touch: the read faults huge pages in
-        except OSError:
-            pass  # no transparent huge pages here: 4 KiB pages, same results
-    with open(path, "rb") as handle:
-        read = handle.readinto(memory)
-    if read != size:
-        raise CorruptFileError(f"{path}: index is {read} bytes, manifest says {size}")
-    if checksum(memory) != crc32:
-        raise CorruptFileError(f"{path}: index checksum mismatch (file is damaged)")
-    buffer = np.frombuffer(memory, dtype=np.uint8)
-    try:
-        index = faiss.read_index(faiss.ZeroCopyIOReader(faiss.swig_ptr(buffer), size), faiss.IO_FLAG_MMAP_IFC)
+        index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)
     except RuntimeError as exc:
         raise CorruptFileError(f"{path}: not a readable HNSW index: {exc}") from None
     if index.ntotal != rows:
         raise CorruptFileError(f"{path}: index has {index.ntotal} rows, segment has {rows}")
-    return HnswIndex(index, metric, memory=buffer)
+    return HnswIndex(index, metric)
