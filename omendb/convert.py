@@ -11,6 +11,7 @@ arrays of numbers (``"[0.1, 0.2]"``), as CSV files and JSON exports carry them.
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from typing import Any
 
@@ -165,9 +166,11 @@ def to_vector_array(column: pa.ChunkedArray | pa.Array, dim: int | None, name: s
         bad = int(np.flatnonzero(np.asarray(values.is_null()))[0]) // expected
         raise InvalidVectorError(f"vector column {name!r}: row {bad} contains a null component")
     floats = np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float32)
-    finite = np.isfinite(floats)
-    if not finite.all():
-        row = int(np.flatnonzero(~finite)[0]) // expected
+    # A NaN or infinity makes the sum non-finite (so can an overflowing sum: then look closer).
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = np.add.reduce(floats)
+    if not math.isfinite(total) and not np.isfinite(floats).all():
+        row = int(np.flatnonzero(~np.isfinite(floats))[0]) // expected
         raise InvalidVectorError(f"vector column {name!r}: row {row} contains NaN or infinity")
     return pa.FixedSizeListArray.from_arrays(pa.array(floats), expected)
 

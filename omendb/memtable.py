@@ -104,8 +104,8 @@ class Memtable:
         table, start = staged.table, staged.start
         if start != self._rows:
             raise RuntimeError("memtable changed between stage() and commit()")
-        for offset, key in enumerate(keys_to_numpy(table.column(self.id_column)).tolist()):
-            self._key_rows[key] = start + offset
+        keys = keys_to_numpy(table.column(self.id_column)).tolist()
+        self._key_rows.update(zip(keys, range(start, start + len(keys))))
         self._batches.append(table.remove_column(self._vector_index))
         self._rows = start + table.num_rows
         self._table_cache = None

@@ -105,6 +105,18 @@ def test_nan_and_inf_vectors(pop, bad) -> None:
     pop.assert_unchanged()
 
 
+def test_huge_finite_components_are_not_mistaken_for_infinity(db_path: Path) -> None:
+    # the finiteness check sums the components first; this sum overflows float32
+    with omendb.open(db_path) as db:
+        table = db.create_table("big", dim=DIM)
+        table.add({"id": [1, 2], "vector": np.full((2, DIM), 3e38, np.float32)})
+        assert table.count() == 2
+        with pytest.raises(errors.InvalidVectorError, match="row 1 contains NaN or infinity"):
+            table.add({"id": [3, 4], "vector": np.vstack([np.full(DIM, 3e38, np.float32),
+                                                         np.full(DIM, np.inf, np.float32)])})
+        assert table.count() == 2
+
+
 @pytest.mark.parametrize("data", [
     {"vector": [["a"] * DIM]},
     [{"vector": ["x"] * DIM}],

@@ -205,8 +205,8 @@ class TableReader:
 
     def _queries(self, q: Any) -> tuple[np.ndarray, bool]:
         if type(q) is np.ndarray and q.dtype == np.float32 and q.shape == (self._dim,) and q.flags.c_contiguous:
-            # one pass: a NaN or infinity makes the sum non-finite (so may a huge sum: then look closer)
-            if not math.isfinite(np.add.reduce(q)) and not np.isfinite(q).all():
+            # one pass: a NaN or infinity makes the sum non-finite (a float64 sum of float32s cannot overflow)
+            if not math.isfinite(np.add.reduce(q, dtype=np.float64)) and not np.isfinite(q).all():
                 raise InvalidVectorError("query contains NaN or infinity")
             return q.reshape(1, -1), False
         try:
