@@ -2,13 +2,66 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 from pathlib import Path
+from typing import Callable
 
 from ..errors import CorruptFileError
 from .checksum import crc32_of_file
 
-__all__ = ["atomic_write", "fsync_dir", "crc32_of_file", "write_file_synced", "publish_written", "verify_file"]
+__all__ = ["atomic_write", "fsync_dir", "crc32_of_file", "write_file_synced", "publish_written", "verify_file",
+           "start_writeback", "write_back_gradually"]
+
+# sync_file_range(2) flags
+_WAIT_BEFORE, _WRITE, _WAIT_AFTER = 1, 2, 4
+
+
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """Linux ``sync_file_range(fd, offset, nbytes, flags)``, or None where it is missing."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        function = libc.sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+_SYNC_FILE_RANGE = _sync_file_range()
+
+#: Bytes per step of :func:`write_back_gradually`.
+WRITEBACK_CHUNK = 1 << 20
+
+
+def start_writeback(fd: int, offset: int, nbytes: int) -> None:
+    """Ask the kernel to begin writing a byte range back now, without waiting.
+
+    It promises nothing (an ``fdatasync`` after it does), so work done in between
+    overlaps the disk write. A no-op where ``sync_file_range`` is not available.
+    """
+    if _SYNC_FILE_RANGE is not None:
+        _SYNC_FILE_RANGE(fd, offset, nbytes, _WRITE)
+
+
+def write_back_gradually(fd: int, size: int, chunk: int = WRITEBACK_CHUNK) -> None:
+    """Write a freshly written file's pages back ``chunk`` bytes at a time, two in flight.
+
+    Why not one ``fsync``: on ext4 (``data=ordered``) a log ``fdatasync`` commits the
+    journal, and the commit first waits for the data of every block allocated in that
+    transaction. A 64 MiB segment handed to the disk at once makes some log commit wait
+    for all of it (adds stalled 20-40 ms); in small steps each commit waits for a chunk
+    or two. The ``fsync`` that follows still guarantees durability. A no-op where
+    ``sync_file_range`` is not available.
+    """
+    if _SYNC_FILE_RANGE is None:
+        return
+    for offset in range(0, size, chunk):
+        _SYNC_FILE_RANGE(fd, offset, chunk, _WRITE)
+        if offset:
+            _SYNC_FILE_RANGE(fd, offset - chunk, chunk, _WAIT_BEFORE | _WRITE | _WAIT_AFTER)
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -55,6 +108,7 @@ def publish_written(tmp: str | os.PathLike, final: str | os.PathLike) -> tuple[i
     final = Path(final)
     crc = crc32_of_file(tmp)
     with open(tmp, "rb+") as handle:
+        write_back_gradually(handle.fileno(), os.fstat(handle.fileno()).st_size)
         os.fsync(handle.fileno())
     os.replace(tmp, final)
     fsync_dir(final.parent)

@@ -9,8 +9,6 @@ is corruption and raises :class:`~omendb.errors.CorruptFileError`.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import enum
 import os
 import struct
@@ -22,6 +20,7 @@ import pyarrow as pa
 
 from ..errors import CorruptFileError, FormatVersionError
 from .checksum import crc32
+from .fileio import start_writeback
 
 __all__ = ["RecordKind", "WalRecord", "WalWriter", "read_wal", "encode_table", "decode_table"]
 
@@ -60,26 +59,6 @@ def encode_table(table: pa.Table | pa.RecordBatch) -> pa.Buffer:
 def decode_table(payload: pa.Buffer | bytes) -> pa.Table:
     """Inverse of :func:`encode_table`."""
     return pa.ipc.open_stream(payload).read_all()
-
-
-def _writeback_starter():
-    """``start(fd, offset, nbytes)``: ask the kernel to begin writing a range back now.
-
-    Linux ``sync_file_range(SYNC_FILE_RANGE_WRITE)``; it returns without waiting and
-    promises nothing (the ``fdatasync`` that follows does), so work done in between
-    overlaps the disk write. A no-op where it is not available.
-    """
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        sync_file_range = libc.sync_file_range
-    except (OSError, AttributeError):
-        return lambda fd, offset, nbytes: None
-    sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    sync_file_range.restype = ctypes.c_int
-    return lambda fd, offset, nbytes: sync_file_range(fd, offset, nbytes, 2)  # SYNC_FILE_RANGE_WRITE
-
-
-_start_writeback = _writeback_starter()
 
 
 def _header_bytes() -> bytes:
@@ -125,7 +104,7 @@ class WalWriter:
             rest = (header + payload.to_pybytes())[written:]
             while rest:
                 rest = rest[os.write(self._fd, rest):]
-        _start_writeback(self._fd, self._size, expected)
+        start_writeback(self._fd, self._size, expected)
         self._size += expected
 
     def sync_data(self) -> None:
