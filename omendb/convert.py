@@ -57,8 +57,7 @@ def to_arrow_table(data: Any, vector_column: str = "vector") -> pa.Table:
         try:
             return pa.Table.from_pandas(frame, preserve_index=False)
         except OverflowError:
-            columns = {str(name): frame[name].tolist() for name in frame.columns}
-            raise SchemaError(f"column {_overflowing(columns)!r} holds an integer too large for 64 bits") from None
+            raise _too_large({str(name): frame[name].tolist() for name in frame.columns}) from None
     if module == "polars":
         if hasattr(data, "collect") and not hasattr(data, "to_arrow"):
             data = data.collect()
@@ -73,7 +72,7 @@ def to_arrow_table(data: Any, vector_column: str = "vector") -> pa.Table:
         try:
             return pa.table(columns)
         except OverflowError:
-            raise SchemaError(f"column {_overflowing(columns)!r} holds an integer too large for 64 bits") from None
+            raise _too_large(columns) from None
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
             raise SchemaError(f"cannot build a table from the dict of columns: {exc}") from exc
     if isinstance(data, (list, tuple)):
@@ -83,8 +82,8 @@ def to_arrow_table(data: Any, vector_column: str = "vector") -> pa.Table:
             try:
                 return pa.Table.from_pylist(list(data))
             except OverflowError:
-                columns = {key: [row.get(key) for row in data] for key in dict.fromkeys(k for row in data for k in row)}
-                raise SchemaError(f"column {_overflowing(columns)!r} holds an integer too large for 64 bits") from None
+                keys = dict.fromkeys(key for row in data for key in row)
+                raise _too_large({key: [row.get(key) for row in data] for key in keys}) from None
             except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
                 raise SchemaError(f"cannot build a table from the list of dicts: {exc}") from exc
         try:
@@ -100,16 +99,16 @@ def to_arrow_table(data: Any, vector_column: str = "vector") -> pa.Table:
         "columns or a 2-D NumPy array")
 
 
-def _overflowing(columns: dict[str, Any]) -> str | None:
-    """The first column whose values Arrow cannot hold in 64-bit integers."""
+def _too_large(columns: dict[str, Any]) -> SchemaError:
+    """The error for data holding an integer beyond 64 bits, naming the first such column."""
     for name, values in columns.items():
         try:
             pa.array(values)
         except OverflowError:
-            return name
-        except Exception:  # another problem, reported elsewhere
+            return SchemaError(f"column {name!r} holds an integer too large for 64 bits")
+        except Exception:  # another problem, reported once this one is fixed
             continue
-    return None
+    return SchemaError("the data holds an integer too large for 64 bits")
 
 
 def _decode_dictionaries(table: pa.Table) -> pa.Table:
