@@ -1,11 +1,16 @@
 """omendb inside DuckDB: ``omen_knn`` and ``omen_scan`` table macros.
 
 DuckDB has no Python table functions, so kNN is a vectorised Arrow scalar UDF,
-``omen_knn_rows(table, query, k, filter, ef, exact)``, returning for each query row a
-``LIST<STRUCT(_omen_row, _distance, _rank)>``; the ``omen_knn`` macro (``sql/omendb.sql``)
-unnests it and joins the row numbers back to the table's registered Arrow view. A query
-over N rows of queries reaches the UDF as chunks of up to 2,048 rows, each answered by
-one batched search.
+``omen_knn_rows(table, query, k, filter, ef, exact)``, returning for each query row the
+hit rows themselves: a ``LIST`` of a ``UNION`` with one member per table, each member a
+``STRUCT`` of that table's columns plus ``_distance`` and ``_rank``. The ``omen_knn``
+macro (``sql/omendb.sql``) unnests the list and picks the member named by its table
+argument with ``union_extract``: the table name is a constant, so DuckDB knows the
+result's columns when it binds the query, and no join back to the table is needed (a
+join costs about a millisecond in DuckDB, several times a graph search). A query over
+N rows of queries reaches the UDF as chunks of up to 2,048 rows, each answered by one
+batched search. DuckDB unions hold at most 255 members: on a database with more tables,
+``omen_knn`` serves the first 255 table names in sorted order.
 
 A connection sees each table as of the moment it was registered (one consistent
 snapshot per table); ``Database.sql`` re-registers tables that changed before every
@@ -30,11 +35,20 @@ from .query.snapshot import ROW_NUMBER, Snapshot
 __all__ = ["duckdb_connect", "SqlSession", "definitions_sql"]
 
 _UDF = "omen_knn_rows"
-_RESULT = pa.struct([(ROW_NUMBER, pa.int64()), ("_distance", pa.float32()), ("_rank", pa.int32())])
+_UDF_ARGS = ["VARCHAR", "FLOAT[]", "BIGINT", "VARCHAR", "BIGINT", "BOOLEAN"]
+_EXTRA = [pa.field("_distance", pa.float32()), pa.field("_rank", pa.int32())]
+_EXTRA_SQL = '"_distance" FLOAT, "_rank" INTEGER'
+#: The union member standing for "no tables" (a name no table can have).
+_NO_TABLES = "omen_knn: no tables"
+_MAX_MEMBERS = 255
 
 
 def _view_name(table: str) -> str:
     return f"omen_scan__{table}"
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 def definitions_sql() -> str:
@@ -48,8 +62,11 @@ class SqlSession:
     def __init__(self, db: Any, con: duckdb.DuckDBPyConnection) -> None:
         self.db = db
         self.con = con
-        self._snapshots: dict[str, Snapshot] = {}
+        # per table: the snapshot searched and its rows as registered (with _omen_row), swapped as one
+        self._registered: dict[str, tuple[Snapshot, pa.Table]] = {}
         self._tokens: dict[str, tuple] = {}
+        self._member_sql: dict[str, tuple[pa.Schema, str]] = {}  # table -> (schema, DuckDB struct type of a hit)
+        self._members: list[tuple[str, pa.StructType, str]] = []  # (table, Arrow struct, SQL struct) per member
         self._lock = threading.Lock()
         for name in (_UDF, "omen_vector"):
             try:
@@ -58,41 +75,74 @@ class SqlSession:
                 pass
         con.create_function("omen_vector", _blob_vectors, [duckdb.sqltype("BLOB")], duckdb.sqltype("FLOAT[]"),
                             type="arrow", side_effects=False)
-        con.create_function(_UDF, self._knn_rows,
-                            [duckdb.sqltype("VARCHAR"), duckdb.sqltype("FLOAT[]"), duckdb.sqltype("BIGINT"),
-                             duckdb.sqltype("VARCHAR"), duckdb.sqltype("BIGINT"), duckdb.sqltype("BOOLEAN")],
-                            duckdb.sqltype(f"STRUCT({ROW_NUMBER} BIGINT, _distance FLOAT, _rank INTEGER)[]"),
-                            type="arrow", null_handling="special", exception_handling="default",
-                            side_effects=False)
-        con.execute(definitions_sql())
         self.refresh(force=True)
+        con.execute(definitions_sql())
 
     def refresh(self, force: bool = False) -> None:
         """Re-register every table whose rows changed since it was last registered."""
         names = set(self.db.table_names())
         with self._lock:
-            for gone in set(self._snapshots) - names:
+            for gone in set(self._registered) - names:
                 self.con.unregister(_view_name(gone))
-                del self._snapshots[gone], self._tokens[gone]
+                del self._registered[gone], self._tokens[gone]
             for name in sorted(names):
                 table = self.db.open_table(name)
                 token = table._state_token()
                 if not force and self._tokens.get(name) == token:
                     continue
                 snapshot = table.snapshot()
-                self.con.register(_view_name(name), snapshot.to_arrow(row_numbers=True))
-                self._snapshots[name], self._tokens[name] = snapshot, token
+                view = snapshot.to_arrow(row_numbers=True)
+                self.con.register(_view_name(name), view)
+                self._registered[name], self._tokens[name] = (snapshot, view), token
+                if self._member_sql.get(name, (None,))[0] != snapshot.schema:
+                    self._member_sql[name] = (snapshot.schema, self._struct_sql(name))
+            for gone in set(self._member_sql) - names:
+                del self._member_sql[gone]
+            self._register_udf(force)
+
+    def _struct_sql(self, name: str) -> str:
+        """DuckDB's type of a hit of table ``name``: its columns as DuckDB reads them, then the extras."""
+        described = self.con.execute(f"DESCRIBE SELECT * EXCLUDE ({ROW_NUMBER}) FROM {_view_name(name)}").fetchall()
+        return "STRUCT(" + ", ".join(f"{_quoted(column)} {kind}" for column, kind, *_ in described) + \
+            f", {_EXTRA_SQL})"
+
+    def _register_udf(self, force: bool) -> None:
+        """(Re)create ``omen_knn_rows`` when the tables or their columns changed (lock held)."""
+        members = [(name, pa.struct(list(schema) + _EXTRA), sql)
+                   for name, (schema, sql) in sorted(self._member_sql.items())[:_MAX_MEMBERS]]
+        if not members:
+            members.append((_NO_TABLES, pa.struct(_EXTRA), f"STRUCT({_EXTRA_SQL})"))
+        if not force and [(n, q) for n, _, q in members] == [(n, q) for n, _, q in self._members]:
+            return
+        try:
+            self.con.remove_function(_UDF)
+        except (duckdb.InvalidInputException, duckdb.CatalogException):
+            pass
+        union = "UNION(" + ", ".join(f"{_quoted(name)} {sql}" for name, _, sql in members) + ")[]"
+
+        def knn_rows(tables, queries, ks, filters, efs, exacts):  # (DuckDB reads the arity)
+            # a statement bound to this union layout keeps it, whatever refreshes happen meanwhile
+            return self._knn_rows(tables, queries, ks, filters, efs, exacts, members=members)
+
+        self.con.create_function(_UDF, knn_rows, [duckdb.sqltype(t) for t in _UDF_ARGS],
+                                 duckdb.sqltype(union), type="arrow", null_handling="special",
+                                 exception_handling="default", side_effects=False)
+        self._members = members
 
     # ------------------------------------------------------------------ the UDF
     def _knn_rows(self, tables: pa.ChunkedArray, queries: pa.ChunkedArray, ks: pa.ChunkedArray,
-                  filters: pa.ChunkedArray, efs: pa.ChunkedArray, exacts: pa.ChunkedArray) -> pa.Array:
+                  filters: pa.ChunkedArray, efs: pa.ChunkedArray, exacts: pa.ChunkedArray, *,
+                  members: list[tuple[str, pa.StructType, str]]) -> pa.Array:
         columns = [c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c
                    for c in (tables, queries, ks, filters, efs, exacts)]
         tables, queries, ks, filters, efs, exacts = columns
         n = len(tables)
         keys = list(zip(tables.to_pylist(), ks.to_pylist(), filters.to_pylist(), efs.to_pylist(),
                         exacts.to_pylist()))
-        results: list[tuple[np.ndarray, np.ndarray]] = [(np.zeros(0, np.int64), np.zeros(0, np.float32))] * n
+        member_of = {name: i for i, (name, _, _) in enumerate(members)}
+        # per query row: (member, the rows hits point into, row numbers, distances), nearest first
+        found: list[tuple[int, pa.Table, np.ndarray, np.ndarray] | None] = [None] * n
+        registered: dict[str, tuple[Snapshot, pa.Table]] = {}  # one snapshot per table for the whole call
         groups: dict[tuple, list[int]] = {}
         for row, key in enumerate(keys):
             groups.setdefault(key, []).append(row)
@@ -101,7 +151,12 @@ class SqlSession:
                 rows_with_query = [r for r in rows if queries[r].is_valid]
                 if not rows_with_query:
                     continue
-                snapshot = self._snapshot(table)
+                if table not in registered:
+                    registered[table] = self._lookup(table)
+                snapshot, view = registered[table]
+                if table not in member_of:
+                    raise TableNotFoundError(f"omen_knn: table {table!r} is beyond the {_MAX_MEMBERS} tables "
+                                             "SQL can serve")
                 if k is None or k < 1:
                     raise ValueError(f"omen_knn: k must be a positive integer, got {k!r}")
                 matrix = _query_matrix(queries, rows_with_query, snapshot)
@@ -109,27 +164,59 @@ class SqlSession:
                     matrix, int(k), where=where, ef=None if ef is None else int(ef), exact=bool(exact))
                 bounds = np.searchsorted(query_ids, np.arange(len(rows_with_query) + 1))
                 for i, row in enumerate(rows_with_query):
-                    results[row] = (row_numbers[bounds[i]:bounds[i + 1]], distances[bounds[i]:bounds[i + 1]])
-        lengths = np.fromiter((r[0].size for r in results), dtype=np.int32, count=n)
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-        rows_all = np.concatenate([r[0] for r in results]) if n else np.zeros(0, np.int64)
-        dist_all = np.concatenate([r[1] for r in results]) if n else np.zeros(0, np.float32)
-        ranks = np.arange(offsets[-1], dtype=np.int32) - np.repeat(offsets[:-1], lengths)
-        values = pa.StructArray.from_arrays([pa.array(rows_all), pa.array(dist_all), pa.array(ranks)],
-                                            fields=list(_RESULT))
-        return pa.ListArray.from_arrays(pa.array(offsets), values)
+                    found[row] = (member_of[table], view, row_numbers[bounds[i]:bounds[i + 1]],
+                                  distances[bounds[i]:bounds[i + 1]])
+        return _hit_lists(found, members)
 
-    def _snapshot(self, table: str | None) -> Snapshot:
-        snapshot = self._snapshots.get(table)
-        if snapshot is None:
-            known = ", ".join(sorted(self._snapshots)) or "none"
+    def _lookup(self, table: str | None) -> tuple[Snapshot, pa.Table]:
+        registered = self._registered.get(table)
+        if registered is None:
+            known = ", ".join(sorted(self._registered)) or "none"
             raise TableNotFoundError(f"omen_knn: table {table!r} does not exist (tables: {known})")
-        return snapshot
+        return registered
+
+
+def _hit_lists(found: list[tuple[int, pa.Table, np.ndarray, np.ndarray] | None],
+               members: list[tuple[str, pa.StructType, str]]) -> pa.Array:
+    """The UDF's result: per query row, a list of its hits as values of the members' union.
+
+    ``found``: per query row, None or (member, the rows its numbers point into, row numbers,
+    distances), nearest first.
+    """
+    lengths = np.fromiter((0 if f is None else f[2].size for f in found), dtype=np.int32, count=len(found))
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    total = int(offsets[-1])
+    codes = np.zeros(total, dtype=np.int8)
+    hits_rows = [(offsets[row], f) for row, f in enumerate(found) if f is not None and f[2].size]
+    children = []
+    for member, (_, struct, _) in enumerate(members):
+        mine = [(start, f) for start, f in hits_rows if f[0] == member]
+        if not mine:
+            children.append(pa.nulls(total, struct))
+            continue
+        starts = np.concatenate([np.arange(start, start + f[2].size) for start, f in mine])
+        codes[starts] = member
+        view = mine[0][1][1]  # (one snapshot per table for the whole call)
+        taken = view.select(struct.names[:-len(_EXTRA)]).take(pa.array(np.concatenate([f[2] for _, f in mine])))
+        ranks = np.concatenate([np.arange(f[2].size, dtype=np.int32) for _, f in mine])
+        values = pa.StructArray.from_arrays(
+            [column.combine_chunks() for column in taken.columns]
+            + [pa.array(np.concatenate([f[3] for _, f in mine]), pa.float32()), pa.array(ranks)],
+            fields=list(struct))
+        if len(mine) == len(hits_rows):  # every hit is this member's
+            children.append(values)
+        else:  # place them at their positions, nulls elsewhere
+            where = np.full(total, -1, dtype=np.int64)
+            where[starts] = np.arange(starts.size)
+            children.append(values.take(pa.array(where, mask=where < 0)))
+    union = pa.UnionArray.from_sparse(pa.array(codes, pa.int8()), children, [name for name, _, _ in members],
+                                      list(range(len(members))))
+    return pa.ListArray.from_arrays(pa.array(offsets), union)
 
 
 def _query_matrix(queries: pa.ListArray, rows: list[int], snapshot: Snapshot) -> np.ndarray:
     """The (Q, dim) float32 matrix of the query vectors of ``rows``."""
-    taken = queries.take(pa.array(rows))
+    taken = queries if len(rows) == len(queries) else queries.take(pa.array(rows))  # (rows ascend)
     lengths = pc.list_value_length(taken).to_numpy(zero_copy_only=False)
     wrong = np.flatnonzero(lengths != snapshot.dim)
     if wrong.size:

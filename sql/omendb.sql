@@ -1,6 +1,7 @@
 -- omendb's DuckDB functions. omendb.duckdb_connect(db) runs this file on the connection
 -- after registering, per table T, the view omen_scan__T (the table's live rows plus a row
--- number _omen_row), the vectorised UDF omen_knn_rows (kNN over the same snapshot) and
+-- number _omen_row), the vectorised UDF omen_knn_rows (kNN over the same snapshot,
+-- returning the hit rows as a union with one member per table) and
 -- omen_vector(BLOB) -> FLOAT[] (little-endian float32 bytes to a vector).
 
 -- Every live row of table t (vectors included), straight from the memory-mapped segments
@@ -12,13 +13,17 @@ CREATE OR REPLACE MACRO omen_scan(t) AS TABLE
 -- _distance (smaller is closer). q: FLOAT[n], DOUBLE[] or any numeric list, or a BLOB of
 -- little-endian float32. filter: an SQL predicate over t's columns, applied before
 -- ranking (k rows come back whenever k rows match). Correlated use (LATERAL, or a
--- column of queries) runs as one batched search per chunk of query rows.
+-- column of queries) runs as one batched search per chunk of query rows. t must be a
+-- constant: union_extract picks t's member of the UDF's result when the query is bound.
 CREATE OR REPLACE MACRO omen_knn(t, q, k,
                                  filter := NULL, ef := NULL, exact := false) AS TABLE
-    WITH hits AS (
-        SELECT unnest(omen_knn_rows(t, CASE WHEN typeof(q) = 'BLOB' THEN omen_vector(q::BLOB) ELSE q::FLOAT[] END,
-                             k, filter, ef, exact), recursive := true)
+    SELECT hit.* EXCLUDE (_rank)
+    FROM (
+        SELECT union_extract(hits, t) AS hit
+        FROM (
+            SELECT unnest(omen_knn_rows(
+                t, CASE WHEN typeof(q) = 'BLOB' THEN omen_vector(q::BLOB) ELSE q::FLOAT[] END,
+                k, filter, ef, exact)) AS hits
+        )
     )
-    SELECT s.* EXCLUDE (_omen_row), hits._distance
-    FROM hits JOIN query_table('omen_scan__' || t) AS s USING (_omen_row)
-    ORDER BY hits._rank;
+    ORDER BY hit._rank;

@@ -105,9 +105,9 @@ def test_lateral_runs_batched_and_matches_per_query_search(db, monkeypatch) -> N
     calls: list[int] = []
     original = SqlSession._knn_rows
 
-    def counting(self, tables, queries, ks, filters, efs, exacts):  # DuckDB reads the arity
+    def counting(self, tables, *columns, **options):
         calls.append(len(tables))
-        return original(self, tables, queries, ks, filters, efs, exacts)
+        return original(self, tables, *columns, **options)
 
     monkeypatch.setattr(SqlSession, "_knn_rows", counting)
     db.sql("CREATE TEMP TABLE queries AS SELECT id AS qid, vector AS vec FROM omen_scan('docs') WHERE id < 300")
@@ -140,6 +140,32 @@ def test_duckdb_connect_registers_on_a_given_connection(db) -> None:
     fresh = omendb.duckdb_connect(db)
     assert fresh.sql(f"SELECT count(*) FROM omen_knn('docs', ?::FLOAT[{DIM}], 5)",
                      params=[db.vectors[0].tolist()]).fetchall()[0][0] == 5
+
+
+def test_knn_returns_each_tables_own_columns_as_tables_come_and_go(db) -> None:
+    # omen_knn's UDF answers for every table at once (a union with one member per table):
+    # each call must come back with its own table's columns, nested ones intact.
+    notes = db.create_table("notes", schema=pa.schema([
+        ("id", pa.string()), ("tags", pa.list_(pa.string())), ("meta", pa.struct([("n", pa.int32())])),
+        ("vector", pa.list_(pa.float32(), 3))]), metric="cosine")
+    notes.add({"id": ["a", "b"], "tags": [["x", "y"], []], "meta": [{"n": 1}, {"n": 2}],
+               "vector": [[1, 0, 0], [0, 1, 0]]})
+    got = db.sql("SELECT * FROM omen_knn('notes', [0.9, 0.1, 0]::FLOAT[], 2)")
+    assert got.columns == ["id", "tags", "meta", "vector", "_distance"]
+    rows = got.fetchall()
+    assert [r[:3] for r in rows] == [("a", ["x", "y"], {"n": 1}), ("b", [], {"n": 2})]
+    assert rows[0][4] < rows[1][4]
+    docs = db.sql(f"SELECT * FROM omen_knn('docs', ?::FLOAT[{DIM}], 1)", params=[db.vectors[7].tolist()])
+    assert docs.columns == ["id", "category", "title", "vector", "_distance"]
+    assert docs.fetchall()[0][0] == 7
+    db.drop_table("notes")  # the same name again, other columns
+    db.create_table("notes", data={"id": [1], "score": [0.5], "vector": [[0.0, 0.0, 1.0, 0.0]]})
+    again = db.sql("SELECT * FROM omen_knn('notes', [0, 0, 1, 0]::FLOAT[], 1)")
+    assert again.columns == ["id", "score", "vector", "_distance"]
+    assert again.fetchall()[0][:2] == (1, 0.5)
+    with pytest.raises(duckdb.Error, match="notes"):  # a dropped table is gone from SQL too
+        db.drop_table("notes")
+        db.sql("SELECT * FROM omen_knn('notes', [0, 0, 1, 0]::FLOAT[], 1)").fetchall()
 
 
 @pytest.mark.parametrize("query, params, message", [
