@@ -12,8 +12,7 @@ Measures, on the pypi-minilm-100k dataset (100,000 x 384 unit vectors, cosine), 
    params=[q.tolist()]).fetchall()``, at the table's default ef and over an ef sweep
    (``ef=`` / ``ef := n``). Target: SQL p50 - Python p50 <= 1 ms.
    A breakdown times the pieces of one SQL call (statement floor, binding the
-   384-float parameter, the kNN UDF alone, picking the table's member out of its
-   union result, ...) so any overhead can be attributed.
+   384-float parameter, the kNN UDF alone, ...) so any overhead can be attributed.
 2. omendb batched: 1,000 query vectors in a DuckDB temp table, one statement
    ``SELECT q.id, k.id, k._distance FROM queries q, LATERAL omen_knn('pypi', q.vector, 10) k``:
    total seconds, queries/s, recall@10; next to ``tbl.search(Q, k=10)``.
@@ -758,9 +757,9 @@ def write_markdown(res: dict, path: Path) -> None:
         else:
             L.append(f"| {p['label']} | {f3(p['p50_ms'])} | {f3(p['p99_ms'])} | {f4(p.get('recall'))} |")
     L += ["", f"DuckDB threads on the omendb connection: {bd.get('threads')}. `omen_knn` expands to the vectorised "
-          "Arrow UDF `omen_knn_rows` (one batched search per chunk of query rows), whose result per query is a list "
-          "of the hit rows as a union with one member per table; the macro unnests it and `union_extract` picks the "
-          "table's member (no join back to the table). `db.sql` also checks before every statement whether "
+          "Arrow UDF `omen_knn_rows` (one batched search per chunk of query rows), whose result per query is a struct "
+          "with one field per table listing the hit rows; the macro picks the table's field with `struct_extract` and "
+          "unnests it (no join back to the table). `db.sql` also checks before every statement whether "
           "a table changed. EXPLAIN ANALYZE of one reference query is in the JSON (`omendb.breakdown.explain_analyze`).",
           ""]
     # ---- batched

@@ -2,15 +2,14 @@
 
 DuckDB has no Python table functions, so kNN is a vectorised Arrow scalar UDF,
 ``omen_knn_rows(table, query, k, filter, ef, exact)``, returning for each query row the
-hit rows themselves: a ``LIST`` of a ``UNION`` with one member per table, each member a
-``STRUCT`` of that table's columns plus ``_distance`` and ``_rank``. The ``omen_knn``
-macro (``sql/omendb.sql``) unnests the list and picks the member named by its table
-argument with ``union_extract``: the table name is a constant, so DuckDB knows the
-result's columns when it binds the query, and no join back to the table is needed (a
-join costs about a millisecond in DuckDB, several times a graph search). A query over
-N rows of queries reaches the UDF as chunks of up to 2,048 rows, each answered by one
-batched search. DuckDB unions hold at most 255 members: on a database with more tables,
-``omen_knn`` serves the first 255 table names in sorted order.
+hit rows themselves: a ``STRUCT`` with one field per table, each a ``LIST`` of
+``STRUCT``s of that table's columns plus ``_distance`` and ``_rank`` (only the queried
+table's field is filled). The ``omen_knn`` macro (``sql/omendb.sql``) picks the field
+named by its table argument with ``struct_extract`` and unnests it: the table name is a
+constant, so DuckDB knows the result's columns when it binds the query, and no join
+back to the table is needed (a join costs about a millisecond in DuckDB, several times
+a graph search). A query over N rows of queries reaches the UDF as chunks of up to
+2,048 rows, each answered by one batched search.
 
 A connection sees each table as of the moment it was registered (one consistent
 snapshot per table); ``Database.sql`` re-registers tables that changed before every
@@ -38,9 +37,8 @@ _UDF = "omen_knn_rows"
 _UDF_ARGS = ["VARCHAR", "FLOAT[]", "BIGINT", "VARCHAR", "BIGINT", "BOOLEAN"]
 _EXTRA = [pa.field("_distance", pa.float32()), pa.field("_rank", pa.int32())]
 _EXTRA_SQL = '"_distance" FLOAT, "_rank" INTEGER'
-#: The union member standing for "no tables" (a name no table can have).
+#: The field standing for "no tables" (a name no table can have).
 _NO_TABLES = "omen_knn: no tables"
-_MAX_MEMBERS = 255
 
 
 def _view_name(table: str) -> str:
@@ -65,8 +63,8 @@ class SqlSession:
         # per table: the snapshot searched and its rows as registered (with _omen_row), swapped as one
         self._registered: dict[str, tuple[Snapshot, pa.Table]] = {}
         self._tokens: dict[str, tuple] = {}
-        self._member_sql: dict[str, tuple[pa.Schema, str]] = {}  # table -> (schema, DuckDB struct type of a hit)
-        self._members: list[tuple[str, pa.StructType, str]] = []  # (table, Arrow struct, SQL struct) per member
+        self._hit_types: dict[str, tuple[pa.Schema, str]] = {}  # table -> (schema, DuckDB struct type of a hit)
+        self._layout: list[tuple[str, pa.StructType, str]] = []  # (table, Arrow struct, SQL struct) per field
         self._lock = threading.Lock()
         for name in (_UDF, "omen_vector"):
             try:
@@ -94,10 +92,10 @@ class SqlSession:
                 view = snapshot.to_arrow(row_numbers=True)
                 self.con.register(_view_name(name), view)
                 self._registered[name], self._tokens[name] = (snapshot, view), token
-                if self._member_sql.get(name, (None,))[0] != snapshot.schema:
-                    self._member_sql[name] = (snapshot.schema, self._struct_sql(name))
-            for gone in set(self._member_sql) - names:
-                del self._member_sql[gone]
+                if self._hit_types.get(name, (None,))[0] != snapshot.schema:
+                    self._hit_types[name] = (snapshot.schema, self._struct_sql(name))
+            for gone in set(self._hit_types) - names:
+                del self._hit_types[gone]
             self._register_udf(force)
 
     def _struct_sql(self, name: str) -> str:
@@ -108,39 +106,41 @@ class SqlSession:
 
     def _register_udf(self, force: bool) -> None:
         """(Re)create ``omen_knn_rows`` when the tables or their columns changed (lock held)."""
-        members = [(name, pa.struct(list(schema) + _EXTRA), sql)
-                   for name, (schema, sql) in sorted(self._member_sql.items())[:_MAX_MEMBERS]]
-        if not members:
-            members.append((_NO_TABLES, pa.struct(_EXTRA), f"STRUCT({_EXTRA_SQL})"))
-        if not force and [(n, q) for n, _, q in members] == [(n, q) for n, _, q in self._members]:
+        layout = [(name, pa.struct(list(schema) + _EXTRA), sql) for name, (schema, sql) in
+                  sorted(self._hit_types.items())]
+        if not layout:
+            layout.append((_NO_TABLES, pa.struct(_EXTRA), f"STRUCT({_EXTRA_SQL})"))
+        if not force and [(n, q) for n, _, q in layout] == [(n, q) for n, _, q in self._layout]:
             return
         try:
             self.con.remove_function(_UDF)
         except (duckdb.InvalidInputException, duckdb.CatalogException):
             pass
-        union = "UNION(" + ", ".join(f"{_quoted(name)} {sql}" for name, _, sql in members) + ")[]"
+        result = "STRUCT(" + ", ".join(f"{_quoted(name)} {sql}[]" for name, _, sql in layout) + ")"
 
         def knn_rows(tables, queries, ks, filters, efs, exacts):  # (DuckDB reads the arity)
-            # a statement bound to this union layout keeps it, whatever refreshes happen meanwhile
-            return self._knn_rows(tables, queries, ks, filters, efs, exacts, members=members)
+            # a statement bound to this result layout keeps it, whatever refreshes happen meanwhile
+            return self._knn_rows(tables, queries, ks, filters, efs, exacts, layout=layout)
 
+        # side_effects=True: with a constant query DuckDB would otherwise fold the call while
+        # binding (db.sql's relation binds once more), searching once more each time
         self.con.create_function(_UDF, knn_rows, [duckdb.sqltype(t) for t in _UDF_ARGS],
-                                 duckdb.sqltype(union), type="arrow", null_handling="special",
-                                 exception_handling="default", side_effects=False)
-        self._members = members
+                                 duckdb.sqltype(result), type="arrow", null_handling="special",
+                                 exception_handling="default", side_effects=True)
+        self._layout = layout
 
     # ------------------------------------------------------------------ the UDF
     def _knn_rows(self, tables: pa.ChunkedArray, queries: pa.ChunkedArray, ks: pa.ChunkedArray,
                   filters: pa.ChunkedArray, efs: pa.ChunkedArray, exacts: pa.ChunkedArray, *,
-                  members: list[tuple[str, pa.StructType, str]]) -> pa.Array:
+                  layout: list[tuple[str, pa.StructType, str]]) -> pa.Array:
         columns = [c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c
                    for c in (tables, queries, ks, filters, efs, exacts)]
         tables, queries, ks, filters, efs, exacts = columns
         n = len(tables)
         keys = list(zip(tables.to_pylist(), ks.to_pylist(), filters.to_pylist(), efs.to_pylist(),
                         exacts.to_pylist()))
-        member_of = {name: i for i, (name, _, _) in enumerate(members)}
-        # per query row: (member, the rows hits point into, row numbers, distances), nearest first
+        field_of = {name: i for i, (name, _, _) in enumerate(layout)}
+        # per query row: (its table's field, the rows hits point into, row numbers, distances), nearest first
         found: list[tuple[int, pa.Table, np.ndarray, np.ndarray] | None] = [None] * n
         registered: dict[str, tuple[Snapshot, pa.Table]] = {}  # one snapshot per table for the whole call
         groups: dict[tuple, list[int]] = {}
@@ -154,9 +154,8 @@ class SqlSession:
                 if table not in registered:
                     registered[table] = self._lookup(table)
                 snapshot, view = registered[table]
-                if table not in member_of:
-                    raise TableNotFoundError(f"omen_knn: table {table!r} is beyond the {_MAX_MEMBERS} tables "
-                                             "SQL can serve")
+                if table not in field_of:  # (created after this statement was bound)
+                    raise TableNotFoundError(f"omen_knn: table {table!r} is newer than this statement")
                 if k is None or k < 1:
                     raise ValueError(f"omen_knn: k must be a positive integer, got {k!r}")
                 matrix = _query_matrix(queries, rows_with_query, snapshot)
@@ -164,9 +163,9 @@ class SqlSession:
                     matrix, int(k), where=where, ef=None if ef is None else int(ef), exact=bool(exact))
                 bounds = np.searchsorted(query_ids, np.arange(len(rows_with_query) + 1))
                 for i, row in enumerate(rows_with_query):
-                    found[row] = (member_of[table], view, row_numbers[bounds[i]:bounds[i + 1]],
+                    found[row] = (field_of[table], view, row_numbers[bounds[i]:bounds[i + 1]],
                                   distances[bounds[i]:bounds[i + 1]])
-        return _hit_lists(found, members)
+        return _hit_lists(found, layout)
 
     def _lookup(self, table: str | None) -> tuple[Snapshot, pa.Table]:
         registered = self._registered.get(table)
@@ -177,25 +176,25 @@ class SqlSession:
 
 
 def _hit_lists(found: list[tuple[int, pa.Table, np.ndarray, np.ndarray] | None],
-               members: list[tuple[str, pa.StructType, str]]) -> pa.Array:
-    """The UDF's result: per query row, a list of its hits as values of the members' union.
+               layout: list[tuple[str, pa.StructType, str]]) -> pa.Array:
+    """The UDF's result: per query row, a struct with a field per table; the queried table's
+    field lists the row's hits, the others are null.
 
-    ``found``: per query row, None or (member, the rows its numbers point into, row numbers,
+    ``found``: per query row, None or (field, the rows its numbers point into, row numbers,
     distances), nearest first.
     """
-    lengths = np.fromiter((0 if f is None else f[2].size for f in found), dtype=np.int32, count=len(found))
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-    total = int(offsets[-1])
-    codes = np.zeros(total, dtype=np.int8)
-    hits_rows = [(offsets[row], f) for row, f in enumerate(found) if f is not None and f[2].size]
-    children = []
-    for member, (_, struct, _) in enumerate(members):
-        mine = [(start, f) for start, f in hits_rows if f[0] == member]
+    n = len(found)
+    fields = []
+    for number, (_, struct, _) in enumerate(layout):
+        list_type = pa.list_(struct)
+        mine = [(row, f) for row, f in enumerate(found) if f is not None and f[0] == number]
         if not mine:
-            children.append(pa.nulls(total, struct))
+            fields.append(pa.nulls(n, list_type))
             continue
-        starts = np.concatenate([np.arange(start, start + f[2].size) for start, f in mine])
-        codes[starts] = member
+        lengths = np.zeros(n, dtype=np.int32)
+        for row, f in mine:
+            lengths[row] = f[2].size
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
         view = mine[0][1][1]  # (one snapshot per table for the whole call)
         taken = view.select(struct.names[:-len(_EXTRA)]).take(pa.array(np.concatenate([f[2] for _, f in mine])))
         ranks = np.concatenate([np.arange(f[2].size, dtype=np.int32) for _, f in mine])
@@ -203,15 +202,11 @@ def _hit_lists(found: list[tuple[int, pa.Table, np.ndarray, np.ndarray] | None],
             [column.combine_chunks() for column in taken.columns]
             + [pa.array(np.concatenate([f[3] for _, f in mine]), pa.float32()), pa.array(ranks)],
             fields=list(struct))
-        if len(mine) == len(hits_rows):  # every hit is this member's
-            children.append(values)
-        else:  # place them at their positions, nulls elsewhere
-            where = np.full(total, -1, dtype=np.int64)
-            where[starts] = np.arange(starts.size)
-            children.append(values.take(pa.array(where, mask=where < 0)))
-    union = pa.UnionArray.from_sparse(pa.array(codes, pa.int8()), children, [name for name, _, _ in members],
-                                      list(range(len(members))))
-    return pa.ListArray.from_arrays(pa.array(offsets), union)
+        valid = np.zeros(n, dtype=bool)
+        valid[[row for row, _ in mine]] = True
+        fields.append(pa.ListArray.from_arrays(pa.array(offsets), values,
+                                               mask=None if valid.all() else pa.array(~valid)))
+    return pa.StructArray.from_arrays(fields, names=[name for name, _, _ in layout])
 
 
 def _query_matrix(queries: pa.ListArray, rows: list[int], snapshot: Snapshot) -> np.ndarray:

@@ -1,7 +1,7 @@
 -- omendb's DuckDB functions. omendb.duckdb_connect(db) runs this file on the connection
 -- after registering, per table T, the view omen_scan__T (the table's live rows plus a row
 -- number _omen_row), the vectorised UDF omen_knn_rows (kNN over the same snapshot,
--- returning the hit rows as a union with one member per table) and
+-- returning the hit rows in a struct with one field per table) and
 -- omen_vector(BLOB) -> FLOAT[] (little-endian float32 bytes to a vector).
 
 -- Every live row of table t (vectors included), straight from the memory-mapped segments
@@ -14,16 +14,13 @@ CREATE OR REPLACE MACRO omen_scan(t) AS TABLE
 -- little-endian float32. filter: an SQL predicate over t's columns, applied before
 -- ranking (k rows come back whenever k rows match). Correlated use (LATERAL, or a
 -- column of queries) runs as one batched search per chunk of query rows. t must be a
--- constant: union_extract picks t's member of the UDF's result when the query is bound.
+-- constant: struct_extract picks t's field of the UDF's result when the query is bound.
 CREATE OR REPLACE MACRO omen_knn(t, q, k,
                                  filter := NULL, ef := NULL, exact := false) AS TABLE
     SELECT hit.* EXCLUDE (_rank)
     FROM (
-        SELECT union_extract(hits, t) AS hit
-        FROM (
-            SELECT unnest(omen_knn_rows(
-                t, CASE WHEN typeof(q) = 'BLOB' THEN omen_vector(q::BLOB) ELSE q::FLOAT[] END,
-                k, filter, ef, exact)) AS hits
-        )
+        SELECT unnest(struct_extract(omen_knn_rows(
+            t, CASE WHEN typeof(q) = 'BLOB' THEN omen_vector(q::BLOB) ELSE q::FLOAT[] END,
+            k, filter, ef, exact), t)) AS hit
     )
     ORDER BY hit._rank;

@@ -143,7 +143,7 @@ def test_duckdb_connect_registers_on_a_given_connection(db) -> None:
 
 
 def test_knn_returns_each_tables_own_columns_as_tables_come_and_go(db) -> None:
-    # omen_knn's UDF answers for every table at once (a union with one member per table):
+    # omen_knn's UDF answers for every table at once (a struct with one field per table):
     # each call must come back with its own table's columns, nested ones intact.
     notes = db.create_table("notes", schema=pa.schema([
         ("id", pa.string()), ("tags", pa.list_(pa.string())), ("meta", pa.struct([("n", pa.int32())])),
