@@ -522,8 +522,8 @@ def bench_breakdown(db, tbl, Q, gt, default_ef) -> dict:
          lambda q: con.execute(f"SELECT ?::FLOAT[{dim}]", [q.tolist()]).fetchall(), Q),
         ("con.execute('SELECT len(omen_knn_rows(...))')  (floor + bind + the kNN UDF, its result not unpacked)",
          "udf only",
-         lambda q: con.execute(f"SELECT len(omen_knn_rows('{TABLE}', ?::FLOAT[{dim}]::FLOAT[], {K}, NULL, NULL, "
-                               "false))", [q.tolist()]).fetchall(), Q),
+         lambda q: con.execute(f"SELECT len(struct_extract(omen_knn_rows('{TABLE}', ?::FLOAT[{dim}]::FLOAT[], {K}, "
+                               f"NULL, NULL, false), '{TABLE}'))", [q.tolist()]).fetchall(), Q),
     ]
     out: dict = {"pieces": []}
     for label, key, fn, items in pieces:

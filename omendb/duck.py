@@ -184,12 +184,15 @@ def _hit_lists(found: list[tuple[int, pa.Table, np.ndarray, np.ndarray] | None],
     distances), nearest first.
     """
     n = len(found)
+    by_field: dict[int, list[tuple[int, tuple]]] = {}
+    for row, f in enumerate(found):
+        if f is not None:
+            by_field.setdefault(f[0], []).append((row, f))
     fields = []
     for number, (_, struct, _) in enumerate(layout):
-        list_type = pa.list_(struct)
-        mine = [(row, f) for row, f in enumerate(found) if f is not None and f[0] == number]
+        mine = by_field.get(number)
         if not mine:
-            fields.append(pa.nulls(n, list_type))
+            fields.append(pa.nulls(n, pa.list_(struct)))
             continue
         lengths = np.zeros(n, dtype=np.int32)
         for row, f in mine:
