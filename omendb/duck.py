@@ -7,8 +7,7 @@ hit rows themselves: a ``STRUCT`` with one field per table, each a ``LIST`` of
 table's field is filled). The ``omen_knn`` macro (``sql/omendb.sql``) picks the field
 named by its table argument with ``struct_extract`` and unnests it: the table name is a
 constant, so DuckDB knows the result's columns when it binds the query, and no join
-back to the table is needed (a join costs about a millisecond in DuckDB, several times
-a graph search). A query over N rows of queries reaches the UDF as chunks of up to
+back to the table is needed (that join cost more than the search itself). A query over N rows of queries reaches the UDF as chunks of up to
 2,048 rows, each answered by one batched search.
 
 A connection sees each table as of the moment it was registered (one consistent
