@@ -5,7 +5,8 @@ Measures, on the pypi-minilm-100k dataset (100,000 x 384, unit vectors):
 
 1. durable ingest in 1,000-row batches (``omendb.open(fsync=True)``, cosine table)
    vs. appending each batch's Arrow IPC stream bytes to a plain file with one
-   ``os.fsync`` per batch;                                        target ratio >= 0.5
+   ``os.fsync`` per batch (two passes per side, alternated; the faster of each
+   side is compared);                                             target ratio >= 0.5
 2. exact single-query search latency p50/p99 (``tbl.search(q, k=10, exact=True)``
    on the flushed, closed and reopened table) vs. NumPy ``X @ q`` + argpartition
    over the same vectors held in memory as float32;               target ratio <= 1.3
@@ -498,9 +499,12 @@ def markdown(res: dict) -> str:
         f"{fmt(rec['recall_numpy'], 4)} | | ~1.0 | {verdict(rec['recall_omendb'] >= 0.999)} |",
         "",
         f"Raw bound: each batch's Arrow IPC stream ({raw['bytes'] / raw['batches'] / 1024:,.0f} KiB/batch) "
-        f"appended to a plain file + `os.fsync`, the faster of two passes (before/after omendb: "
-        f"{fmt(ing['raw_passes'][0]['rows_per_s'], 0)} / {fmt(ing['raw_passes'][1]['rows_per_s'], 0)} rows/s); "
-        f"including IPC encoding {fmt(raw['rows_per_s_with_encode'], 0)} rows/s. "
+        f"appended to a plain file + `os.fsync`. Two passes per side, in the order raw, omendb, raw, omendb; "
+        f"each side's faster pass is reported (raw {fmt(ing['raw_passes'][0]['rows_per_s'], 0)} / "
+        f"{fmt(ing['raw_passes'][1]['rows_per_s'], 0)} rows/s, omendb "
+        f"{' / '.join(fmt(p['rows_per_s'], 0) for p in ing.get('omendb_passes', [ing['omendb']]))} rows/s; "
+        f"the first memory a process touches faults in slowly on this VM). "
+        f"Raw including IPC encoding {fmt(raw['rows_per_s_with_encode'], 0)} rows/s. "
         f"omendb add latency p50 {fmt(ing['omendb']['add_p50_ms'], 2)} ms, p99 {fmt(ing['omendb']['add_p99_ms'], 2)} ms, "
         f"max {fmt(ing['omendb']['add_max_ms'], 1)} ms; final close {fmt(ing['omendb']['seconds_close'], 2)} s; "
         f"{ing['omendb']['segments_before_close']} segment(s) before close; table on disk "
@@ -624,15 +628,24 @@ def main(argv=None) -> int:
                                 "data": str(data), "omendb_open_kwargs": kwargs}}
     try:
         db_dir = tmp / "db.omen"
-        # 1. ingest: raw pass, omendb, raw pass again (report the faster raw pass)
-        print("1/5 ingest: raw bound ...", flush=True)
-        raw_a = raw_ingest(table, args.batch_rows, tmp / "raw-a.bin")
-        print("1/5 ingest: omendb ...", flush=True)
-        omen = omendb_ingest(table, args.batch_rows, db_dir, dim, kwargs)
-        print("1/5 ingest: raw bound again ...", flush=True)
-        raw_b = raw_ingest(table, args.batch_rows, tmp / "raw-b.bin")
-        raw = max(raw_a, raw_b, key=lambda r: r["rows_per_s"])
-        results["ingest"] = {"omendb": omen, "raw": raw, "raw_passes": [raw_a, raw_b],
+        # 1. ingest: two passes per side, alternated (raw, omendb, raw, omendb), the faster of each side
+        # reported. On this VM, memory a process touches for the first time (or after it lay
+        # idle for seconds) is slow to fault in, and omendb touches more of it than the raw
+        # writer (its memtable and a segment's pages), so a single pass measures the VM as much
+        # as the code. Every pass is in the JSON and the markdown.
+        raw_passes, omen_passes = [], []
+        for i in range(2):
+            print(f"1/5 ingest: raw bound (pass {i + 1}/2) ...", flush=True)
+            raw_passes.append(raw_ingest(table, args.batch_rows, tmp / f"raw-{i}.bin"))
+            print(f"1/5 ingest: omendb (pass {i + 1}/2) ...", flush=True)
+            pass_dir = db_dir if i == 0 else tmp / "db-pass-2.omen"
+            omen_passes.append(omendb_ingest(table, args.batch_rows, pass_dir, dim, kwargs))
+            print(f"    raw {raw_passes[-1]['rows_per_s']:,.0f} rows/s, omendb {omen_passes[-1]['rows_per_s']:,.0f} rows/s",
+                  flush=True)
+        shutil.rmtree(tmp / "db-pass-2.omen")  # the searches below run on the first pass's table
+        raw = max(raw_passes, key=lambda r: r["rows_per_s"])
+        omen = max(omen_passes, key=lambda r: r["rows_per_s"])
+        results["ingest"] = {"omendb": omen, "raw": raw, "raw_passes": raw_passes, "omendb_passes": omen_passes,
                              "ratio": omen["rows_per_s"] / raw["rows_per_s"],
                              "ratio_with_close": omen["rows_per_s_with_close"] / raw["rows_per_s"]}
         print(f"    omendb {omen['rows_per_s']:,.0f} rows/s, raw {raw['rows_per_s']:,.0f} rows/s, "

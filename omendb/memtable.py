@@ -113,8 +113,11 @@ class Memtable:
 
     def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(indices into ``keys`` that are live here, their memtable rows)."""
+        listed = keys.tolist()
+        if self._key_rows.keys().isdisjoint(listed):  # the common case of add(): hashed in C, no loop
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
         found, rows = [], []
-        for i, key in enumerate(keys.tolist()):
+        for i, key in enumerate(listed):
             row = self._key_rows.get(key)
             if row is not None:
                 found.append(i)

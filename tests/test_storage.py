@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import threading
 import zlib
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import omendb
 
 from conftest import run_python
 from omendb.errors import CorruptFileError, FormatVersionError, OmenError
+from omendb.storage import fileio
 from omendb.storage import segment as segment_module
 from omendb.storage.deletions import read_deletions, write_deletions
 from omendb.storage.manifest import Manifest, ManifestStore, SegmentEntry
@@ -66,6 +68,41 @@ class TestWal:
         assert [r.kind for r in records] == kinds
         for record, table in zip(records, tables):
             assert record.payload.equals(table)
+
+    def test_payload_is_exactly_the_arrow_ipc_stream(self) -> None:
+        table = _rows(0, 5)
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write(table)
+        payload = encode_table(table)
+        assert payload.to_bytes() == sink.getvalue().to_pybytes()
+        assert len(payload) == sink.getvalue().size
+
+    def test_record_of_more_buffers_than_one_writev_takes(self, tmp_path: Path) -> None:
+        wide = pa.table({f"c{i}": pa.array([i, None, i + 1], pa.int64()) for i in range(400)})
+        assert len(encode_table(wide).parts) > 1024  # Linux's IOV_MAX
+        _write_wal(tmp_path / "w.wal", [wide, _rows(0, 2)])
+        first, second = read_wal(tmp_path / "w.wal")
+        assert first.payload.equals(wide) and second.payload.equals(_rows(0, 2))
+
+    def test_short_writes_are_resumed(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        real_writev = os.writev
+
+        def at_most_100_bytes(fd, buffers):  # what a signal or a full pipe can do to writev
+            budget, taken = 100, []
+            for buffer in buffers:
+                piece = memoryview(buffer)[:budget]
+                taken.append(piece)
+                budget -= len(piece)
+                if not budget:
+                    break
+            return real_writev(fd, taken)
+
+        monkeypatch.setattr(os, "writev", at_most_100_bytes)
+        _write_wal(tmp_path / "w.wal", [_rows(0, 50), _rows(50, 3)])
+        monkeypatch.undo()
+        assert [r.payload.equals(t) for r, t in zip(read_wal(tmp_path / "w.wal"), [_rows(0, 50), _rows(50, 3)])] \
+            == [True, True]
 
     def test_empty_wal_has_no_records(self, tmp_path: Path) -> None:
         path = tmp_path / "w.wal"
@@ -192,6 +229,45 @@ class TestWal:
 
 
 # ====================================================================== segments
+class TestWriteBack:
+    @pytest.mark.skipif(fileio._SYNC_FILE_RANGE is None, reason="needs sync_file_range (Linux)")
+    def test_bulk_write_back_waits_for_a_log_commit_in_progress(self, tmp_path: Path) -> None:
+        path = tmp_path / "bulk.bin"
+        path.write_bytes(os.urandom(3 << 20))
+        done = threading.Event()
+
+        def write_back() -> None:
+            with open(path, "rb+") as handle:
+                fileio.write_back_gradually(handle.fileno(), path.stat().st_size)
+            done.set()
+
+        with fileio.log_commit_turn():
+            worker = threading.Thread(target=write_back)
+            worker.start()
+            assert not done.wait(0.3), "write-back went ahead during a log commit"
+        assert done.wait(30), "write-back did not resume after the log commit"
+        worker.join()
+
+    def test_durable_writes_take_the_log_turn_and_unsynced_ones_do_not(self, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+        from omendb.table import writer
+
+        taken = []
+        real_turn = writer.log_commit_turn
+
+        def counting_turn():
+            taken.append(1)
+            return real_turn()
+
+        monkeypatch.setattr(writer, "log_commit_turn", counting_turn)
+        with omendb.open(tmp_path / "db", build_indexes=False) as db:
+            tbl = db.create_table("t", dim=4)
+            tbl.add(np.ones((3, 4), np.float32))
+            tbl.add(np.ones((2, 4), np.float32), fsync=False)
+            tbl.delete([0])
+            assert len(taken) == 2 and tbl.count() == 4
+
+
 class TestSegment:
     def test_write_then_open_round_trip(self, tmp_path: Path) -> None:
         table = _rows(0, 50)

@@ -22,13 +22,14 @@ from ..errors import CorruptFileError, FormatVersionError
 from .checksum import crc32
 from .fileio import start_writeback
 
-__all__ = ["RecordKind", "WalRecord", "WalWriter", "read_wal", "encode_table", "decode_table"]
+__all__ = ["RecordKind", "WalRecord", "WalWriter", "Payload", "read_wal", "encode_table", "decode_table"]
 
 FORMAT_VERSION = 1
 FILE_MAGIC = b"OMENWAL\x00"
 FILE_HEADER = struct.Struct("<8sII")  # magic, format_version, crc32(magic+version)
 RECORD_MAGIC = b"WREC"
 RECORD_HEADER = struct.Struct("<4sBBHQII")  # magic, kind, flags, reserved, seq, length, crc32
+_IOV_MAX = 512  # buffers per writev call (Linux allows 1024)
 
 
 class RecordKind(enum.IntEnum):
@@ -48,12 +49,53 @@ class WalRecord:
     payload: pa.Table
 
 
-def encode_table(table: pa.Table | pa.RecordBatch) -> pa.Buffer:
-    """Serialise Arrow data as an IPC stream (the payload of a record)."""
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
+class Payload:
+    """A record's payload, one Arrow IPC stream, as the pieces the IPC writer produced.
+
+    The large pieces are the table's own buffers (nothing is copied until the bytes go
+    to the kernel), so the table must stay alive while the payload is used.
+    """
+
+    __slots__ = ("parts", "size")
+
+    def __init__(self, parts: list) -> None:
+        self.parts = [memoryview(part).cast("B") for part in parts if len(part)]
+        self.size = sum(len(part) for part in self.parts)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def to_bytes(self) -> bytes:
+        return b"".join(self.parts)
+
+
+class _Pieces:
+    """A write-only file that keeps what it is given (pyarrow hands it buffers uncopied)."""
+
+    def __init__(self) -> None:
+        self.parts: list = []
+        self.closed = False
+
+    def write(self, data) -> int:
+        self.parts.append(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+    def writable(self) -> bool:
+        return True
+
+
+def encode_table(table: pa.Table | pa.RecordBatch) -> Payload:
+    """Serialise Arrow data as an IPC stream (the payload of a record), without copying its buffers."""
+    pieces = _Pieces()
+    with pa.ipc.new_stream(pa.PythonFile(pieces, mode="w"), table.schema) as writer:
         writer.write(table)
-    return sink.getvalue()
+    return Payload(pieces.parts)
 
 
 def decode_table(payload: pa.Buffer | bytes) -> pa.Table:
@@ -66,8 +108,11 @@ def _header_bytes() -> bytes:
     return FILE_HEADER.pack(FILE_MAGIC, FORMAT_VERSION, crc32(head))
 
 
-def _record_crc(header_fields: bytes, payload: memoryview | bytes | pa.Buffer) -> int:
-    return crc32(payload, crc32(header_fields))
+def _record_crc(header_fields: bytes, payload: memoryview | bytes | pa.Buffer | Payload) -> int:
+    crc = crc32(header_fields)
+    for part in payload.parts if isinstance(payload, Payload) else (payload,):
+        crc = crc32(part, crc)
+    return crc
 
 
 class WalWriter:
@@ -83,13 +128,13 @@ class WalWriter:
             os.fsync(self._fd)
         self._size = os.fstat(self._fd).st_size
 
-    def append(self, seq: int, kind: RecordKind, payload: pa.Buffer, *, fsync: bool | None = None) -> None:
+    def append(self, seq: int, kind: RecordKind, payload: Payload, *, fsync: bool | None = None) -> None:
         """Append one record; return once it is on stable storage if ``fsync``."""
         self.write(seq, kind, payload)
         if self.fsync if fsync is None else fsync:
             self.sync_data()
 
-    def write(self, seq: int, kind: RecordKind, payload: pa.Buffer) -> None:
+    def write(self, seq: int, kind: RecordKind, payload: Payload) -> None:
         """Append one record without waiting for the disk: :meth:`sync_data` makes it durable.
 
         The kernel is asked to start writing it back at once, so work done before
@@ -98,12 +143,8 @@ class WalWriter:
         fields = struct.pack("<BBHQI", int(kind), 0, 0, seq, payload.size)
         header = RECORD_HEADER.pack(RECORD_MAGIC, int(kind), 0, 0, seq, payload.size,
                                     _record_crc(fields, payload))
+        _write_all(self._fd, [memoryview(header), *payload.parts])
         expected = len(header) + payload.size
-        written = os.writev(self._fd, [header, payload])
-        if written != expected:  # short write: finish it byte-exactly
-            rest = (header + payload.to_pybytes())[written:]
-            while rest:
-                rest = rest[os.write(self._fd, rest):]
         start_writeback(self._fd, self._size, expected)
         self._size += expected
 
@@ -119,6 +160,18 @@ class WalWriter:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def _write_all(fd: int, views: list[memoryview]) -> None:
+    """Write every byte of ``views`` in order (``writev``, resumed after a short write)."""
+    while views:
+        written = os.writev(fd, views[:_IOV_MAX])
+        while written:
+            if written >= len(views[0]):
+                written -= len(views.pop(0))
+            else:
+                views[0] = views[0][written:]
+                written = 0
 
 
 def read_wal(path: str | os.PathLike, *, repair: bool = True) -> Iterator[WalRecord]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
@@ -13,6 +14,7 @@ from ..errors import DuplicateKeyError, ReadOnlyError
 from ..keys import keys_to_numpy
 from ..memtable import Memtable, StagedRows
 from ..query.search import allowed_rows
+from ..storage.fileio import log_commit_turn
 from ..storage.wal import RecordKind, encode_table
 
 __all__ = ["WriteMixin"]
@@ -116,17 +118,22 @@ class WriteMixin:
             # ``memtable_bytes`` and growing them would copy every row held so far.
             self._flush_full_memtable()
         seq = self._seq + 1
-        self._wal.write(seq, kind, encode_table(table))
-        staged = None
-        try:
-            if kind is not RecordKind.DELETE:
-                # Copy the vectors in while the record goes to disk; they stay invisible
-                # until the record is durable and committed below.
-                staged = self._memtable.stage(table)
-        except Exception:
-            staged = None  # _apply stages again once the record is durable, and fails there if it must
-        if self._wal.fsync if fsync is None else fsync:
-            self._wal.sync_data()
+        payload = encode_table(table)
+        durable = self._wal.fsync if fsync is None else fsync
+        # A durable commit holds the disk from write to fdatasync; a background segment or
+        # index write-back hands the disk its chunks in between (fileio.log_commit_turn).
+        with log_commit_turn() if durable else contextlib.nullcontext():
+            self._wal.write(seq, kind, payload)
+            staged = None
+            try:
+                if kind is not RecordKind.DELETE:
+                    # Copy the vectors in while the record goes to disk; they stay invisible
+                    # until the record is durable and committed below.
+                    staged = self._memtable.stage(table)
+            except Exception:
+                staged = None  # _apply stages again once the record is durable, and fails there if it must
+            if durable:
+                self._wal.sync_data()
         self._seq = seq
         self._apply(kind, table, staged)
         if self._memtable.nbytes >= self._options.memtable_bytes:
