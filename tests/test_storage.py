@@ -231,7 +231,9 @@ class TestWal:
 # ====================================================================== segments
 class TestWriteBack:
     @pytest.mark.skipif(fileio._SYNC_FILE_RANGE is None, reason="needs sync_file_range (Linux)")
-    def test_bulk_write_back_waits_for_a_log_commit_in_progress(self, tmp_path: Path) -> None:
+    def test_bulk_write_back_waits_for_a_log_commit_in_progress(self, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(fileio, "LOG_COMMIT_WAIT", 30.0)  # (the real bound is a few ms)
         path = tmp_path / "bulk.bin"
         path.write_bytes(os.urandom(3 << 20))
         done = threading.Event()
@@ -245,8 +247,21 @@ class TestWriteBack:
             worker = threading.Thread(target=write_back)
             worker.start()
             assert not done.wait(0.3), "write-back went ahead during a log commit"
-        assert done.wait(30), "write-back did not resume after the log commit"
+        assert done.wait(20), "write-back did not resume after the log commit"
         worker.join()
+
+    def test_log_commits_never_wait_for_each_other(self) -> None:
+        entered = threading.Event()
+
+        def second_commit() -> None:
+            with fileio.log_commit_turn():
+                entered.set()
+
+        with fileio.log_commit_turn():
+            other = threading.Thread(target=second_commit)
+            other.start()
+            assert entered.wait(5), "a log commit waited for another one"
+        other.join()
 
     def test_durable_writes_take_the_log_turn_and_unsynced_ones_do_not(self, tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:

@@ -48,20 +48,45 @@ def start_writeback(fd: int, offset: int, nbytes: int) -> None:
         _SYNC_FILE_RANGE(fd, offset, nbytes, _WRITE)
 
 
-#: Held by a log commit (record write to fdatasync); bulk write-back waits for it per chunk.
-_LOG_TURN = threading.Lock()
+class _LogCommits:
+    """Counts log commits in progress; bulk write-back waits (briefly) for none to be."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._active = 0
+
+    @contextlib.contextmanager
+    def commit(self) -> Iterator[None]:
+        with self._changed:
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._active -= 1
+                if not self._active:
+                    self._changed.notify_all()
+
+    def wait_for_none(self, timeout: float) -> None:
+        with self._changed:
+            self._changed.wait_for(lambda: not self._active, timeout)
 
 
-@contextlib.contextmanager
-def log_commit_turn() -> Iterator[None]:
-    """Hold the disk for one log commit: a WAL record's write and its ``fdatasync``.
+_LOG_COMMITS = _LogCommits()
 
-    :func:`write_back_gradually` hands the disk its next chunk only between commits, so
-    a segment or index being written in the background fills the gaps while the writer
-    prepares its next batch, instead of queueing ahead of the log's sync.
+#: Longest a write-back chunk waits for log commits to pause (writers never wait for it).
+LOG_COMMIT_WAIT = 0.005
+
+
+def log_commit_turn() -> contextlib.AbstractContextManager[None]:
+    """Mark one log commit in progress: a WAL record's write and its ``fdatasync``.
+
+    :func:`write_back_gradually` hands the disk its next chunk between commits, so a
+    segment or index written in the background fills the gaps while the writer prepares
+    its next batch, instead of queueing ahead of the log's sync. Commits never wait for
+    each other or for the write-back.
     """
-    with _LOG_TURN:
-        yield
+    return _LOG_COMMITS.commit()
 
 
 def write_back_gradually(fd: int, size: int, chunk: int = WRITEBACK_CHUNK) -> None:
@@ -78,8 +103,7 @@ def write_back_gradually(fd: int, size: int, chunk: int = WRITEBACK_CHUNK) -> No
     if _SYNC_FILE_RANGE is None:
         return
     for offset in range(0, size, chunk):
-        with _LOG_TURN:  # a log commit in progress goes first
-            pass
+        _LOG_COMMITS.wait_for_none(LOG_COMMIT_WAIT)  # a log commit in progress goes first
         _SYNC_FILE_RANGE(fd, offset, chunk, _WAIT_BEFORE | _WRITE | _WAIT_AFTER)
 
 
