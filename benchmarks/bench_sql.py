@@ -484,6 +484,40 @@ def _split_by_query(result, n_q: int):
     return [ids[bounds[i]:bounds[i + 1]] for i in range(n_q)]
 
 
+def design_floor(con, Q, sql: str) -> list[dict]:
+    """The same query through the same macro over a UDF that returns a fixed, precomputed
+    answer (no search, no Python work): what the design costs before omendb does anything."""
+    import duckdb
+    from omendb.duck import definitions_sql
+
+    dim = Q.shape[1]
+    call = f"omen_knn_rows('{TABLE}', ?::FLOAT[{dim}]::FLOAT[], {K}, NULL, NULL, false)"
+    kind = con.execute(f"DESCRIBE SELECT {call} AS r", [Q[0].tolist()]).fetchall()[0][1]
+    answer = con.sql(f"SELECT {call} AS r", params=[Q[0].tolist()]).to_arrow_table().column("r").chunk(0)
+
+    def fixed(tables, queries, ks, filters, efs, exacts):
+        return answer
+
+    args = [duckdb.sqltype(t) for t in ("VARCHAR", "FLOAT[]", "BIGINT", "VARCHAR", "BIGINT", "BOOLEAN")]
+    con.create_function("omen_knn_rows_fixed", fixed, args, duckdb.sqltype(kind), type="arrow",
+                        null_handling="special", side_effects=True)
+    macro = definitions_sql()
+    macro = macro[macro.index("CREATE OR REPLACE MACRO omen_knn("):]
+    con.execute(macro.replace("MACRO omen_knn(", "MACRO omen_knn_fixed(").replace("omen_knn_rows(", "omen_knn_rows_fixed("))
+    fixed_sql = sql.replace("omen_knn(", "omen_knn_fixed(")
+    rows = []
+    for label, key, fn in [
+        ("design floor: con.sql(same), macro over a UDF returning a fixed answer (no search)", "floor con.sql",
+         lambda q: con.sql(fixed_sql, params=[q.tolist()]).fetchall()),
+        ("design floor: con.execute(same)", "floor con.execute",
+         lambda q: con.execute(fixed_sql, [q.tolist()]).fetchall()),
+    ]:
+        _, lat = time_queries(fn, Q)
+        rows.append({"label": label, "key": key, **lat_summary(lat)})
+        print(f"  {label}: p50 {rows[-1]['p50_ms']:.3f} ms", flush=True)
+    return rows
+
+
 def bench_breakdown(db, tbl, Q, gt, default_ef) -> dict:
     """Where the time of one ``omen_knn`` SQL call goes (each piece timed alone over all queries)."""
     import omendb
@@ -538,6 +572,7 @@ def bench_breakdown(db, tbl, Q, gt, default_ef) -> dict:
             row["recall"] = recall_at_k(pad_ids([[r[0] for r in x] for x in res]), gt)
         out["pieces"].append(row)
         print(f"  {label}: p50 {row['p50_ms']:.3f} ms, p99 {row['p99_ms']:.3f} ms", flush=True)
+    out["pieces"] += design_floor(con, Q, sql)
     # pieces inside the UDF, from Python
     extra = []
     try:
@@ -706,6 +741,14 @@ def write_markdown(res: dict, path: Path) -> None:
     L.append(f"| SQL p50 - Python p50 at the default ef ({default_ef}), ms | "
              f"{s['sql_p50_ms']:.3f} - {s['python_p50_ms']:.3f} = **{s['sql_minus_python_p50_ms']:.3f}** | "
              f"<= {SQL_OVERHEAD_TARGET_MS:.0f} | {'yes' if s['sql_overhead_ok'] else '**no**'} |")
+    floor = {p["key"]: p for p in res["omendb"].get("breakdown", {}).get("pieces", []) if "p50_ms" in p}
+    if "floor con.sql" in floor and "floor con.execute" in floor:
+        L.append(f"| design floor: the same SQL through the same macro over a UDF that returns a fixed answer (no "
+                 f"search, no Python work), minus Python p50: relation (`con.sql`, as `db.sql`) "
+                 f"{floor['floor con.sql']['p50_ms']:.3f} - {s['python_p50_ms']:.3f} = "
+                 f"{floor['floor con.sql']['p50_ms'] - s['python_p50_ms']:.3f}; `con.execute` "
+                 f"{floor['floor con.execute']['p50_ms']:.3f} - {s['python_p50_ms']:.3f} = "
+                 f"{floor['floor con.execute']['p50_ms'] - s['python_p50_ms']:.3f} | (info) | |")
     if "vss_speedup" in s:
         if s["vss_speedup"] is None:
             L.append(f"| vss p50 / omendb SQL p50 at recall >= {s['sql_recall']:.4f} | vss never reaches that recall "
