@@ -482,7 +482,7 @@ def markdown(res: dict) -> str:
         "| benchmark | omendb | raw bound / NumPy | ratio | target | met |",
         "| --- | ---: | ---: | ---: | ---: | :---: |",
         f"| durable ingest, rows/s (adds; each returns durable) | {fmt(ing['omendb']['rows_per_s'], 0)} | "
-        f"{fmt(raw['rows_per_s'], 0)} | {fmt(ing['ratio'], 2)}x | >= 0.5x | {verdict(ing['ratio'] >= 0.5)} |",
+        f"{fmt(raw['rows_per_s'], 0)} | {fmt(ing['ratio'], 3)}x | >= 0.5x | {verdict(ing['ratio'] >= 0.5)} |",
         f"| durable ingest incl. final close/flush, rows/s | {fmt(ing['omendb']['rows_per_s_with_close'], 0)} | "
         f"{fmt(raw['rows_per_s'], 0)} | {fmt(ing['ratio_with_close'], 2)}x | | |",
         f"| exact single query p50, ms | {fmt(single['omendb']['p50_ms'])} | {fmt(single['numpy']['p50_ms'])} | "

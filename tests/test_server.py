@@ -6,6 +6,7 @@ import asyncio
 import ipaddress
 import signal
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 
 import omendb
 from conftest import TOKEN, Server
+from omendb.remote.client import RemoteTable
 
 DIM = 8
 
@@ -98,6 +100,40 @@ def test_errors_are_the_same_types_with_the_servers_message(database, action, er
         action(database, table)
     assert str(caught.value)
     assert table.count() == 10  # nothing stored changed
+
+
+class _BuildingChannel:
+    """Stands in for a Flight channel whose server finishes its index after ``calls`` waits."""
+
+    uri = "grpc://stand-in:6334"
+
+    def __init__(self, call_timeout: float, calls: int) -> None:
+        self.timeout, self.calls, self.waits = call_timeout, calls, []
+
+    def action(self, name: str, body: dict) -> dict:
+        assert name == "wait_for_index"
+        self.waits.append(body["timeout"])
+        time.sleep(body["timeout"])  # the server waits that long, then answers "not yet"
+        self.calls -= 1
+        return {"done": self.calls <= 0}
+
+
+def _remote_table(channel) -> RemoteTable:
+    table = object.__new__(RemoteTable)
+    table._channel, table.name = channel, "t"
+    return table
+
+
+def test_remote_wait_for_index_waits_in_steps_within_the_call_deadline() -> None:
+    channel = _BuildingChannel(call_timeout=0.2, calls=4)
+    assert _remote_table(channel).wait_for_index() is True  # no overall timeout: until built
+    assert channel.waits == [0.1] * 4  # each call well inside the connection's 0.2 s deadline
+
+
+def test_remote_wait_for_index_honours_its_own_timeout() -> None:
+    channel = _BuildingChannel(call_timeout=0.2, calls=100)
+    assert _remote_table(channel).wait_for_index(timeout=0.25) is False
+    assert len(channel.waits) == 3 and max(channel.waits) == 0.1 and sum(channel.waits) <= 0.25 + 1e-9
 
 
 def test_async_client(server) -> None:

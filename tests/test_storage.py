@@ -243,7 +243,7 @@ class TestWriteBack:
                 fileio.write_back_gradually(handle.fileno(), path.stat().st_size)
             done.set()
 
-        with fileio.log_commit_turn():
+        with fileio.log_commit_in_progress():
             worker = threading.Thread(target=write_back)
             worker.start()
             assert not done.wait(0.3), "write-back went ahead during a log commit"
@@ -254,27 +254,27 @@ class TestWriteBack:
         entered = threading.Event()
 
         def second_commit() -> None:
-            with fileio.log_commit_turn():
+            with fileio.log_commit_in_progress():
                 entered.set()
 
-        with fileio.log_commit_turn():
+        with fileio.log_commit_in_progress():
             other = threading.Thread(target=second_commit)
             other.start()
             assert entered.wait(5), "a log commit waited for another one"
         other.join()
 
-    def test_durable_writes_take_the_log_turn_and_unsynced_ones_do_not(self, tmp_path: Path,
+    def test_durable_writes_mark_their_log_commit_and_unsynced_ones_do_not(self, tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
         from omendb.table import writer
 
         taken = []
-        real_turn = writer.log_commit_turn
+        real_turn = writer.log_commit_in_progress
 
         def counting_turn():
             taken.append(1)
             return real_turn()
 
-        monkeypatch.setattr(writer, "log_commit_turn", counting_turn)
+        monkeypatch.setattr(writer, "log_commit_in_progress", counting_turn)
         with omendb.open(tmp_path / "db", build_indexes=False) as db:
             tbl = db.create_table("t", dim=4)
             tbl.add(np.ones((3, 4), np.float32))

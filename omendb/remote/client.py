@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any, Sequence
 from urllib.parse import urlparse
 
@@ -38,6 +39,7 @@ class _Channel:
         self.client = flight.FlightClient(self.uri)
         headers = [(b"authorization", f"Bearer {token}".encode())] if token else []
         self.options = flight.FlightCallOptions(headers=headers, timeout=timeout)
+        self.timeout = timeout
         self.closed = False
 
     def _raise(self, exc: flight.FlightError) -> None:
@@ -179,7 +181,20 @@ class RemoteTable:
                                                                 **params}))
 
     def wait_for_index(self, timeout: float | None = None) -> bool:
-        return self._channel.action("wait_for_index", self._body(timeout=timeout))["done"]
+        """Wait until every segment that should have an index has one; False on ``timeout``.
+
+        Waits in server-side steps of half the connection's call timeout, so a long build
+        does not outlast the deadline of one call.
+        """
+        step = None if self._channel.timeout is None else self._channel.timeout / 2
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            wait = step if left is None else left if step is None else min(step, left)
+            if self._channel.action("wait_for_index", self._body(timeout=wait))["done"]:
+                return True
+            if wait is None or (deadline is not None and time.monotonic() >= deadline):
+                return False
 
 
 def _ids_list(ids: Any) -> list:

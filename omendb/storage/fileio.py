@@ -14,7 +14,7 @@ from ..errors import CorruptFileError
 from .checksum import crc32_of_file
 
 __all__ = ["atomic_write", "fsync_dir", "crc32_of_file", "write_file_synced", "publish_written", "verify_file",
-           "start_writeback", "write_back_gradually", "log_commit_turn"]
+           "start_writeback", "write_back_gradually", "log_commit_in_progress"]
 
 # sync_file_range(2) flags
 _WAIT_BEFORE, _WRITE, _WAIT_AFTER = 1, 2, 4
@@ -78,7 +78,7 @@ _LOG_COMMITS = _LogCommits()
 LOG_COMMIT_WAIT = 0.005
 
 
-def log_commit_turn() -> contextlib.AbstractContextManager[None]:
+def log_commit_in_progress() -> contextlib.AbstractContextManager[None]:
     """Mark one log commit in progress: a WAL record's write and its ``fdatasync``.
 
     :func:`write_back_gradually` hands the disk its next chunk between commits, so a
@@ -95,10 +95,11 @@ def write_back_gradually(fd: int, size: int, chunk: int = WRITEBACK_CHUNK) -> No
     Why not one ``fsync``: on ext4 (``data=ordered``) a log ``fdatasync`` commits the
     journal, and the commit first waits for the data of every block allocated in that
     transaction. A 64 MiB segment handed to the disk at once makes some log commit wait
-    for all of it (adds stalled 20-40 ms). Here each chunk waits for the log commit in
-    progress (:func:`log_commit_turn`), goes to the disk alone, and is waited for, so a
-    commit finds at most one chunk ahead of it. The ``fsync`` that follows still
-    guarantees durability. A no-op where ``sync_file_range`` is not available.
+    for all of it (adds stalled 20-40 ms). Here each chunk waits for the log commits in
+    progress (:func:`log_commit_in_progress`, at most :data:`LOG_COMMIT_WAIT`), goes to
+    the disk alone and is waited for, so a commit finds at most one chunk ahead of it.
+    The ``fsync`` that follows still guarantees durability. A no-op where
+    ``sync_file_range`` is not available.
     """
     if _SYNC_FILE_RANGE is None:
         return

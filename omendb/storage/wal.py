@@ -52,8 +52,8 @@ class WalRecord:
 class Payload:
     """A record's payload, one Arrow IPC stream, as the pieces the IPC writer produced.
 
-    The large pieces are the table's own buffers (nothing is copied until the bytes go
-    to the kernel), so the table must stay alive while the payload is used.
+    The large pieces are views of the table's own buffers: nothing is copied until the
+    bytes go to the kernel.
     """
 
     __slots__ = ("parts", "size")

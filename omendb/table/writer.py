@@ -14,7 +14,7 @@ from ..errors import DuplicateKeyError, ReadOnlyError
 from ..keys import keys_to_numpy
 from ..memtable import Memtable, StagedRows
 from ..query.search import allowed_rows
-from ..storage.fileio import log_commit_turn
+from ..storage.fileio import log_commit_in_progress
 from ..storage.wal import RecordKind, encode_table
 
 __all__ = ["WriteMixin"]
@@ -120,9 +120,9 @@ class WriteMixin:
         seq = self._seq + 1
         payload = encode_table(table)
         durable = self._wal.fsync if fsync is None else fsync
-        # A durable commit holds the disk from write to fdatasync; a background segment or
-        # index write-back hands the disk its chunks in between (fileio.log_commit_turn).
-        with log_commit_turn() if durable else contextlib.nullcontext():
+        # While a durable commit writes and syncs, a background segment or index write-back
+        # holds back its next chunk (fileio.log_commit_in_progress).
+        with log_commit_in_progress() if durable else contextlib.nullcontext():
             self._wal.write(seq, kind, payload)
             staged = None
             try:
