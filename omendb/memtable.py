@@ -1,7 +1,8 @@
 """The memtable: rows acknowledged since the last flush, searchable at once.
 
 Vectors live in one float32 buffer, preallocated for the flush threshold (untouched
-pages cost no memory) and grown by doubling only when one write is larger, so a
+pages cost no memory, and a helper thread faults the next few MiB in ahead of the
+writer: ``prefault.py``) and grown by doubling only when one write is larger, so a
 search sees a contiguous matrix and an append copies each vector once. Metadata stays
 as Arrow batches; the vector column of :meth:`Memtable.table` is a zero-copy view of
 the buffer. Rows deleted or replaced while still here are masked out and dropped
@@ -18,6 +19,7 @@ import pyarrow as pa
 from .convert import vectors_view
 from .index.flat import vector_norms
 from .keys import keys_to_numpy
+from .prefault import AheadOfUse
 
 __all__ = ["Memtable", "MemtableView", "StagedRows"]
 
@@ -52,6 +54,7 @@ class Memtable:
         self._metadata_schema = schema.remove(self._vector_index)
         capacity = min(max(1024, capacity_bytes // (4 * self.dim)), 1 << 18)
         self._vectors = np.empty((capacity, self.dim), dtype=np.float32)
+        self._ahead = AheadOfUse(self._vectors)  # faults pages in before stage() copies into them
         self._norms = np.empty(capacity, dtype=np.float32)
         self._live = np.zeros(capacity, dtype=bool)
         self._batches: list[pa.Table] = []
@@ -78,6 +81,7 @@ class Memtable:
         live = np.zeros(capacity, dtype=bool)
         live[: self._rows] = self._live[: self._rows]
         self._vectors, self._norms, self._live = grown, norms, live
+        self._ahead = AheadOfUse(grown)
 
     def append(self, table: pa.Table) -> None:
         """Append conformed rows (keys must not be live here already)."""
@@ -95,6 +99,7 @@ class Memtable:
         self._reserve(need)
         vectors = self._vectors[start:need]
         vectors[:] = vectors_view(table.column(self.vector_column), self.dim)
+        self._ahead.used(need * self._vectors.strides[0])
         self._norms[start:need] = vector_norms(vectors)
         self._live[start:need] = True  # snapshots only see rows before ``self._rows``
         return StagedRows(table, start)
