@@ -243,17 +243,19 @@ class TestWriteBack:
         monkeypatch.setattr(fileio, "LOG_COMMIT_WAIT", 30.0)  # so that only the bound applies
         chunks = 10
 
-        def write_back() -> float:
+        def write_back(patient=None) -> float:
             started = time.monotonic()
-            fileio.write_back_gradually(-1, chunks * fileio.WRITEBACK_CHUNK)
+            fileio.write_back_gradually(-1, chunks * fileio.WRITEBACK_CHUNK, patient=patient)
             return time.monotonic() - started
 
         alone = write_back()
         with fileio.log_commit_in_progress():  # a commit that never ends
             yielding = write_back()
+            in_a_hurry = write_back(patient=lambda: False)  # e.g. the next memtable is filling up
         assert yielding >= 1.8 * chunks * disk_time  # it waited for the commit between chunks
         assert yielding < 10 * chunks * disk_time  # but never much longer than its disk time again
         assert alone < yielding
+        assert in_a_hurry < 1.5 * chunks * disk_time  # no waiting at all
 
     def test_log_commits_never_wait_for_each_other(self) -> None:
         entered = threading.Event()

@@ -90,7 +90,8 @@ def log_commit_in_progress() -> contextlib.AbstractContextManager[None]:
     return _LOG_COMMITS.commit()
 
 
-def write_back_gradually(fd: int, size: int, chunk: int = WRITEBACK_CHUNK) -> None:
+def write_back_gradually(fd: int, size: int, chunk: int = WRITEBACK_CHUNK, *,
+                         patient: Callable[[], bool] | None = None) -> None:
     """Write a freshly written file's pages back ``chunk`` bytes at a time, between log commits.
 
     Why not one ``fsync``: on ext4 (``data=ordered``) a log ``fdatasync`` commits the
@@ -100,15 +101,16 @@ def write_back_gradually(fd: int, size: int, chunk: int = WRITEBACK_CHUNK) -> No
     progress (:func:`log_commit_in_progress`, at most :data:`LOG_COMMIT_WAIT`), goes to
     the disk alone and is waited for, so a commit finds at most one chunk ahead of it.
     The waits add up to no more than the disk time of the chunks, so under a steady
-    stream of commits a flush takes at most about twice as long and still ends before
-    the next memtable fills. The ``fsync`` that follows still guarantees durability. A
-    no-op where ``sync_file_range`` is not available.
+    stream of commits a write-back takes at most about twice as long; and none is made
+    while ``patient()`` says false (a flush that must end before the next memtable
+    fills). The ``fsync`` that follows still guarantees durability. A no-op where
+    ``sync_file_range`` is not available.
     """
     if _SYNC_FILE_RANGE is None:
         return
     waited = busy = 0.0
     for offset in range(0, size, chunk):
-        if busy > waited:  # yield no longer in all than the disk has spent on this file
+        if busy > waited and (patient is None or patient()):  # yield no longer than the disk spent on it
             started = time.monotonic()
             _LOG_COMMITS.wait_for_none(min(LOG_COMMIT_WAIT, busy - waited))
             waited += time.monotonic() - started
@@ -175,16 +177,18 @@ class ChecksummingWriter:
         self.closed = True
 
 
-def publish_written(tmp: str | os.PathLike, final: str | os.PathLike, crc32: int | None = None) -> tuple[int, int]:
+def publish_written(tmp: str | os.PathLike, final: str | os.PathLike, crc32: int | None = None, *,
+                    patient: Callable[[], bool] | None = None) -> tuple[int, int]:
     """Make a fully written temp file durable under its final name.
 
-    Checksums it (through a memory map) unless its writer did (``crc32``), fsyncs it,
-    renames it and fsyncs the directory. Returns ``(bytes, crc32)`` for the manifest.
+    Checksums it (through a memory map) unless its writer did (``crc32``), fsyncs it
+    (written back with :func:`write_back_gradually`, given ``patient``), renames it and
+    fsyncs the directory. Returns ``(bytes, crc32)`` for the manifest.
     """
     final = Path(final)
     crc = crc32_of_file(tmp) if crc32 is None else crc32
     with open(tmp, "rb+") as handle:
-        write_back_gradually(handle.fileno(), os.fstat(handle.fileno()).st_size)
+        write_back_gradually(handle.fileno(), os.fstat(handle.fileno()).st_size, patient=patient)
         os.fsync(handle.fileno())
     os.replace(tmp, final)
     fsync_dir(final.parent)

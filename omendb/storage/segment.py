@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pyarrow as pa
 
@@ -40,11 +41,13 @@ class SegmentFileInfo:
     crc32: int
 
 
-def write_segment(directory: str | os.PathLike, name: str, table: pa.Table) -> SegmentFileInfo:
+def write_segment(directory: str | os.PathLike, name: str, table: pa.Table, *,
+                  patient: Callable[[], bool] | None = None) -> SegmentFileInfo:
     """Write ``table`` as segment ``name`` in ``directory``, durably.
 
     The file is written under a temporary name, fsynced, renamed into place and the
     directory fsynced, so a crash never leaves a partial file under the final name.
+    ``patient``: see :func:`~omendb.storage.fileio.write_back_gradually`.
     """
     directory = Path(directory)
     batch = table.combine_chunks().to_batches(max_chunksize=None)
@@ -63,7 +66,7 @@ def write_segment(directory: str | os.PathLike, name: str, table: pa.Table) -> S
         with pa.PythonFile(sink, mode="w") as file, pa.ipc.new_file(file, schema, options=options) as writer:
             writer.write_batch(one_batch)
         crc = sink.crc32
-    size, crc = publish_written(tmp, directory / name, crc32=crc)
+    size, crc = publish_written(tmp, directory / name, crc32=crc, patient=patient)
     return SegmentFileInfo(name, table.num_rows, size, crc)
 
 

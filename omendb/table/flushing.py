@@ -106,10 +106,14 @@ class FlushMixin:
         try:
             if not self._closed:
                 self._write_sealed(sealed)
+                published = False
                 with self._write_lock:
                     # (a writer may have finished it meanwhile: see _finish_sealed_locked)
                     if self._sealed_job is sealed and not self._closed:
-                        self._publish_sealed(sealed, "flush")
+                        self._publish_sealed(sealed, "flush", remove_wal=False)
+                        published = True
+                if published:  # unlinking a 64 MiB log takes ~15 ms: not while writers wait
+                    self._remove_wal_files(sealed.wal_paths)
         except BaseException as exc:
             sealed.error = exc
             raise
@@ -156,15 +160,19 @@ class FlushMixin:
                 rows = view.table if view.live.all() else view.table.filter(pa.array(view.live))
                 rows = rows.append_column(NORM_COLUMN, pa.array(view.norms[view.live]))
                 name = f"seg-{sealed.seq:010d}-{os.urandom(4).hex()}{SUFFIXES[self._format]}"
-                info = write_segment(self._dir / SEGMENTS, name, rows)
+                # yield the disk to log commits only while the next memtable is under half full
+                info = write_segment(self._dir / SEGMENTS, name, rows,
+                                     patient=lambda: 2 * self._memtable.nbytes < self._options.memtable_bytes)
                 sealed.handle = self._handle(SegmentEntry(info.file, info.rows, info.bytes, info.crc32),
                                              verified=True)
             sealed.live_then = view.live
             sealed.written = True
 
-    def _publish_sealed(self, sealed: _Sealed, change: str) -> None:
+    def _publish_sealed(self, sealed: _Sealed, change: str, *, remove_wal: bool = True) -> None:
         """Publish the written segment and every pending deletion in one manifest version,
-        then swap it in for the sealed memtable (caller holds the write lock)."""
+        then swap it in for the sealed memtable (caller holds the write lock). The sealed
+        WAL files are removed too unless ``remove_wal`` is false: the caller then removes
+        them (the manifest covers their records; one left by a crash goes with the next flush)."""
         version = self._manifest.version + 1
         seg_dir = self._dir / SEGMENTS
         entries: list[SegmentEntry] = []
@@ -211,13 +219,20 @@ class FlushMixin:
         sealed.done.set()
         if sealed.handle is not None and new_handle is None:
             (seg_dir / sealed.handle.file).unlink(missing_ok=True)  # all its rows went meanwhile
-        for path in sealed.wal_paths:
-            path.unlink(missing_ok=True)
-        fsync_dir(self._dir / WAL)
+        if remove_wal:
+            self._remove_wal_files(sealed.wal_paths)
         if not self._closing:
             if new_handle is not None:
                 self._schedule_index_builds()
             self._schedule_compaction()  # new segment or new deletions: the policy may apply
+
+    def _remove_wal_files(self, paths: list[Path]) -> None:
+        try:
+            for path in paths:
+                path.unlink(missing_ok=True)
+            fsync_dir(self._dir / WAL)
+        except FileNotFoundError:  # the table was dropped meanwhile
+            pass
 
     def _with_deletions(self, entry: SegmentEntry, live: np.ndarray, version: int) -> SegmentEntry:
         del_name = f"{Path(entry.file).stem}.{version:010d}.del"
