@@ -257,6 +257,20 @@ class TestWriteBack:
         assert alone < yielding
         assert in_a_hurry < 1.5 * chunks * disk_time  # no waiting at all
 
+    @pytest.mark.parametrize("size", [0, 1, 4 << 20, (9 << 20) + 5])
+    def test_remove_gradually_deletes_the_file(self, tmp_path: Path, size: int,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+        path = tmp_path / "big.wal"
+        path.write_bytes(b"x" * size)
+        sizes = []
+        real_truncate = os.truncate
+        monkeypatch.setattr(os, "truncate", lambda p, n: (sizes.append(n), real_truncate(p, n)))
+        fileio.remove_gradually(path)
+        assert not path.exists()
+        assert sizes == sorted(sizes, reverse=True) and all(size - n <= (i + 1) * fileio.REMOVE_STEP
+                                                            for i, n in enumerate(sizes))
+        fileio.remove_gradually(path)  # already gone: fine
+
     def test_log_commits_never_wait_for_each_other(self) -> None:
         entered = threading.Event()
 

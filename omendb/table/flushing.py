@@ -28,7 +28,7 @@ import pyarrow as pa
 from ..memtable import Memtable
 from ..segments import NORM_COLUMN, SegmentHandle
 from ..storage.deletions import write_deletions
-from ..storage.fileio import fsync_dir
+from ..storage.fileio import fsync_dir, remove_gradually
 from ..storage.manifest import SegmentEntry
 from ..storage.segment import SUFFIXES, write_segment
 from ..storage.wal import WalWriter
@@ -229,7 +229,7 @@ class FlushMixin:
     def _remove_wal_files(self, paths: list[Path]) -> None:
         try:
             for path in paths:
-                path.unlink(missing_ok=True)
+                remove_gradually(path)  # (a log commit meanwhile never waits long for it)
             fsync_dir(self._dir / WAL)
         except FileNotFoundError:  # the table was dropped meanwhile
             pass
