@@ -136,7 +136,7 @@ def remove_gradually(path: str | os.PathLike, step: int = REMOVE_STEP) -> None:
         while size > step:
             size -= step
             os.truncate(path, size)
-        os.unlink(path)
+        Path(path).unlink()
     except FileNotFoundError:
         pass
 

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from ..errors import VersionNotFoundError
-from ..storage.fileio import fsync_dir
+from ..storage.fileio import fsync_dir, remove_gradually
 from .layout import MANIFESTS, SEGMENTS
 from .registry import open_tables
 
@@ -108,9 +108,9 @@ class VersionsMixin:
                 path = self._dir / SEGMENTS / name
                 try:
                     freed += path.stat().st_size
-                    path.unlink()
                 except FileNotFoundError:
-                    pass
+                    continue
+                remove_gradually(path)  # (a concurrent log commit never waits long for it)
             fsync_dir(self._dir / SEGMENTS)
         return {"versions_removed": len(drop), "files_removed": len(unreferenced), "bytes_freed": freed}
 
