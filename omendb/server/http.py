@@ -166,7 +166,8 @@ def create_app(db: Database, *, token: str | None = None, max_request_bytes: int
         table = db.open_table(name)
         if (body.vector is None) == (body.vectors is None):
             raise ValueError("give vector (one query) or vectors (several), exactly one of them")
-        query = np.asarray(body.vector if body.vector is not None else body.vectors, dtype=np.float32)
+        with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, which search() refuses by name
+            query = np.asarray(body.vector if body.vector is not None else body.vectors, dtype=np.float32)
         result = table.search(query, k=body.k, where=body.where, columns=body.columns, exact=body.exact, ef=body.ef)
         return {"results": _json_rows(result)}
 
