@@ -189,8 +189,9 @@ class RemoteTable:
         step = None if self._channel.timeout is None else self._channel.timeout / 2
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            wait = step if left is None else left if step is None else min(step, left)
+            bounds = [b for b in (step, None if deadline is None else max(0.0, deadline - time.monotonic()))
+                      if b is not None]
+            wait = min(bounds) if bounds else None
             if self._channel.action("wait_for_index", self._body(timeout=wait))["done"]:
                 return True
             if wait is None or (deadline is not None and time.monotonic() >= deadline):
