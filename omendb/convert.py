@@ -21,7 +21,8 @@ import pyarrow.compute as pc
 
 from .errors import DimensionError, InvalidVectorError, SchemaError
 
-__all__ = ["to_arrow_table", "vector_type", "to_vector_array", "infer_schema", "conform", "vectors_view"]
+__all__ = ["to_arrow_table", "vector_type", "to_vector_array", "refuse_non_finite", "infer_schema", "conform",
+           "vectors_view"]
 
 
 def vector_type(dim: int) -> pa.DataType:
@@ -118,12 +119,14 @@ def _decode_dictionaries(table: pa.Table) -> pa.Table:
     return table
 
 
-def to_vector_array(column: pa.ChunkedArray | pa.Array, dim: int | None, name: str) -> pa.FixedSizeListArray:
+def to_vector_array(column: pa.ChunkedArray | pa.Array, dim: int | None, name: str, *,
+                    check_finite: bool = True) -> pa.FixedSizeListArray:
     """Validate a vector column and cast it to ``fixed_size_list<float32, dim>``.
 
     The column holds lists of numbers, or strings of JSON arrays of numbers
     (``"[0.1, 0.2]"``); a string that is not one raises :class:`InvalidVectorError`
-    naming the row and showing the string.
+    naming the row and showing the string. ``check_finite=False`` leaves NaN and
+    infinity to the caller (:func:`refuse_non_finite`).
     """
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
@@ -165,13 +168,32 @@ def to_vector_array(column: pa.ChunkedArray | pa.Array, dim: int | None, name: s
         bad = int(np.flatnonzero(np.asarray(values.is_null()))[0]) // expected
         raise InvalidVectorError(f"vector column {name!r}: row {bad} contains a null component")
     floats = np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float32)
-    # A NaN or infinity makes the sum non-finite (so can an overflowing sum: then look closer).
-    with np.errstate(over="ignore", invalid="ignore"):
-        total = np.add.reduce(floats)
-    if not math.isfinite(total) and not np.isfinite(floats).all():
-        row = int(np.flatnonzero(~np.isfinite(floats))[0]) // expected
-        raise InvalidVectorError(f"vector column {name!r}: row {row} contains NaN or infinity")
+    if check_finite:
+        # A NaN or infinity makes the sum non-finite (so can an overflowing sum: then look closer).
+        with np.errstate(over="ignore", invalid="ignore"):
+            total = np.add.reduce(floats)
+        if not math.isfinite(total) and not np.isfinite(floats).all():
+            row = int(np.flatnonzero(~np.isfinite(floats))[0]) // expected
+            raise _non_finite(name, row)
     return pa.FixedSizeListArray.from_arrays(pa.array(floats), expected)
+
+
+def refuse_non_finite(vectors: np.ndarray, norms: np.ndarray, name: str) -> None:
+    """Raise :class:`InvalidVectorError` naming the first row of ``vectors`` with a NaN or infinity.
+
+    ``norms`` are the rows' L2 norms, computed anyway for search: a NaN or infinite
+    component makes its row's norm non-finite, so only those rows are looked at
+    (a norm can also overflow from finite components; such rows pass).
+    """
+    suspects = np.flatnonzero(~np.isfinite(norms))
+    if suspects.size:
+        bad = ~np.isfinite(vectors[suspects]).all(axis=1)
+        if bad.any():
+            raise _non_finite(name, int(suspects[np.argmax(bad)]))
+
+
+def _non_finite(name: str, row: int) -> InvalidVectorError:
+    return InvalidVectorError(f"vector column {name!r}: row {row} contains NaN or infinity")
 
 
 def _parse_vector_strings(column: pa.Array, name: str) -> pa.Array:
@@ -246,11 +268,12 @@ def _id_type(kind: pa.DataType, name: str) -> pa.DataType:
 
 
 def conform(table: pa.Table, schema: pa.Schema, *, id_column: str, vector_column: str,
-            next_id: int, require_ids: bool = False) -> pa.Table:
+            next_id: int, require_ids: bool = False, check_finite: bool = True) -> pa.Table:
     """Make ``table`` fit ``schema`` exactly, assigning ids when absent.
 
     Raises a :class:`SchemaError` naming the column on unknown columns, a missing
     vector column, or values that cannot be cast safely to the column's type.
+    ``check_finite``: see :func:`to_vector_array`.
     """
     table = _decode_dictionaries(table)
     unknown = [name for name in table.column_names if name not in schema.names]
@@ -265,7 +288,8 @@ def conform(table: pa.Table, schema: pa.Schema, *, id_column: str, vector_column
     columns = []
     for field in schema:
         if field.name == vector_column:
-            columns.append(to_vector_array(table.column(vector_column), dim, vector_column))
+            columns.append(to_vector_array(table.column(vector_column), dim, vector_column,
+                                           check_finite=check_finite))
         elif field.name == id_column and id_column not in table.column_names:
             if require_ids:
                 raise SchemaError(f"missing primary key column {id_column!r} (upsert needs it)")

@@ -38,8 +38,12 @@ class MemtableView:
 class StagedRows:
     """Rows copied into the memtable's buffers by :meth:`Memtable.stage`, not yet visible."""
 
-    table: pa.Table
     start: int
+    vectors: np.ndarray      # (rows, dim) float32: the staged slots of the buffer
+    norms: np.ndarray        # (rows,) float32
+    keys: list               # primary keys as Python values
+    metadata: pa.Table       # every column but the vectors
+    nbytes: int              # the rows' Arrow size, counted against the flush threshold
 
 
 class Memtable:
@@ -92,7 +96,7 @@ class Memtable:
 
         Nothing is visible until :meth:`commit`; staging may run before the rows are
         durable (the writer overlaps it with the WAL's disk write). Only the latest
-        staging may be committed.
+        staging may be committed; a staging never committed is overwritten by the next.
         """
         start = self._rows
         need = start + table.num_rows
@@ -100,21 +104,23 @@ class Memtable:
         vectors = self._vectors[start:need]
         vectors[:] = vectors_view(table.column(self.vector_column), self.dim)
         self._ahead.used(need * self._vectors.strides[0])
-        self._norms[start:need] = vector_norms(vectors)
+        with np.errstate(over="ignore", invalid="ignore"):  # non-finite input is refused by the caller
+            self._norms[start:need] = vector_norms(vectors)
         self._live[start:need] = True  # snapshots only see rows before ``self._rows``
-        return StagedRows(table, start)
+        return StagedRows(start, vectors, self._norms[start:need],
+                          keys_to_numpy(table.column(self.id_column)).tolist(),
+                          table.remove_column(self._vector_index), table.nbytes)
 
     def commit(self, staged: StagedRows) -> None:
         """Make staged rows visible (the writer calls it once they are durable)."""
-        table, start = staged.table, staged.start
+        start = staged.start
         if start != self._rows:
             raise RuntimeError("memtable changed between stage() and commit()")
-        keys = keys_to_numpy(table.column(self.id_column)).tolist()
-        self._key_rows.update(zip(keys, range(start, start + len(keys))))
-        self._batches.append(table.remove_column(self._vector_index))
-        self._rows = start + table.num_rows
+        self._key_rows.update(zip(staged.keys, range(start, start + len(staged.keys))))
+        self._batches.append(staged.metadata)
+        self._rows = start + len(staged.keys)
         self._table_cache = None
-        self.nbytes += table.nbytes
+        self.nbytes += staged.nbytes
 
     def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(indices into ``keys`` that are live here, their memtable rows)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -412,3 +413,25 @@ def test_all_errors_are_omen_errors() -> None:
         assert issubclass(getattr(errors, name), errors.OmenError)
         assert getattr(omendb, name) is getattr(errors, name)
     assert issubclass(omendb.TableLockedError, errors.OmenError)
+
+
+def test_refused_writes_leave_the_log_as_it_was(db_path: Path, tmp_path: Path) -> None:
+    """A write refused after its log record was begun (NaN, an existing id) cuts the record
+    off again: the log's bytes are unchanged, and a crash right after recovers the good rows."""
+    with omendb.open(db_path) as db:
+        table = db.create_table("docs", schema=SCHEMA)
+        table.add(good_rows(3, first_id=1))
+        (wal,) = (db_path / "docs" / "wal").glob("*.wal")
+        logged = wal.read_bytes()
+        vectors = np.ones((400, DIM), np.float32)
+        vectors[399, 0] = np.nan
+        with pytest.raises(errors.InvalidVectorError, match="row 399 contains NaN"):
+            table.add({"id": np.arange(100, 500), "vector": vectors})
+        with pytest.raises(errors.DuplicateKeyError, match=r"already exist.*\[2\]"):
+            table.add(good_rows(1, first_id=2))
+        assert wal.read_bytes() == logged
+        table.add(good_rows(2, first_id=10))
+        crashed = tmp_path / "crashed"  # the files as a SIGKILL now would leave them (all synced)
+        shutil.copytree(db_path, crashed)
+    with omendb.open(crashed) as db:
+        assert sorted(db.open_table("docs").to_arrow().column("id").to_pylist()) == [1, 2, 3, 10, 11]

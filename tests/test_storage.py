@@ -23,7 +23,7 @@ from omendb.storage import segment as segment_module
 from omendb.storage.deletions import read_deletions, write_deletions
 from omendb.storage.manifest import Manifest, ManifestStore, SegmentEntry
 from omendb.storage.segment import open_segment, write_segment
-from omendb.storage.wal import RecordKind, WalWriter, encode_table, read_wal
+from omendb.storage.wal import WRITE_PIECE, RecordKind, WalWriter, _pieces, encode_table, read_wal
 
 WAL_HEADER = 16
 RECORD_HEADER = 24
@@ -79,7 +79,7 @@ class TestWal:
         assert payload.to_bytes() == sink.getvalue().to_pybytes()
         assert len(payload) == sink.getvalue().size
 
-    def test_record_of_more_buffers_than_one_writev_takes(self, tmp_path: Path) -> None:
+    def test_record_of_more_buffers_than_one_pwritev_takes(self, tmp_path: Path) -> None:
         wide = pa.table({f"c{i}": pa.array([i, None, i + 1], pa.int64()) for i in range(400)})
         assert len(encode_table(wide).parts) > 1024  # Linux's IOV_MAX
         _write_wal(tmp_path / "w.wal", [wide, _rows(0, 2)])
@@ -87,9 +87,9 @@ class TestWal:
         assert first.payload.equals(wide) and second.payload.equals(_rows(0, 2))
 
     def test_short_writes_are_resumed(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-        real_writev = os.writev
+        real_pwritev = os.pwritev
 
-        def at_most_100_bytes(fd, buffers):  # what a signal or a full pipe can do to writev
+        def at_most_100_bytes(fd, buffers, offset):  # what a signal or a full disk can do to pwritev
             budget, taken = 100, []
             for buffer in buffers:
                 piece = memoryview(buffer)[:budget]
@@ -97,9 +97,9 @@ class TestWal:
                 budget -= len(piece)
                 if not budget:
                     break
-            return real_writev(fd, taken)
+            return real_pwritev(fd, taken, offset)
 
-        monkeypatch.setattr(os, "writev", at_most_100_bytes)
+        monkeypatch.setattr(os, "pwritev", at_most_100_bytes)
         _write_wal(tmp_path / "w.wal", [_rows(0, 50), _rows(50, 3)])
         monkeypatch.undo()
         assert [r.payload.equals(t) for r, t in zip(read_wal(tmp_path / "w.wal"), [_rows(0, 50), _rows(50, 3)])] \
@@ -120,6 +120,52 @@ class TestWal:
         records = list(read_wal(path))
         assert [r.seq for r in records] == [1, 2]
         assert records[1].payload.equals(_rows(2, 2))
+
+    def test_payload_is_written_in_pieces_of_the_given_size(self) -> None:
+        payload = encode_table(_rows(0, 300, dim=64))
+        pieces = list(_pieces(payload.parts, 1000))
+        sizes = [sum(len(part) for part in piece) for piece in pieces]
+        assert len(pieces) > 1 and all(size == 1000 for size in sizes[:-1]) and 0 < sizes[-1] <= 1000
+        assert b"".join(bytes(part) for piece in pieces for part in piece) == payload.to_bytes()
+
+    def test_a_pending_record_is_not_a_record_until_finished(self, tmp_path: Path) -> None:
+        path, crashed = tmp_path / "w.wal", tmp_path / "crashed.wal"
+        writer = WalWriter(path)
+        writer.append(1, RecordKind.ADD, encode_table(_rows(0, 2)))
+        end_of_first = path.stat().st_size
+        big = _rows(2, 2000, dim=64)  # several write pieces
+        assert encode_table(big).size > 2 * WRITE_PIECE
+        pending = writer.begin(2, RecordKind.ADD, encode_table(big))
+        crashed.write_bytes(path.read_bytes())  # what a crash before finish() leaves: payload, no header
+        assert crashed.stat().st_size > end_of_first
+        assert [r.seq for r in read_wal(crashed)] == [1]
+        assert crashed.stat().st_size == end_of_first  # the torn tail is cut
+        pending.finish()
+        writer.sync_data()
+        writer.close()
+        records = list(read_wal(path))
+        assert [r.seq for r in records] == [1, 2] and records[1].payload.equals(big)
+
+    def test_an_abandoned_record_leaves_no_trace(self, tmp_path: Path) -> None:
+        path = tmp_path / "w.wal"
+        writer = WalWriter(path)
+        writer.append(1, RecordKind.ADD, encode_table(_rows(0, 2)))
+        end_of_first = path.stat().st_size
+        writer.begin(2, RecordKind.ADD, encode_table(_rows(2, 500))).abandon()
+        assert path.stat().st_size == end_of_first
+        writer.append(2, RecordKind.ADD, encode_table(_rows(2, 3)))
+        writer.close()
+        records = list(read_wal(path))
+        assert [r.seq for r in records] == [1, 2] and records[1].payload.equals(_rows(2, 3))
+
+    def test_one_record_pending_at_a_time(self, tmp_path: Path) -> None:
+        writer = WalWriter(tmp_path / "w.wal")
+        pending = writer.begin(1, RecordKind.ADD, encode_table(_rows(0, 2)))
+        with pytest.raises(RuntimeError, match="already pending"):
+            writer.begin(2, RecordKind.ADD, encode_table(_rows(2, 2)))
+        pending.finish()
+        writer.close()
+        assert [r.seq for r in read_wal(tmp_path / "w.wal")] == [1]
 
     def test_unsynced_writes_are_still_readable(self, tmp_path: Path) -> None:
         path = tmp_path / "w.wal"

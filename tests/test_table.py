@@ -892,3 +892,31 @@ def test_upsert_is_atomic_for_concurrent_readers(db_path: Path, rng, fast_thread
         assert len(seen) > 100
         wrong = [c for c in seen if c != n]
         assert not wrong, f"{len(wrong)} of {len(seen)} reads saw {sorted(set(wrong))} rows instead of {n}"
+
+
+def test_a_failed_log_sync_stops_writes_until_reopen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After fdatasync of the WAL fails, the table refuses writes (the log's state is unknown)
+    instead of writing on; reopening the database gives a writable table again."""
+    import errno
+    import os
+
+    path = tmp_path / "db"
+    db = omendb.open(path)
+    table = db.create_table("t", dim=4)
+    table.add({"id": [1], "vector": [[1.0, 0.0, 0.0, 0.0]]})
+
+    def broken_disk(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "fdatasync", broken_disk)
+        with pytest.raises(OSError, match="Input/output error"):
+            table.add({"id": [2], "vector": [[0.0, 1.0, 0.0, 0.0]]})
+    with pytest.raises(omendb.errors.ReadOnlyError, match="syncing its write-ahead log failed"):
+        table.add({"id": [3], "vector": [[0.0, 0.0, 1.0, 0.0]]})
+    assert table.to_arrow().column("id").to_pylist() == [1]  # the failed add was never applied
+    db.close()
+    with omendb.open(path) as db:
+        table = db.open_table("t")
+        assert table.add({"id": [3], "vector": [[0.0, 0.0, 1.0, 0.0]]}) == 1
+        assert sorted(table.to_arrow().column("id").to_pylist()) == [1, 3]

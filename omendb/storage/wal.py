@@ -1,14 +1,16 @@
 """Write-ahead log: checksummed records, each holding one Arrow IPC stream.
 
-Spec: ``formats/wal.md``. A record is appended with one ``writev`` and, by default,
-``fdatasync``-ed before the caller is told it is durable. On open, records are read
-back in order; an incomplete or unverifiable *last* record is a torn tail (the
-process died while writing it) and is cut off; a bad record followed by more data
-is corruption and raises :class:`~omendb.errors.CorruptFileError`.
+Spec: ``formats/wal.md``. A record is written payload first, in pieces the disk starts
+on while the next is copied in, then its header, and by default ``fdatasync``-ed
+before the caller is told it is durable. On open, records are read back in order; an
+incomplete or unverifiable *last* record is a torn tail (the process died while
+writing it) and is cut off; a bad record followed by more data is corruption and
+raises :class:`~omendb.errors.CorruptFileError`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import struct
@@ -22,14 +24,18 @@ from ..errors import CorruptFileError, FormatVersionError
 from .checksum import crc32
 from .fileio import start_writeback
 
-__all__ = ["RecordKind", "WalRecord", "WalWriter", "Payload", "read_wal", "encode_table", "decode_table"]
+__all__ = ["RecordKind", "WalRecord", "WalWriter", "PendingRecord", "Payload", "read_wal", "encode_table",
+           "decode_table"]
 
 FORMAT_VERSION = 1
 FILE_MAGIC = b"OMENWAL\x00"
 FILE_HEADER = struct.Struct("<8sII")  # magic, format_version, crc32(magic+version)
 RECORD_MAGIC = b"WREC"
 RECORD_HEADER = struct.Struct("<4sBBHQII")  # magic, kind, flags, reserved, seq, length, crc32
-_IOV_MAX = 512  # buffers per writev call (Linux allows 1024)
+_IOV_MAX = 512  # buffers per pwritev call (Linux allows 1024)
+#: Payload bytes handed to the kernel per step of a record write; each step's write-back
+#: starts at once, so the disk works on one piece while the next is checksummed and copied.
+WRITE_PIECE = 256 << 10
 
 
 class RecordKind(enum.IntEnum):
@@ -122,11 +128,12 @@ class WalWriter:
         self.path = Path(path)
         self.fsync = fsync
         new = not self.path.exists() or self.path.stat().st_size == 0
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        if new:
-            os.write(self._fd, _header_bytes())
-            os.fsync(self._fd)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
+        self._pending: PendingRecord | None = None
         self._size = os.fstat(self._fd).st_size
+        if new:
+            self._size = _pwrite_all(self._fd, [memoryview(_header_bytes())], 0)
+            os.fsync(self._fd)
 
     def append(self, seq: int, kind: RecordKind, payload: Payload, *, fsync: bool | None = None) -> None:
         """Append one record; return once it is on stable storage if ``fsync``."""
@@ -135,18 +142,48 @@ class WalWriter:
             self.sync_data()
 
     def write(self, seq: int, kind: RecordKind, payload: Payload) -> None:
-        """Append one record without waiting for the disk: :meth:`sync_data` makes it durable.
+        """Append one record without waiting for the disk: :meth:`sync_data` makes it durable."""
+        self.begin(seq, kind, payload).finish()
 
-        The kernel is asked to start writing it back at once, so work done before
-        ``sync_data`` overlaps the disk write.
+    def begin(self, seq: int, kind: RecordKind, payload: Payload) -> PendingRecord:
+        """Write a record's payload and return it pending: it is not a record until ``finish()``.
+
+        The payload goes first, in pieces of :data:`WRITE_PIECE` bytes whose write-back
+        starts at once, so the disk works while the caller checks and stages the change.
+        The header, which carries the checksum, is written last, by ``finish()``; until
+        then the bytes read as a torn tail. On failure, or on ``abandon()``, the file is
+        cut back to its previous end.
         """
+        if self._pending is not None:
+            raise RuntimeError("a WAL record is already pending")
         fields = struct.pack("<BBHQI", int(kind), 0, 0, seq, payload.size)
-        header = RECORD_HEADER.pack(RECORD_MAGIC, int(kind), 0, 0, seq, payload.size,
-                                    _record_crc(fields, payload))
-        _write_all(self._fd, [memoryview(header), *payload.parts])
-        expected = len(header) + payload.size
-        start_writeback(self._fd, self._size, expected)
-        self._size += expected
+        start = self._size
+        try:
+            crc = _write_payload(self._fd, payload, start + RECORD_HEADER.size, crc32(fields))
+        except BaseException:
+            self._cut_back(start)
+            raise
+        header = RECORD_HEADER.pack(RECORD_MAGIC, int(kind), 0, 0, seq, payload.size, crc)
+        self._pending = PendingRecord(self, start, RECORD_HEADER.size + payload.size, header)
+        return self._pending
+
+    def _finish(self, record: PendingRecord) -> None:
+        try:
+            _pwrite_all(self._fd, [memoryview(record.header)], record.start)
+        except BaseException:
+            self._cut_back(record.start)
+            raise
+        finally:
+            self._pending = None
+        self._size = record.start + record.size
+
+    def _abandon(self, record: PendingRecord) -> None:
+        self._pending = None
+        self._cut_back(record.start)
+
+    def _cut_back(self, size: int) -> None:
+        with contextlib.suppress(OSError):
+            os.ftruncate(self._fd, size)
 
     def sync_data(self) -> None:
         """Wait until every record written so far is on stable storage (``fdatasync``)."""
@@ -162,16 +199,69 @@ class WalWriter:
             self._fd = -1
 
 
-def _write_all(fd: int, views: list[memoryview]) -> None:
-    """Write every byte of ``views`` in order (``writev``, resumed after a short write)."""
+class PendingRecord:
+    """A record whose payload is written and whose header is not (see :meth:`WalWriter.begin`)."""
+
+    __slots__ = ("_writer", "start", "size", "header")
+
+    def __init__(self, writer: WalWriter, start: int, size: int, header: bytes) -> None:
+        self._writer = writer
+        self.start, self.size, self.header = start, size, header
+
+    def finish(self) -> None:
+        """Write the header: the record now exists (durable after ``sync_data()``)."""
+        self._writer._finish(self)
+
+    def abandon(self) -> None:
+        """Forget the record: the log is cut back to where it began."""
+        self._writer._abandon(self)
+
+
+def _write_payload(fd: int, payload: Payload, offset: int, crc: int) -> int:
+    """Write ``payload`` at ``offset`` piece by piece, starting each piece's write-back.
+
+    Returns the record's checksum: ``crc`` (of the header fields) continued over the payload.
+    """
+    for piece in _pieces(payload.parts, WRITE_PIECE):
+        for part in piece:
+            crc = crc32(part, crc)
+        written = _pwrite_all(fd, piece, offset)
+        start_writeback(fd, offset, written)
+        offset += written
+    return crc
+
+
+def _pieces(parts: list[memoryview], size: int) -> Iterator[list[memoryview]]:
+    """``parts`` regrouped into runs of about ``size`` bytes (large parts are split)."""
+    piece: list[memoryview] = []
+    room = size
+    for part in parts:
+        while len(part):
+            taken = part[:room]
+            piece.append(taken)
+            room -= len(taken)
+            part = part[len(taken):]
+            if not room:
+                yield piece
+                piece, room = [], size
+    if piece:
+        yield piece
+
+
+def _pwrite_all(fd: int, views: list[memoryview], offset: int) -> int:
+    """Write every byte of ``views`` at ``offset`` (``pwritev``, resumed after a short write)."""
+    views = list(views)
+    total = 0
     while views:
-        written = os.writev(fd, views[:_IOV_MAX])
+        written = os.pwritev(fd, views[:_IOV_MAX], offset + total)
+        total += written
         while written:
             if written >= len(views[0]):
                 written -= len(views.pop(0))
             else:
                 views[0] = views[0][written:]
                 written = 0
+    return total
 
 
 def read_wal(path: str | os.PathLike, *, repair: bool = True) -> Iterator[WalRecord]:

@@ -50,6 +50,7 @@ class Table(VersionsMixin, CompactionMixin, IndexMixin, FlushMixin, WriteMixin, 
         self._index_cond = threading.Condition()
         self._index_errors: dict[str, BaseException] = {}
         self._closing = False
+        self._log_failure: str | None = None  # why writes stopped (a failed log sync)
         self._writer_lock: WriterLock | None = None
         self._checkout_version = None if checkout is None else checkout.version
         self._read_only = checkout is not None or options.read_only

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..convert import conform, to_arrow_table
+from ..convert import conform, refuse_non_finite, to_arrow_table
 from ..errors import DuplicateKeyError, ReadOnlyError
 from ..keys import keys_to_numpy
 from ..memtable import Memtable, StagedRows
@@ -28,6 +28,9 @@ class WriteMixin:
         if self._read_only:
             raise ReadOnlyError(f"table {self.name!r} is read-only ({self._read_only_reason}); "
                                 "writes go through the writable table of the writer process")
+        if self._log_failure is not None:
+            raise ReadOnlyError(f"table {self.name!r} takes no more writes: {self._log_failure}. Close and "
+                                "reopen the database: every acknowledged write is replayed from the log")
 
     def add(self, data: Any, *, fsync: bool | None = None) -> int:
         """Append rows; refuse keys that already exist. Returns the number of rows added.
@@ -52,22 +55,35 @@ class WriteMixin:
         self._wait_for_flush_room(raw.nbytes)
         with self._write_lock:
             self._check_open()
+            # NaN and infinity are refused in _commit, from the norms it computes anyway.
             table = conform(raw, self._schema, id_column=self.id_column, vector_column=self.vector_column,
-                            next_id=self._next_id, require_ids=kind is RecordKind.UPSERT)
+                            next_id=self._next_id, require_ids=kind is RecordKind.UPSERT, check_finite=False)
             if table.num_rows == 0:
                 return table.column(self.id_column).combine_chunks() if keys else 0
-            key_column = table.column(self.id_column)
-            self._refuse_repeated_keys(key_column)
-            if kind is RecordKind.ADD:
-                existing = self._locate(keys_to_numpy(key_column))
-                if existing:
-                    found = np.concatenate([idx for idx, _, _ in existing])
-                    sample = keys_to_numpy(key_column)[np.sort(found)[:5]].tolist()
-                    raise DuplicateKeyError(
-                        f"{found.size} id(s) already exist in table {self.name!r}, e.g. {sample}; "
-                        "use upsert() to replace rows")
             self._commit(kind, table, fsync)
         return table.column(self.id_column).combine_chunks() if keys else table.num_rows
+
+    def _check_and_stage(self, kind: RecordKind, table: pa.Table) -> StagedRows | None:
+        """Refuse repeated or (for add) existing keys and non-finite vectors; stage the rows.
+
+        Runs while the change's WAL record goes to disk and before it is finished, so a
+        refusal leaves no record behind.
+        """
+        if kind is RecordKind.DELETE:
+            return None
+        key_column = table.column(self.id_column)
+        self._refuse_repeated_keys(key_column)
+        if kind is RecordKind.ADD:
+            existing = self._locate(keys_to_numpy(key_column))
+            if existing:
+                found = np.concatenate([idx for idx, _, _ in existing])
+                sample = keys_to_numpy(key_column)[np.sort(found)[:5]].tolist()
+                raise DuplicateKeyError(
+                    f"{found.size} id(s) already exist in table {self.name!r}, e.g. {sample}; "
+                    "use upsert() to replace rows")
+        staged = self._memtable.stage(table)
+        refuse_non_finite(staged.vectors, staged.norms, self.vector_column)
+        return staged
 
     def _refuse_repeated_keys(self, keys: pa.ChunkedArray) -> None:
         if pc.count_distinct(keys).as_py() == len(keys):
@@ -109,7 +125,12 @@ class WriteMixin:
         return pa.chunked_array(keys, id_type).combine_chunks() if keys else pa.array([], id_type)
 
     def _commit(self, kind: RecordKind, table: pa.Table, fsync: bool | None) -> None:
-        """Log then apply one validated change (caller holds the write lock)."""
+        """Log then apply one conformed change (caller holds the write lock).
+
+        The WAL record's payload is written first; the change is checked and staged while
+        the disk takes it; only then is the record's header written, which makes it a
+        record. A refused change abandons it: the log is cut back, nothing changes.
+        """
         if self._sealed_job is not None and self._sealed_job.error is not None:
             self._finish_sealed_locked()  # the background flush failed: retry it before logging more
         if (kind is not RecordKind.DELETE and len(self._memtable)
@@ -123,17 +144,21 @@ class WriteMixin:
         # While a durable commit writes and syncs, a background segment or index write-back
         # holds back its next chunk (fileio.log_commit_in_progress).
         with log_commit_in_progress() if durable else contextlib.nullcontext():
-            self._wal.write(seq, kind, payload)
-            staged = None
+            record = self._wal.begin(seq, kind, payload)  # the disk starts on the payload ...
             try:
-                if kind is not RecordKind.DELETE:
-                    # Copy the vectors in while the record goes to disk; they stay invisible
-                    # until the record is durable and committed below.
-                    staged = self._memtable.stage(table)
-            except Exception:
-                staged = None  # _apply stages again once the record is durable, and fails there if it must
+                staged = self._check_and_stage(kind, table)  # ... while the change is checked and staged
+            except BaseException:
+                record.abandon()
+                raise
+            record.finish()
             if durable:
-                self._wal.sync_data()
+                try:
+                    self._wal.sync_data()
+                except OSError as exc:
+                    # The record may or may not be on disk, and the kernel may have dropped the
+                    # pages it failed to write: writing on would build on a log of unknown state.
+                    self._log_failure = f"syncing its write-ahead log failed ({exc})"
+                    raise
         self._seq = seq
         self._apply(kind, table, staged)
         if self._memtable.nbytes >= self._options.memtable_bytes:
