@@ -133,7 +133,7 @@ class TestWal:
         writer = WalWriter(path)
         writer.append(1, RecordKind.ADD, encode_table(_rows(0, 2)))
         end_of_first = path.stat().st_size
-        big = _rows(2, 2000, dim=64)  # several write pieces
+        big = _rows(2, 3 * WRITE_PIECE // (64 * 4), dim=64)  # several write pieces
         assert encode_table(big).size > 2 * WRITE_PIECE
         pending = writer.begin(2, RecordKind.ADD, encode_table(big))
         crashed.write_bytes(path.read_bytes())  # what a crash before finish() leaves: payload, no header
