@@ -16,10 +16,11 @@ from .database import Database
 from .duck import duckdb_connect
 from .remote import connect, connect_async
 from .remote.protocol import AuthenticationError
-from .errors import (ClosedError, CorruptFileError, DimensionError, DuplicateKeyError, FilterError,
-                     FormatVersionError, InvalidNameError, InvalidVectorError, NotADatabaseError,
-                     OmenError, ReadOnlyError, SchemaError, TableExistsError, TableNotFoundError,
-                     VersionNotFoundError)
+from .errors import (ArgumentTypeError, BackgroundTaskError, ClosedError, CorruptFileError, DimensionError,
+                     DiskFullError, DuplicateKeyError, FilterError, FormatVersionError, IndexBuildError,
+                     InvalidArgumentError, InvalidNameError, InvalidVectorError, MissingDependencyError,
+                     MissingVersionError, NotADatabaseError, OmenError, ReadOnlyError, SchemaError, SourceError,
+                     StorageError, TableExistsError, TableNotFoundError, VersionNotFoundError, WalDamageError)
 from .index.hnsw import HnswConfig
 from .locking import TableLockedError
 from .table import CompactionPolicy, Table, TableOptions
@@ -31,7 +32,9 @@ __all__ = [
     "OmenError", "SchemaError", "DimensionError", "InvalidVectorError", "DuplicateKeyError",
     "TableNotFoundError", "TableExistsError", "InvalidNameError", "FilterError", "CorruptFileError",
     "FormatVersionError", "NotADatabaseError", "ReadOnlyError", "ClosedError", "TableLockedError",
-    "VersionNotFoundError",
+    "VersionNotFoundError", "InvalidArgumentError", "ArgumentTypeError", "StorageError", "DiskFullError",
+    "WalDamageError", "MissingVersionError", "MissingDependencyError", "IndexBuildError", "BackgroundTaskError",
+    "SourceError", "salvage",
 ]
 
 
@@ -59,8 +62,35 @@ def open(path: str | os.PathLike, *, fsync: bool = True, memtable_bytes: int = 6
         dim, metric: of the default table ``vectors`` that ``db.add_batch(...)`` creates
             (default: the first batch's dimension, cosine).
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise ArgumentTypeError(f"path must be a folder path (str or os.PathLike), got {type(path).__name__}")
     if isinstance(compaction, bool):
         compaction = CompactionPolicy(enabled=compaction)
     return Database(path, TableOptions(fsync=fsync, memtable_bytes=memtable_bytes, build_indexes=build_indexes,
                                        compaction=compaction, read_only=read_only, lock_timeout=lock_timeout),
                     dim=dim, metric=metric)
+
+
+def salvage(path: str | os.PathLike, table: str | None = None) -> list[dict]:
+    """Reopen tables whose write-ahead log is damaged or whose newest manifest is missing.
+
+    Such a table refuses to open (:class:`WalDamageError`, :class:`MissingVersionError`)
+    rather than silently lose acknowledged writes. Salvage keeps every logged write that
+    still verifies, publishes the result as a new version, and first copies the original
+    log (and moves files no version references) to ``<table>/salvage/<time>/``. Writes
+    only in damaged bytes or in a missing version are lost; each report says which.
+
+    ``table``: the table to salvage (default: every table that fails to open for that
+    reason). Returns one report per salvaged table (see :meth:`Database.salvage`).
+    """
+    reports = []
+    with open(path, compaction=False) as db:
+        for name in [table] if table is not None else db.table_names():
+            if table is None:
+                try:
+                    db.open_table(name)
+                    continue
+                except (WalDamageError, MissingVersionError):
+                    pass
+            reports.append(db.salvage(name))
+    return reports

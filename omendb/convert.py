@@ -19,10 +19,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .errors import DimensionError, InvalidVectorError, SchemaError
+from .errors import ArgumentTypeError, DimensionError, InvalidVectorError, SchemaError
 
 __all__ = ["to_arrow_table", "vector_type", "to_vector_array", "refuse_non_finite", "infer_schema", "conform",
-           "vectors_view"]
+           "vectors_view", "check_valid_arrow"]
 
 
 def vector_type(dim: int) -> pa.DataType:
@@ -94,7 +94,7 @@ def to_arrow_table(data: Any, vector_column: str = "vector") -> pa.Table:
         if array.dtype == object:
             raise InvalidVectorError("vectors are ragged or non-numeric")
         return to_arrow_table(array, vector_column)
-    raise TypeError(
+    raise ArgumentTypeError(
         f"cannot add data of type {type(data).__name__}: give a pandas/polars DataFrame, "
         "a pyarrow Table/RecordBatch/RecordBatchReader, a list of dicts, a dict of "
         "columns or a 2-D NumPy array")
@@ -237,6 +237,7 @@ def _raise_bad_vector_string(column: pa.Array, name: str) -> None:
 
 def infer_schema(table: pa.Table, *, id_column: str, vector_column: str, dim: int | None) -> tuple[pa.Schema, bool]:
     """Schema of a new table made from ``table``: (schema, ids_assigned_by_omendb)."""
+    check_valid_arrow(table)
     table = _decode_dictionaries(table)
     if vector_column not in table.column_names:
         raise SchemaError(
@@ -275,6 +276,7 @@ def conform(table: pa.Table, schema: pa.Schema, *, id_column: str, vector_column
     vector column, or values that cannot be cast safely to the column's type.
     ``check_finite``: see :func:`to_vector_array`.
     """
+    check_valid_arrow(table)
     table = _decode_dictionaries(table)
     unknown = [name for name in table.column_names if name not in schema.names]
     if unknown:
@@ -309,8 +311,92 @@ def _assign_ids(kind: pa.DataType, rows: int, next_id: int) -> pa.Array:
     return pa.array([uuid.uuid4().hex for _ in range(rows)], pa.string())
 
 
+def _is_text(kind: pa.DataType) -> bool:
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind) or (
+        hasattr(pa.types, "is_string_view") and pa.types.is_string_view(kind))
+
+
+def _is_bytes(kind: pa.DataType) -> bool:
+    return pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_fixed_size_binary(kind)
+
+
+def _same_kind(given: pa.DataType, wanted: pa.DataType) -> bool:
+    """Whether values of ``given`` may be stored in a column of ``wanted``: the same kind of
+    value (numbers widening within integers or into floats, text, bytes, times, nested
+    types of such), never a change of meaning such as ``5`` -> ``"5"`` or ``"123"`` -> ``123``."""
+    t = pa.types
+    if given == wanted or t.is_null(given):
+        return True
+    if t.is_integer(wanted):
+        return t.is_integer(given)
+    if t.is_floating(wanted):
+        return t.is_integer(given) or t.is_floating(given)
+    if t.is_decimal(wanted):
+        return t.is_integer(given) or t.is_decimal(given)
+    for family in (_is_text, _is_bytes, t.is_boolean, t.is_date, t.is_time, t.is_duration):
+        if family(wanted):
+            return family(given)
+    if t.is_timestamp(wanted):
+        return t.is_timestamp(given) and given.tz == wanted.tz
+    listy = (t.is_list, t.is_large_list, t.is_fixed_size_list)
+    if any(f(wanted) for f in listy):
+        return any(f(given) for f in listy) and _same_kind(given.value_type, wanted.value_type)
+    if t.is_struct(wanted):
+        return (t.is_struct(given) and [f.name for f in given] == [f.name for f in wanted]
+                and all(_same_kind(g.type, w.type) for g, w in zip(given, wanted)))
+    if t.is_map(wanted):
+        return t.is_map(given) and _same_kind(given.key_type, wanted.key_type) and \
+            _same_kind(given.item_type, wanted.item_type)
+    return False
+
+
+def check_valid_arrow(table: pa.Table) -> None:
+    """Refuse Arrow data that breaks Arrow's own rules (invalid UTF-8 in a string column,
+    offsets out of bounds, ...) with a :class:`SchemaError` naming the column and row:
+    stored, such data could never be read back."""
+    try:
+        table.validate(full=True)
+        return
+    except (pa.ArrowInvalid, pa.ArrowException):
+        pass
+    for name in table.column_names:
+        column = table.column(name)
+        start = 0
+        for chunk in column.chunks:
+            try:
+                chunk.validate(full=True)
+            except (pa.ArrowInvalid, pa.ArrowException) as exc:
+                row = _first_bad_text_row(chunk)
+                if row is not None:
+                    raise SchemaError(f"column {name!r}: row {start + row} is not valid UTF-8 text") from None
+                raise SchemaError(f"column {name!r} holds malformed Arrow data: {str(exc).splitlines()[0]}") from None
+            start += len(chunk)
+    raise SchemaError("the data is malformed Arrow data")
+
+
+def _first_bad_text_row(chunk: pa.Array) -> int | None:
+    if not (pa.types.is_string(chunk.type) or pa.types.is_large_string(chunk.type)):
+        return None
+    try:
+        raw = chunk.view(pa.binary() if pa.types.is_string(chunk.type) else pa.large_binary())
+        raw.validate(full=True)  # the offsets are sound: only the text is not
+        values = raw.to_pylist()
+    except (pa.ArrowInvalid, pa.ArrowException):
+        return None
+    for row, value in enumerate(values):
+        if value is not None:
+            try:
+                value.decode("utf-8")
+            except UnicodeDecodeError:
+                return row
+    return None
+
+
 def _cast_column(column: pa.ChunkedArray, field: pa.Field) -> pa.ChunkedArray:
     if column.type != field.type:
+        if not _same_kind(column.type, field.type):
+            raise SchemaError(f"column {field.name!r} is {field.type}; the data gives {column.type}, which "
+                              "omendb does not convert (convert the values first if that is what you mean)")
         if pa.types.is_null(column.type):
             column = pa.chunked_array([pa.nulls(len(column), field.type)])
         else:

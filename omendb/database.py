@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import errno
 import json
 import os
 import re
@@ -14,29 +15,35 @@ import weakref
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from .convert import infer_schema, to_arrow_table, vector_type
 from .errors import (ClosedError, CorruptFileError, DimensionError, FormatVersionError,
-                     InvalidNameError, NotADatabaseError, ReadOnlyError, SchemaError,
-                     TableExistsError, TableNotFoundError)
+                     ArgumentTypeError, InvalidArgumentError, InvalidNameError, MissingDependencyError, NotADatabaseError, ReadOnlyError, SchemaError,
+                     TableExistsError, TableNotFoundError, describe, storage_error)
+from .locking import TableLockedError, WriterLock
 from .index.hnsw import HnswConfig
 from .shorthand import ShorthandMixin
 from .storage.fileio import atomic_write, fsync_dir
 from .storage.manifest import ManifestStore
 from .table import Table, TableOptions, new_table_manifest
-from .table.layout import MANIFESTS
+from .table.layout import LOCK, MANIFESTS, MAX_DIM
 from .worker import Workers
 
 __all__ = ["Database"]
 
 MARKER = "omendb.json"
 FORMAT_VERSION = 1
-_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]{0,127}$")
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-]{0,127}")
+
+
+def _is_name(name: Any) -> bool:
+    return isinstance(name, str) and _NAME.fullmatch(name) is not None
 
 
 def _check_name(name: Any) -> str:
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not _is_name(name):
         raise InvalidNameError(
             f"invalid table name {name!r}: use 1-128 letters, digits, '_' or '-' "
             "(no path characters, not starting with '-')")
@@ -56,7 +63,7 @@ def _close_open_databases() -> None:
         try:
             db.close()
         except Exception as exc:  # exit must go on; the WAL still holds every acknowledged write
-            warnings.warn(f"omendb: closing {db.path} at exit failed: {exc}", RuntimeWarning, stacklevel=1)
+            warnings.warn(f"omendb: closing {db.path} at exit failed: {describe(exc)}", RuntimeWarning, stacklevel=1)
 
 
 class Database(ShorthandMixin):
@@ -106,10 +113,23 @@ class Database(ShorthandMixin):
         atomic_write(marker, json.dumps({"format": "omendb.database", "format_version": FORMAT_VERSION}).encode())
 
     def _remove_leftovers(self) -> None:
-        """Finish what a crash interrupted: half-created and half-dropped tables."""
+        """Finish what a crash interrupted: half-created and half-dropped tables.
+
+        A table being created holds the writer lock of its staging folder, so the
+        staging folder of a live ``create_table`` in another process is left alone.
+        """
         for entry in os.listdir(self.path):
-            if entry.startswith((".creating-", ".dropped-")):
+            if entry.startswith(".dropped-"):
                 shutil.rmtree(self.path / entry, ignore_errors=True)
+            elif entry.startswith(".creating-") and (self.path / entry).is_dir():
+                try:
+                    lock = WriterLock(self.path / entry / LOCK, entry)
+                except (TableLockedError, CorruptFileError):
+                    continue  # being created right now (or not ours to judge)
+                try:
+                    shutil.rmtree(self.path / entry, ignore_errors=True)
+                finally:
+                    lock.release()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -126,12 +146,12 @@ class Database(ShorthandMixin):
         self._check_open()
         names = []
         for entry in sorted(os.listdir(self.path)):
-            if _NAME.match(entry) and ManifestStore(self.path / entry / MANIFESTS).versions():
+            if _is_name(entry) and ManifestStore(self.path / entry / MANIFESTS).versions():
                 names.append(entry)
         return names
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and bool(_NAME.match(name)) and name in self.table_names()
+        return _is_name(name) and name in self.table_names()
 
     def create_table(
         self,
@@ -168,12 +188,12 @@ class Database(ShorthandMixin):
         self._check_writable()
         _check_name(name)
         if format not in ("arrow", "lance"):
-            raise ValueError(f"format must be 'arrow' or 'lance', got {format!r}")
+            raise InvalidArgumentError(f"format must be 'arrow' or 'lance', got {format!r}")
         if format == "lance":
             try:
                 import lance.file  # noqa: F401  (fail early, with a clear message)
             except ImportError:
-                raise ImportError("format='lance' needs pylance: pip install 'omendb[lance]'") from None
+                raise MissingDependencyError("format='lance' needs pylance: pip install 'omendb[lance]'") from None
         if data is not None:  # once: a RecordBatchReader can be read only once
             data = to_arrow_table(data, vector_column)
         with self._lock:
@@ -181,13 +201,20 @@ class Database(ShorthandMixin):
                 if exist_ok:
                     return self.open_table(name)
                 raise TableExistsError(f"table {name!r} already exists in {self.path}")
+            target = self.path / name
+            if os.path.lexists(target):
+                raise TableExistsError(
+                    f"{target} exists but holds no omendb table (no manifests); omendb leaves it alone: "
+                    "remove or rename it, or choose another table name")
             table_schema, auto_ids = self._new_schema(data, dim, schema, id_column, vector_column)
             manifest = new_table_manifest(table_schema, id_column=id_column, vector_column=vector_column,
                                           metric=metric, auto_ids=auto_ids, index=index, format=format)
-            staging = self.path / f".creating-{name}-{uuid.uuid4().hex[:8]}"
-            ManifestStore(staging / MANIFESTS).publish(manifest)
-            os.rename(staging, self.path / name)
-            fsync_dir(self.path)
+            try:
+                self._create_folder(name, manifest)
+            except TableExistsError:
+                if exist_ok and name in self.table_names():  # another process won the race
+                    return self.open_table(name)
+                raise
             table = self.open_table(name)
         if data is not None:
             try:
@@ -197,14 +224,45 @@ class Database(ShorthandMixin):
                 raise
         return table
 
+    def _create_folder(self, name: str, manifest: Any) -> None:
+        """Publish a new table's folder atomically: staged under a hidden name, then renamed.
+
+        The staging folder holds its own writer lock until the rename, so another
+        process's leftover cleanup never removes it; a lost race with another
+        ``create_table`` of the same name raises :class:`TableExistsError` and leaves
+        nothing behind.
+        """
+        staging = self.path / f".creating-{name}-{uuid.uuid4().hex[:8]}"
+        try:
+            staging.mkdir()
+            lock = WriterLock(staging / LOCK, name)
+        except OSError as exc:
+            raise storage_error(exc, "creating a table folder", staging) from None
+        try:
+            try:
+                ManifestStore(staging / MANIFESTS).publish(manifest)
+                os.rename(staging, self.path / name)
+            except OSError as exc:
+                if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+                    raise TableExistsError(f"table {name!r} already exists in {self.path} "
+                                           "(created by another process meanwhile)") from None
+                raise storage_error(exc, f"creating table {name!r}", self.path / name) from None
+            fsync_dir(self.path)
+        finally:
+            lock.release()
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+
     @staticmethod
     def _new_schema(data: Any, dim: int | None, schema: pa.Schema | None, id_column: str,
                     vector_column: str) -> tuple[pa.Schema, bool]:
-        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 1):
-            raise ValueError(f"dim must be a positive integer, got {dim!r}")
+        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, (int, np.integer))
+                                or not 1 <= dim <= MAX_DIM):
+            raise InvalidArgumentError(f"dim must be an integer from 1 to {MAX_DIM:,}, got {dim!r}")
+        dim = None if dim is None else int(dim)
         if schema is not None:
             if not isinstance(schema, pa.Schema):
-                raise TypeError(f"schema must be a pyarrow.Schema, got {type(schema).__name__}")
+                raise ArgumentTypeError(f"schema must be a pyarrow.Schema, got {type(schema).__name__}")
             if vector_column not in schema.names:
                 raise SchemaError(f"schema has no vector column {vector_column!r}")
             kind = schema.field(vector_column).type
@@ -223,7 +281,7 @@ class Database(ShorthandMixin):
             return infer_schema(to_arrow_table(data, vector_column), id_column=id_column,
                                 vector_column=vector_column, dim=dim)
         if dim is None:
-            raise ValueError("create_table needs data=, dim= or schema=")
+            raise InvalidArgumentError("create_table needs data=, dim= or schema=")
         return pa.schema([pa.field(id_column, pa.int64(), nullable=False),
                           pa.field(vector_column, vector_type(dim), nullable=False)]), True
 
@@ -241,6 +299,30 @@ class Database(ShorthandMixin):
             self._tables[name] = table
             return table
 
+    def salvage(self, name: str) -> dict[str, Any]:
+        """Open table ``name`` although its log is damaged or a manifest version is missing.
+
+        Keeps every write-ahead-log record that still verifies (a record after a loss
+        is applied as an upsert, so the newest logged state of each key it touches
+        wins), publishes the result as a new version, and copies the original log and
+        moves unreferenced files to ``<table>/salvage/<time>/`` first. Writes that were
+        only in damaged bytes or in a missing version are lost; the report says which.
+        Returns ``table``, ``records_kept``, ``rows_kept``, ``lost`` (one line per loss),
+        ``copies`` (the folder) and ``version``; the table is open afterwards.
+        """
+        self._check_writable()
+        _check_name(name)
+        with self._lock:
+            open_here = self._tables.get(name)
+            if open_here is not None and not open_here.closed:
+                raise InvalidArgumentError(f"table {name!r} is open, so its log is sound: salvage is for a table "
+                                           "that fails to open with WalDamageError or MissingVersionError")
+            if name not in self.table_names():
+                raise TableNotFoundError(f"table {name!r} does not exist in {self.path}")
+            table = Table(name, self.path / name, self._options, self._workers, salvage=True)
+            self._tables[name] = table
+            return dict(table.salvage_report)
+
     def drop_table(self, name: str) -> None:
         """Delete a table and all its files."""
         self._check_writable()
@@ -248,15 +330,20 @@ class Database(ShorthandMixin):
         with self._lock:
             if name not in self.table_names():
                 raise TableNotFoundError(f"table {name!r} does not exist in {self.path}")
-            table = self._tables.pop(name, None)
-            if table is not None:
-                table._wait_for_sealed()  # a background flush writes no more files into the folder
-                table._closing = table._closed = True  # its files are going away: nothing to flush
-                table._wal.close()
-                table._writer_lock.release()
+            table = self._tables.get(name)
+            if table is not None and not table.closed:
+                lock = table._close_for_drop()  # stops its background work; keeps the writer lock
+            else:  # not open here: a writer elsewhere holds the lock, and then nothing changes
+                lock = WriterLock(self.path / name / LOCK, name, self._options.lock_timeout)
+            self._tables.pop(name, None)
             graveyard = self.path / f".dropped-{name}-{uuid.uuid4().hex[:8]}"
-            os.rename(self.path / name, graveyard)
-            fsync_dir(self.path)
+            try:
+                os.rename(self.path / name, graveyard)
+                fsync_dir(self.path)
+            except OSError as exc:
+                raise storage_error(exc, f"dropping table {name!r}", self.path / name) from None
+            finally:
+                lock.release()
             shutil.rmtree(graveyard, ignore_errors=True)
 
     def sql(self, query: str, params: Any = None) -> Any:

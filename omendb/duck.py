@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .blas import one_blas_thread
-from .errors import DimensionError, InvalidVectorError, TableNotFoundError
+from .errors import DimensionError, InvalidArgumentError, InvalidVectorError, TableNotFoundError
 from .query.snapshot import ROW_NUMBER, Snapshot
 
 __all__ = ["duckdb_connect", "SqlSession", "definitions_sql"]
@@ -156,7 +156,7 @@ class SqlSession:
                 if table not in field_of:  # (created after this statement was bound)
                     raise TableNotFoundError(f"omen_knn: table {table!r} is newer than this statement")
                 if k is None or k < 1:
-                    raise ValueError(f"omen_knn: k must be a positive integer, got {k!r}")
+                    raise InvalidArgumentError(f"omen_knn: k must be a positive integer, got {k!r}")
                 matrix = _query_matrix(queries, rows_with_query, snapshot)
                 query_ids, row_numbers, distances = snapshot.knn_rows(
                     matrix, int(k), where=where, ef=None if ef is None else int(ef), exact=bool(exact))

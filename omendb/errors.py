@@ -23,6 +23,16 @@ __all__ = [
     "ReadOnlyError",
     "ClosedError",
     "VersionNotFoundError",
+    "InvalidArgumentError",
+    "ArgumentTypeError",
+    "StorageError",
+    "DiskFullError",
+    "WalDamageError",
+    "MissingVersionError",
+    "MissingDependencyError",
+    "IndexBuildError",
+    "BackgroundTaskError",
+    "SourceError",
 ]
 
 
@@ -87,3 +97,87 @@ class ClosedError(OmenError, RuntimeError):
 
 class VersionNotFoundError(OmenError, LookupError):
     """``checkout`` of a version that was never published or has been cleaned up."""
+
+
+class InvalidArgumentError(OmenError, ValueError):
+    """An argument with a value omendb cannot use (``k=0``, an unknown metric, ...)."""
+
+
+class ArgumentTypeError(OmenError, TypeError):
+    """An argument of a type omendb does not accept (the message says which types it does)."""
+
+
+class StorageError(OmenError, OSError):
+    """The operating system refused a file operation; the message names the path.
+
+    ``errno`` and ``filename`` are those of the underlying ``OSError``.
+    """
+
+    def __str__(self) -> str:  # OSError would print "[Errno n] strerror: filename" instead
+        return str(self.args[0]) if self.args else ""
+
+
+class DiskFullError(StorageError):
+    """No space left on the device (or quota exceeded) while writing the named file.
+
+    A write refused this way changed nothing; free space and retry.
+    """
+
+
+class WalDamageError(CorruptFileError):
+    """A write-ahead log file is damaged where acknowledged records live.
+
+    The table refuses to open rather than silently drop acknowledged rows. The
+    message names the file and the records affected; ``omendb salvage`` (or
+    :func:`omendb.salvage`) keeps every record that can still be verified.
+    """
+
+
+class MissingVersionError(CorruptFileError):
+    """The newest manifest version(s) of a table are missing: opening would roll back.
+
+    Restore the missing manifest file(s), or accept the rollback with ``omendb salvage``.
+    """
+
+
+class SourceError(OmenError, ValueError):
+    """An input (a file, folder or stream to ingest) that cannot be read as the format it claims."""
+
+
+class MissingDependencyError(OmenError, ImportError):
+    """An optional package a feature needs is not installed (the message says which extra)."""
+
+
+class IndexBuildError(OmenError, RuntimeError):
+    """Building a segment's index failed; the segment is searched exactly meanwhile."""
+
+
+class BackgroundTaskError(OmenError, RuntimeError):
+    """A background flush, build or merge failed; the message says which and why."""
+
+
+def storage_error(exc: OSError, doing: str, path: object = None) -> StorageError:
+    """The omendb error for an ``OSError`` raised while ``doing`` something to ``path``.
+
+    A full disk (``ENOSPC``/``EDQUOT``) becomes :class:`DiskFullError` and says so.
+    """
+    import errno as _errno
+
+    where = path if path is not None else exc.filename
+    if exc.errno in (_errno.ENOSPC, _errno.EDQUOT):
+        kind, text = DiskFullError, f"no space left on the device while {doing}"
+    else:
+        kind, text = StorageError, f"{doing} failed: {exc.strerror or exc}"
+    message = f"{where}: {text}" if where is not None else text
+    error = kind(message)
+    error.errno, error.strerror = exc.errno, exc.strerror
+    error.filename = None if where is None else str(where)
+    return error
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as a warning shows it: its message, or its type when it has none."""
+    text = str(exc)
+    if isinstance(exc, OmenError) and text:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -19,6 +19,7 @@ from typing import Any, Iterator
 
 import pyarrow as pa
 
+from .errors import InvalidArgumentError, MissingDependencyError
 from .query.snapshot import Snapshot
 
 __all__ = ["export_table", "snapshot_batches", "ExportResult", "EXPORT_FORMATS"]
@@ -76,9 +77,9 @@ def export_table(table: Any, path: str | os.PathLike, format: str = "parquet", *
     vectors and metadata columns.
     """
     if format not in EXPORT_FORMATS:
-        raise ValueError(f"unknown export format {format!r}; use one of {', '.join(EXPORT_FORMATS)}")
+        raise InvalidArgumentError(f"unknown export format {format!r}; use one of {', '.join(EXPORT_FORMATS)}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        raise InvalidArgumentError(f"batch_size must be a positive integer, got {batch_size!r}")
     path = Path(path).expanduser()
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
@@ -120,7 +121,7 @@ def _write_lance(path: Path, schema: pa.Schema, batches: Iterator[pa.RecordBatch
     try:
         import lance
     except ImportError:
-        raise ImportError("exporting to Lance needs pylance: pip install 'omendb[lance]'") from None
+        raise MissingDependencyError("exporting to Lance needs pylance: pip install 'omendb[lance]'") from None
     counted = [0]
 
     def counting() -> Iterator[pa.RecordBatch]:

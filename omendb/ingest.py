@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import pyarrow as pa
 
-from .errors import OmenError, SchemaError, TableExistsError, TableNotFoundError
+from .errors import InvalidArgumentError, OmenError, SchemaError, TableExistsError, TableNotFoundError
 from .sources import Source, open_source
 
 __all__ = ["ingest", "IngestResult"]
@@ -68,7 +68,7 @@ def ingest(target: Any, source: Any, *, table: str | None = None, mode: str = "a
         on_batch: called with the row count of each batch once it is durable.
     """
     if mode not in ("auto", "create", "append"):
-        raise ValueError(f"mode must be 'auto', 'create' or 'append', got {mode!r}")
+        raise InvalidArgumentError(f"mode must be 'auto', 'create' or 'append', got {mode!r}")
     sources = list(source) if isinstance(source, (list, tuple)) else [source]
     opened = [open_source(s, vector_column=vector_column, batch_size=batch_size, format=source_format)
               if not isinstance(s, Source) else s for s in sources]
@@ -104,7 +104,7 @@ def _target_table(target: Any, name: str | None, mode: str) -> tuple[Any, bool]:
     """(table or None when it is to be created from the first batch, created)."""
     if hasattr(target, "create_table"):
         if name is None:
-            raise ValueError("ingest into a database needs table=")
+            raise InvalidArgumentError("ingest into a database needs table=")
         exists = name in target
         if mode == "create" and exists:
             raise TableExistsError(f"table {name!r} already exists in {target.path}; "
@@ -113,7 +113,7 @@ def _target_table(target: Any, name: str | None, mode: str) -> tuple[Any, bool]:
             raise TableNotFoundError(f"table {name!r} does not exist in {target.path} (CLI: --create)")
         return (target.open_table(name) if exists else None), False
     if name is not None and name != getattr(target, "name", name):
-        raise ValueError(f"table={name!r} given, but the target is table {target.name!r}")
+        raise InvalidArgumentError(f"table={name!r} given, but the target is table {target.name!r}")
     return target, False
 
 

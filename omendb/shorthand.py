@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from .convert import to_arrow_table
-from .errors import TableNotFoundError
+from .errors import InvalidArgumentError, TableNotFoundError
 
 __all__ = ["ShorthandMixin", "DEFAULT_TABLE"]
 
@@ -77,13 +77,13 @@ def _batch(vectors: Any, ids: Any, metadata: Any) -> pa.Table:
     if metadata is not None:
         extra = to_arrow_table(metadata)
         if extra.num_rows != data.num_rows:
-            raise ValueError(f"metadata has {extra.num_rows} rows for {data.num_rows} vectors")
+            raise InvalidArgumentError(f"metadata has {extra.num_rows} rows for {data.num_rows} vectors")
         for name in extra.column_names:
             data = data.append_column(name, extra.column(name))
     if ids is not None:
         id_values = pa.array(list(ids) if not isinstance(ids, (np.ndarray, pa.Array)) else ids)
         if len(id_values) != data.num_rows:
-            raise ValueError(f"{len(id_values)} ids for {data.num_rows} vectors")
+            raise InvalidArgumentError(f"{len(id_values)} ids for {data.num_rows} vectors")
         data = data.add_column(0, "id", id_values)
     return data
 

@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 
 from .convert import to_arrow_table
-from .errors import SchemaError
+from .errors import MissingDependencyError, SchemaError, SourceError
 
 __all__ = ["Source", "open_source", "FILE_FORMATS", "detect_format"]
 
@@ -98,7 +98,7 @@ def detect_format(path: str | os.PathLike) -> str:
             name = name[: -len(suffix)]
     kind = _SUFFIXES.get(Path(name).suffix)
     if kind is None:
-        raise ValueError(f"{path}: cannot tell the format from the suffix {path.suffix!r}; "
+        raise SourceError(f"{path}: cannot tell the format from the suffix {path.suffix!r}; "
                          f"pass format= one of {', '.join(FILE_FORMATS)}")
     return kind
 
@@ -116,12 +116,12 @@ def _folder_format(path: Path) -> str:
             except ValueError:
                 continue
     if not kinds and tables:
-        raise ValueError(f"{path} is a LanceDB database (tables: {', '.join(tables)}); "
+        raise SourceError(f"{path} is a LanceDB database (tables: {', '.join(tables)}); "
                          f"name one table's folder, e.g. {path / tables[0]}")
     if not kinds:
-        raise ValueError(f"{path}: folder holds no Parquet, Arrow, CSV or JSON Lines files")
+        raise SourceError(f"{path}: folder holds no Parquet, Arrow, CSV or JSON Lines files")
     if len(kinds) > 1:
-        raise ValueError(f"{path}: folder mixes formats ({', '.join(sorted(kinds))}); "
+        raise SourceError(f"{path}: folder mixes formats ({', '.join(sorted(kinds))}); "
                          "point at one file or pass format=")
     return kinds.pop()
 
@@ -144,9 +144,9 @@ def open_source(src: Any, *, vector_column: str | None = "vector", batch_size: i
         SchemaError: the vector column is missing (the message lists the columns).
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        raise SourceError(f"batch_size must be a positive integer, got {batch_size!r}")
     if format is not None and format not in FILE_FORMATS:
-        raise ValueError(f"unknown source format {format!r}; use one of {', '.join(FILE_FORMATS)}")
+        raise SourceError(f"unknown source format {format!r}; use one of {', '.join(FILE_FORMATS)}")
     if isinstance(src, Source):
         source = src
     elif isinstance(src, (str, os.PathLike)):
@@ -185,7 +185,7 @@ def _open_parquet(path: Path, batch_size: int) -> Source:
         fragments = list(dataset.get_fragments())
         total = sum(f.metadata.num_rows for f in fragments)
     except (pa.ArrowInvalid, OSError) as exc:
-        raise ValueError(f"{path}: not readable as Parquet: {exc}") from None
+        raise SourceError(f"{path}: not readable as Parquet: {exc}") from None
     schema = dataset.schema
 
     def batches() -> Iterator[pa.RecordBatch]:
@@ -221,12 +221,12 @@ def _open_lance(path: Path, batch_size: int) -> Source:
     try:
         import lance
     except ImportError:
-        raise ImportError("reading Lance datasets needs pylance: pip install 'omendb[lance]'") from None
+        raise MissingDependencyError("reading Lance datasets needs pylance: pip install 'omendb[lance]'") from None
     try:
         dataset = lance.dataset(str(path))
         schema, total = dataset.schema, dataset.count_rows()
     except (OSError, ValueError, RuntimeError) as exc:
-        raise ValueError(f"{path}: not readable as a Lance dataset: {exc}") from None
+        raise SourceError(f"{path}: not readable as a Lance dataset: {exc}") from None
 
     def batches() -> Iterator[pa.RecordBatch]:
         return _rebatch(dataset.to_batches(batch_size=batch_size), batch_size)
@@ -252,7 +252,7 @@ def _open_ipc(path: Path, batch_size: int) -> Source:
             with pa.OSFile(str(path)) as probe:
                 schema = pa.ipc.open_stream(probe).schema
         except pa.ArrowInvalid as exc:
-            raise ValueError(f"{path}: not an Arrow IPC file or stream: {exc}") from None
+            raise SourceError(f"{path}: not an Arrow IPC file or stream: {exc}") from None
 
         def stream_batches() -> Iterator[pa.RecordBatch]:
             with pa.OSFile(str(path)) as handle:  # read, not mapped: memory stays bounded
@@ -284,14 +284,14 @@ def _open_duckdb(path: Path | str, batch_size: int, kind: str, *, name: str | No
         schema = relation.limit(0).to_arrow_table().schema
     except duckdb.Error as exc:
         con.close()
-        raise ValueError(f"{name or path}: cannot read as {'CSV' if kind == 'csv' else 'JSON Lines'}: "
+        raise SourceError(f"{name or path}: cannot read as {'CSV' if kind == 'csv' else 'JSON Lines'}: "
                          f"{str(exc).splitlines()[0]}") from None
 
     def batches() -> Iterator[pa.RecordBatch]:
         try:
             yield from _rebatch(relation.to_arrow_reader(batch_size), batch_size)
         except duckdb.Error as exc:
-            raise ValueError(f"{name or path}: {str(exc).splitlines()[0]}") from None
+            raise SourceError(f"{name or path}: {str(exc).splitlines()[0]}") from None
 
     return Source(name or str(path), schema, None, kind, batches, con.close)
 
@@ -299,7 +299,7 @@ def _open_duckdb(path: Path | str, batch_size: int, kind: str, *, name: str | No
 def _open_npy(path: Path, batch_size: int, vector_column: str) -> Source:
     array = np.load(path, mmap_mode="r")
     if array.ndim != 2:
-        raise ValueError(f"{path}: a .npy source must be a 2-D array of vectors, got shape {array.shape}")
+        raise SourceError(f"{path}: a .npy source must be a 2-D array of vectors, got shape {array.shape}")
     return _numpy_source(str(path), array, batch_size, vector_column)
 
 
@@ -307,11 +307,11 @@ def _open_stdin(batch_size: int, kind: str) -> Source:
     if kind in ("csv", "jsonl"):
         return _open_duckdb("/dev/stdin", batch_size, kind, name="<stdin>")
     if kind != "arrow":
-        raise ValueError(f"standard input can be an Arrow IPC stream, CSV or JSON Lines, not {kind!r}")
+        raise SourceError(f"standard input can be an Arrow IPC stream, CSV or JSON Lines, not {kind!r}")
     try:
         reader = pa.ipc.open_stream(sys.stdin.buffer)
     except pa.ArrowInvalid as exc:
-        raise ValueError(f"<stdin>: not an Arrow IPC stream ({exc}); for CSV or JSON Lines "
+        raise SourceError(f"<stdin>: not an Arrow IPC stream ({exc}); for CSV or JSON Lines "
                          "pass format='csv' / 'jsonl' (CLI: --source-format)") from None
     return Source("<stdin>", reader.schema, None, "arrow", lambda: _rebatch(reader, batch_size))
 
@@ -333,7 +333,7 @@ def _open_object(src: Any, batch_size: int, vector_column: str) -> Source:
     module = type(src).__module__.split(".")[0]
     if isinstance(src, np.ndarray):
         if src.ndim != 2:
-            raise ValueError(f"a NumPy source must be a 2-D array of vectors, got shape {src.shape}")
+            raise SourceError(f"a NumPy source must be a 2-D array of vectors, got shape {src.shape}")
         return _numpy_source("numpy array", src, batch_size, vector_column)
     if isinstance(src, pa.RecordBatchReader):
         return Source(kind, src.schema, None, "arrow", lambda: _rebatch(src, batch_size))

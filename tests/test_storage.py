@@ -7,6 +7,7 @@ import os
 import struct
 import threading
 import time
+import warnings
 import zlib
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import pytest
 import omendb
 
 from conftest import run_python
-from omendb.errors import CorruptFileError, FormatVersionError, OmenError
+from omendb.errors import CorruptFileError, FormatVersionError, OmenError, WalDamageError
 from omendb.storage import fileio
 from omendb.storage import segment as segment_module
 from omendb.storage.deletions import read_deletions, write_deletions
@@ -190,7 +191,8 @@ class TestWal:
         }[cut]
         with open(path, "r+b") as handle:
             handle.truncate(keep)
-        records = list(read_wal(path))
+        with pytest.warns(RuntimeWarning, match="torn last record"):  # a power loss, not a killed process
+            records = list(read_wal(path))
         assert [r.seq for r in records] == [1, 2]
         assert records[1].payload.equals(_rows(3, 3))
         # the torn bytes are gone, so appending continues a clean log
@@ -200,18 +202,81 @@ class TestWal:
         writer.close()
         assert [r.seq for r in read_wal(path)] == [1, 2, 3]
 
-    @pytest.mark.parametrize("garbage", [b"\x00" * 7, b"\xde\xad\xbe\xef" * 40, b"WREC" + b"\x01" * 60,
-                                         b"WREC\x01\x00\x00\x00" + struct.pack("<QII", 3, 8, 0) + b"12345678"])
-    def test_garbage_after_last_record_is_cut(self, tmp_path: Path, garbage: bytes) -> None:
+    @pytest.mark.parametrize("garbage", [b"\x00" * 7, b"\x00" * 24 + b"payload, header never written",
+                                         b"WREC\x01\x01"])
+    def test_what_a_crash_leaves_after_the_last_record_is_cut(self, tmp_path: Path, garbage: bytes) -> None:
         path = tmp_path / "w.wal"
         _write_wal(path, [_rows(0, 3), _rows(3, 3)])
         good_size = path.stat().st_size
         with open(path, "ab") as handle:
             handle.write(garbage)
-        records = list(read_wal(path))
+        with warnings.catch_warnings(record=True):
+            warnings.simplefilter("always")
+            records = list(read_wal(path))
         assert [r.seq for r in records] == [1, 2]
         assert records[0].payload.equals(_rows(0, 3))
         assert path.stat().st_size == good_size
+
+    @pytest.mark.parametrize("garbage", [b"\xde\xad\xbe\xef" * 40, b"WREC" + b"\x01" * 60,
+                                         b"WREC\x01\x00\x00\x00" + struct.pack("<QII", 3, 8, 0) + b"12345678"])
+    def test_bytes_no_crash_leaves_after_the_last_record_are_damage(self, tmp_path: Path, garbage: bytes) -> None:
+        # A record header is written last, in one write: a crash leaves zeros there, never
+        # other bytes. Bytes that verify as nothing are damage, reported and kept.
+        path = tmp_path / "w.wal"
+        _write_wal(path, [_rows(0, 3), _rows(3, 3)])
+        with open(path, "ab") as handle:
+            handle.write(garbage)
+        before = path.read_bytes()
+        with pytest.raises(WalDamageError, match="w.wal"):
+            list(read_wal(path))
+        assert path.read_bytes() == before
+
+    @pytest.mark.parametrize("where", ["payload", "seq_field", "length_field", "crc_field", "kind_field"])
+    def test_damage_to_the_last_acknowledged_record_is_reported_not_cut(self, tmp_path: Path, where: str) -> None:
+        path = tmp_path / "00000000000000000001.wal"
+        offsets = _write_wal(path, [_rows(0, 3), _rows(3, 3), _rows(6, 3)])
+        last = offsets[-1]
+        offset = {"payload": last + RECORD_HEADER + 200, "seq_field": last + 9, "length_field": last + 17,
+                  "crc_field": last + 21, "kind_field": last + 4}[where]
+        _flip_byte(path, offset)
+        before = path.read_bytes()
+        with pytest.raises(WalDamageError, match=path.name) as info:
+            list(read_wal(path))
+        assert str(last) in str(info.value) and "seq 3" in str(info.value)
+        assert path.read_bytes() == before
+
+    def test_a_sector_the_disk_never_wrote_is_a_torn_tail(self, tmp_path: Path) -> None:
+        # What a power loss can leave of an unsynced record: its header reached the disk,
+        # one sector of its payload did not (and reads as zeros).
+        path = tmp_path / "w.wal"
+        offsets = _write_wal(path, [_rows(0, 3), _rows(3, 40, dim=64)])
+        last = offsets[-1]
+        data = bytearray(path.read_bytes())
+        sector = (last // 512 + 2) * 512
+        assert sector + 512 <= len(data)
+        data[sector:sector + 512] = bytes(512)
+        path.write_bytes(bytes(data))
+        with pytest.warns(RuntimeWarning, match="torn last record"):
+            records = list(read_wal(path))
+        assert [r.seq for r in records] == [1]
+        assert path.stat().st_size == last
+
+    def test_records_must_be_consecutive(self, tmp_path: Path) -> None:
+        path = tmp_path / "00000000000000000001.wal"
+        writer = WalWriter(path)
+        writer.append(1, RecordKind.ADD, encode_table(_rows(0, 2)))
+        writer.append(3, RecordKind.ADD, encode_table(_rows(2, 2)))  # seq 2 is missing
+        writer.close()
+        with pytest.raises(WalDamageError, match="seq 3 where 2 was expected"):
+            list(read_wal(path, expected_first=1))
+        with pytest.raises(WalDamageError, match="seq 1 where 5 was expected"):
+            list(read_wal(path, expected_first=5))  # the name promises records from 5 on
+
+    def test_a_new_log_file_appears_complete_or_not_at_all(self, tmp_path: Path) -> None:
+        path = tmp_path / "00000000000000000001.wal"
+        WalWriter(path).close()
+        assert path.stat().st_size == WAL_HEADER
+        assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left
 
     def test_repair_false_leaves_the_file_alone(self, tmp_path: Path) -> None:
         path = tmp_path / "w.wal"
@@ -222,10 +287,17 @@ class TestWal:
         assert [r.seq for r in read_wal(path, repair=False)] == [1, 2]
         assert path.stat().st_size == size
 
-    def test_file_with_partial_header_reads_as_empty(self, tmp_path: Path) -> None:
+    @pytest.mark.parametrize("size", [0, 5, 10])
+    def test_file_shorter_than_its_header_is_damage(self, tmp_path: Path, size: int) -> None:
+        # A log file is created whole (header written and synced under a temporary name,
+        # then renamed), so a short one was truncated: its records may have been acknowledged.
         path = tmp_path / "w.wal"
-        path.write_bytes(b"OMENW")
-        assert list(read_wal(path)) == []
+        _write_wal(path, [_rows(0, 3)])
+        with open(path, "r+b") as handle:
+            handle.truncate(size)
+        with pytest.raises(WalDamageError, match="shorter than its header"):
+            list(read_wal(path))
+        assert path.stat().st_size == size
 
     @pytest.mark.parametrize("where", ["payload", "seq_field", "magic", "crc_field"])
     def test_corrupt_record_followed_by_valid_records_raises(self, tmp_path: Path, where: str) -> None:
@@ -271,7 +343,7 @@ class TestWal:
         path = tmp_path / "w.wal"
         _write_wal(path, [_rows(0, 2)])
         _flip_byte(path, 2)
-        with pytest.raises(CorruptFileError, match="w.wal"):
+        with pytest.raises(WalDamageError, match="w.wal"):
             list(read_wal(path))
 
 
@@ -656,7 +728,7 @@ class TestDamagedTableFiles:
         _make_table(db_path, flush=True, wal_batches=3)
         (wal,) = (db_path / "t" / "wal").glob("*.wal")
         with open(wal, "ab") as handle:
-            handle.write(b"WREC\x01\x00\x00\x00" + b"\x07" * 30)  # a record that never finished
+            handle.write(bytes(24) + b"\x07" * 30)  # a record that never finished: payload, no header
         expected = set(range(30)) - {1, 2} | set(range(100, 115))
         with omendb.open(db_path) as db:
             table = db.open_table("t")

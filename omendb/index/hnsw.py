@@ -21,7 +21,7 @@ from typing import Any, Callable
 import faiss
 import numpy as np
 
-from ..errors import CorruptFileError
+from ..errors import CorruptFileError, InvalidArgumentError
 from ..storage.fileio import publish_written, verify_file
 
 __all__ = ["HnswConfig", "HnswIndex", "BuildCancelled", "build_hnsw", "build_threads", "load_hnsw"]
@@ -58,9 +58,9 @@ class HnswConfig:
         for name in ("m", "ef_construction", "ef_search", "min_rows"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name != "min_rows" else 0):
-                raise ValueError(f"HnswConfig.{name} must be a positive integer, got {value!r}")
+                raise InvalidArgumentError(f"HnswConfig.{name} must be a positive integer, got {value!r}")
         if self.m < 2:
-            raise ValueError(f"HnswConfig.m must be >= 2, got {self.m}")
+            raise InvalidArgumentError(f"HnswConfig.m must be >= 2, got {self.m}")
 
     def build_params(self) -> dict[str, int]:
         """The parameters that shape a built graph (an index is stale if they change)."""
@@ -105,7 +105,9 @@ class HnswIndex:
         if allowed is None:
             params = self._params.get(ef)
             if params is None:
-                params = self._params[ef] = faiss.SearchParametersHNSW(efSearch=ef)
+                params = faiss.SearchParametersHNSW(efSearch=ef)
+                if len(self._params) < 64:  # (callers choose ef: keep the cache small)
+                    self._params[ef] = params
             return params, None
         bits = np.packbits(allowed, bitorder="little")
         params = faiss.SearchParametersHNSW(efSearch=ef)
@@ -120,7 +122,8 @@ class HnswIndex:
         """
         if queries.dtype != np.float32 or not queries.flags.c_contiguous:
             queries = np.ascontiguousarray(queries, dtype=np.float32)
-        params, _keep_alive = self._search_params(max(ef, k), allowed)
+        # A candidate list longer than the graph finds nothing more.
+        params, _keep_alive = self._search_params(min(max(ef, k), max(self.rows, k)), allowed)
         n = queries.shape[0]
         scores = np.empty((n, k), dtype=np.float32)
         positions = np.empty((n, k), dtype=np.int64)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import threading
 from collections import OrderedDict
-from typing import Iterator
+from typing import Any, Iterator
 
 import duckdb
 import numpy as np
@@ -14,9 +15,7 @@ import pyarrow as pa
 
 from ..errors import FilterError
 
-__all__ = ["filter_mask", "validate_predicate", "MaskCache"]
-
-_ROW = "__omendb_row"
+__all__ = ["filter_mask", "validate_predicate", "check_bounded_predicate", "BOUNDED_FUNCTIONS", "MaskCache"]
 
 
 class _ConnectionPool:
@@ -92,22 +91,108 @@ def validate_predicate(where: str) -> str:
 
 
 def filter_mask(table: pa.Table, where: str) -> np.ndarray:
-    """Boolean mask of the rows of ``table`` for which ``where`` is true (NULL is false)."""
+    """Boolean mask of the rows of ``table`` for which ``where`` is true (NULL is false).
+
+    The predicate sees the table's columns and nothing else. It is evaluated once per
+    row in the select list; the ``WHERE`` clause that repeats it is always true (the
+    optimizer drops it) and is there so that DuckDB refuses aggregates and window
+    functions, as in any ``WHERE``. The newlines end a trailing ``--`` comment; the
+    predicate parsed as one expression.
+    """
     validate_predicate(where)
-    numbered = table.append_column(_ROW, pa.array(np.arange(table.num_rows, dtype=np.int64)))
     with _pool.connection() as con:
-        con.register("t", numbered)
+        con.register("t", table)
         try:
-            # The newline ends a trailing "--" comment; the predicate parsed as one expression.
-            rows = con.execute(f"SELECT {_ROW} FROM t WHERE ({where}\n)").fetchnumpy()[_ROW]
+            result = con.execute(f"SELECT COALESCE(CAST(({where}\n) AS BOOLEAN), false) AS m FROM t "
+                                 f"WHERE (({where}\n) IS NULL OR true)").fetchnumpy()["m"]
         except duckdb.Error as exc:
             message = str(exc).splitlines()[0]
             raise FilterError(f"invalid where predicate {where!r}: {message}") from None
         finally:
             con.unregister("t")
-    mask = np.zeros(table.num_rows, dtype=bool)
-    mask[np.asarray(rows, dtype=np.int64)] = True
+    mask = np.asarray(result, dtype=bool)
+    if mask.shape != (table.num_rows,):  # (cannot happen: one value per row)
+        raise FilterError(f"where predicate {where!r} did not give one value per row")
     return mask
+
+
+#: Functions a ``where`` may call where predicates come from untrusted clients (the
+#: server): comparisons, arithmetic, text matching, dates, lists and structs, each of
+#: whose cost is bounded by the size of its inputs. Functions that make values of a
+#: size they are told (``range``, ``repeat``, ``lpad``, ...) are not among them.
+BOUNDED_FUNCTIONS = frozenset("""
++ - * / // % ** ^ & | << >> ~ ! || ~~ !~~ ~~* !~~* ~~~ !~~~ ^@ @> <@ && list_value row struct_pack
+abs sign round floor ceil ceiling trunc sqrt cbrt ln log log2 log10 exp pow power least greatest
+isnan isinf isfinite even gcd lcm mod divide add subtract multiply
+coalesce ifnull nullif if
+lower upper lcase ucase length len strlen char_length character_length octet_length bit_length
+starts_with ends_with prefix suffix contains strpos instr position substring substr left right
+trim ltrim rtrim replace reverse concat concat_ws like_escape ilike_escape not_like_escape
+not_ilike_escape glob regexp_matches regexp_full_match regexp_extract regexp_replace split_part
+string_split str_split ascii unicode ord chr md5 sha256 hash levenshtein jaccard
+damerau_levenshtein hamming jaro_similarity jaro_winkler_similarity editdist3 mismatches
+year month day hour minute second millisecond microsecond week weekday dayofweek dayofyear
+dayofmonth quarter era epoch epoch_ms epoch_us epoch_ns date_part datepart date_trunc datetrunc
+date_diff datediff date_sub datesub date_add strftime strptime to_timestamp make_date
+make_timestamp make_time last_day dayname monthname today current_date now current_timestamp
+get_current_timestamp age to_days to_hours to_minutes to_seconds to_milliseconds
+list_contains list_has array_contains array_has list_has_any array_has_any list_has_all
+array_has_all list_position list_indexof array_position array_indexof list_extract list_element
+array_extract array_length list_count list_sum list_min list_max list_avg list_any_value
+list_bool_and list_bool_or list_distinct list_unique list_sort list_reverse_sort array_sort
+list_slice array_slice list_transform array_transform list_apply array_apply apply
+list_filter array_filter filter list_reduce array_reduce reduce list_concat array_concat
+list_cat array_cat flatten struct_extract struct_extract_at map_extract element_at
+cardinality map_keys map_values map_contains
+""".split())
+
+
+#: The longest predicate :func:`check_bounded_predicate` accepts.
+MAX_BOUNDED_PREDICATE = 16_384
+
+
+def check_bounded_predicate(where: str) -> str:
+    """Refuse a ``where`` whose cost is not bounded by the data it reads.
+
+    For predicates from untrusted clients: no subqueries, and only
+    :data:`BOUNDED_FUNCTIONS`. Raises :class:`FilterError` naming what is refused.
+    """
+    validate_predicate(where)
+    if len(where) > MAX_BOUNDED_PREDICATE:
+        raise FilterError(f"where predicate of {len(where):,} characters: at most {MAX_BOUNDED_PREDICATE:,} "
+                          "are accepted here")
+    functions, subquery = _predicate_parts(where)
+    if subquery:
+        raise FilterError(f"where predicate {where!r}: subqueries are not allowed here")
+    refused = sorted(functions - BOUNDED_FUNCTIONS)
+    if refused:
+        raise FilterError(f"where predicate {where!r}: function(s) {', '.join(refused)} are not allowed here "
+                          "(the server accepts functions whose cost is bounded by the rows they read; "
+                          "see BOUNDED_FUNCTIONS)")
+    return where
+
+
+def _predicate_parts(where: str) -> tuple[set[str], bool]:
+    """(names of the functions ``where`` calls, whether it holds a subquery), from DuckDB's parse tree."""
+    with _pool.connection() as con:
+        tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [f"SELECT ({where}\n)"]).fetchall()[0][0])
+    if tree.get("error"):
+        raise FilterError(f"invalid where predicate {where!r}: {tree.get('error_message')}")
+    functions: set[str] = set()
+    subquery = False
+    stack: list[Any] = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if node.get("class") == "SUBQUERY":
+                subquery = True
+            name = node.get("function_name")
+            if isinstance(name, str):
+                functions.add(name.lower())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return functions, subquery
 
 
 class MaskCache:

@@ -11,7 +11,8 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from ..convert import to_arrow_table
-from ..errors import ClosedError, OmenError
+from ..errors import ArgumentTypeError, ClosedError, InvalidArgumentError, OmenError
+from ..index.hnsw import HnswConfig
 from ..shorthand import ShorthandMixin
 from .protocol import (DEFAULT_PORT, AuthenticationError, decode, decode_schema, encode, encode_schema,
                        encode_vectors, error_from_text)
@@ -25,9 +26,9 @@ def normalise_uri(uri: str) -> str:
         uri = f"grpc://{uri}"
     parsed = urlparse(uri)
     if parsed.scheme not in ("grpc", "grpc+tcp"):
-        raise ValueError(f"omendb.connect speaks Arrow Flight: use grpc://host:port, not {uri!r}")
+        raise InvalidArgumentError(f"omendb.connect speaks Arrow Flight: use grpc://host:port, not {uri!r}")
     if not parsed.hostname:
-        raise ValueError(f"no host in {uri!r}")
+        raise InvalidArgumentError(f"no host in {uri!r}")
     return f"grpc://{parsed.hostname}:{parsed.port or DEFAULT_PORT}"
 
 
@@ -123,7 +124,7 @@ class RemoteTable:
     def delete(self, ids: Any = None, *, where: str | None = None) -> int:
         """Delete rows by primary key, or every row matching ``where``; returns the count."""
         if (ids is None) == (where is None):
-            raise ValueError("delete() takes ids or where=, exactly one of them")
+            raise InvalidArgumentError("delete() takes ids or where=, exactly one of them")
         if ids is not None:
             ids = _ids_list(ids)
         return self._channel.action("delete", self._body(ids=ids, where=where))["deleted"]
@@ -227,10 +228,15 @@ class RemoteDatabase(ShorthandMixin):
 
     def create_table(self, name: str, data: Any = None, *, dim: int | None = None, metric: str = "l2",
                      schema: pa.Schema | None = None, id_column: str = "id", vector_column: str = "vector",
-                     format: str = "arrow", exist_ok: bool = False) -> RemoteTable:
-        """Create a table on the server (from ``data``, or empty with ``dim``/``schema``)."""
+                     format: str = "arrow", exist_ok: bool = False, index: HnswConfig | None = None) -> RemoteTable:
+        """Create a table on the server (from ``data``, or empty with ``dim``/``schema``);
+        the arguments are those of :meth:`omendb.Database.create_table`."""
         options: dict[str, Any] = {"metric": metric, "id_column": id_column, "vector_column": vector_column,
                                    "format": format, "exist_ok": exist_ok}
+        if index is not None:
+            if not isinstance(index, HnswConfig):
+                raise ArgumentTypeError(f"index must be an omendb.HnswConfig, got {type(index).__name__}")
+            options["index"] = index.to_dict()
         if data is not None:
             if dim is not None:
                 options["dim"] = dim

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from .. import errors
+from ..errors import ArgumentTypeError
 from ..locking import TableLockedError
 
 __all__ = ["encode", "decode", "encode_vectors", "decode_vectors", "error_text", "error_from_text",
@@ -52,7 +53,7 @@ def _default(value: Any) -> Any:
         return value.tolist()
     if hasattr(value, "isoformat"):
         return value.isoformat()
-    raise TypeError(f"cannot send {type(value).__name__} to the server")
+    raise ArgumentTypeError(f"cannot send {type(value).__name__} to the server")
 
 
 def encode_vectors(q: Any) -> dict[str, Any]:

@@ -17,9 +17,15 @@ __all__ = ["serve"]
 
 
 def serve(path: str | Path, *, host: str = "127.0.0.1", port: int = 6334, http_port: int | None = 6335,
-          token: str | None = None, max_request_bytes: int = 64 << 20,
+          token: str | None = None, max_request_bytes: int = 64 << 20, public_docs: bool = False,
+          unsafe_filters: bool = False,
           announce: Callable[[str], None] = lambda line: print(line, flush=True)) -> None:
-    """Serve the database at ``path`` until SIGTERM/SIGINT (blocking)."""
+    """Serve the database at ``path`` until SIGTERM/SIGINT (blocking).
+
+    ``public_docs``: serve the HTTP API's description (``/docs``, ``/openapi.json``)
+    without the token. ``unsafe_filters``: accept any SQL in clients' ``where``
+    (default: only functions whose cost is bounded by the rows they read).
+    """
     import uvicorn
 
     import omendb
@@ -34,11 +40,13 @@ def serve(path: str | Path, *, host: str = "127.0.0.1", port: int = 6334, http_p
     threadpool_limits(limits=1, user_api="blas")
     db = omendb.open(path)
     flight_server = OmenFlightServer(db, f"grpc://{host}:{port}", token=token,
-                                     max_message_bytes=max(max_request_bytes, 1 << 20) * 4)
+                                     max_message_bytes=max(max_request_bytes, 1 << 20) * 4,
+                                     unsafe_filters=unsafe_filters)
     http_server = None
     threads = [threading.Thread(target=flight_server.serve, name="omendb-flight", daemon=True)]
     if http_port is not None:
-        config = uvicorn.Config(create_app(db, token=token, max_request_bytes=max_request_bytes),
+        config = uvicorn.Config(create_app(db, token=token, max_request_bytes=max_request_bytes, public_docs=public_docs,
+                                       unsafe_filters=unsafe_filters),
                                 host=host, port=http_port, log_level="warning", lifespan="off")
         http_server = uvicorn.Server(config)
         http_server.install_signal_handlers = lambda: None  # the main thread handles signals

@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from ..errors import OmenError
 from ..remote.protocol import DEFAULT_HTTP_PORT, DEFAULT_PORT
 
 
@@ -17,14 +18,20 @@ from ..remote.protocol import DEFAULT_HTTP_PORT, DEFAULT_PORT
 @click.option("--http-port", default=DEFAULT_HTTP_PORT, show_default=True, help="HTTP JSON port (0: no HTTP).")
 @click.option("--token", default=None, envvar="OMENDB_TOKEN",
               help="Require 'Authorization: Bearer TOKEN' on every call (or set OMENDB_TOKEN).")
-@click.option("--max-request-mb", default=64, show_default=True, help="Largest HTTP request body, MiB.")
-def serve_command(path: str, host: str, port: int, http_port: int, token: str | None, max_request_mb: int) -> None:
+@click.option("--max-request-mb", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Largest HTTP request body, MiB.")
+@click.option("--public-docs", is_flag=True,
+              help="Serve the HTTP API description (/docs, /openapi.json) without the token.")
+@click.option("--unsafe-filters", is_flag=True,
+              help="Accept any SQL in 'where' (default: only functions whose cost is bounded by the rows read).")
+def serve_command(path: str, host: str, port: int, http_port: int, token: str | None, max_request_mb: int,
+                  public_docs: bool, unsafe_filters: bool) -> None:
     """Serve the database at PATH over Arrow Flight and HTTP until SIGTERM/SIGINT."""
     from . import serve
 
     try:
         serve(path, host=host, port=port, http_port=http_port or None, token=token,
-              max_request_bytes=max_request_mb << 20)
-    except OSError as exc:
+              max_request_bytes=max_request_mb << 20, public_docs=public_docs, unsafe_filters=unsafe_filters)
+    except (OSError, OmenError) as exc:
         click.echo(f"omendb serve: error: {exc}", err=True)
         sys.exit(1)

@@ -17,6 +17,9 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from ..database import Database
+from ..errors import InvalidArgumentError
+from ..index.hnsw import HnswConfig
+from ..query.filters import check_bounded_predicate
 from ..remote.protocol import (decode, decode_schema, decode_vectors, encode, encode_schema, error_text)
 
 __all__ = ["OmenFlightServer", "table_info"]
@@ -45,11 +48,12 @@ class OmenFlightServer(flight.FlightServerBase):
     """Serves one database over Arrow Flight."""
 
     def __init__(self, db: Database, location: str, *, token: str | None = None,
-                 max_message_bytes: int = 256 << 20) -> None:
+                 max_message_bytes: int = 256 << 20, unsafe_filters: bool = False) -> None:
         middleware = {"auth": _TokenMiddlewareFactory(token)} if token else {}
         super().__init__(location, middleware=middleware)
         self.db = db
         self.max_message_bytes = max_message_bytes
+        self.unsafe_filters = unsafe_filters
         self._actions: dict[str, Callable[[dict[str, Any]], Any]] = {
             "health": lambda body: {"status": "ok"},
             "list_tables": lambda body: {"tables": self.db.table_names()},
@@ -70,6 +74,21 @@ class OmenFlightServer(flight.FlightServerBase):
     def _table(self, body: dict[str, Any]) -> Any:
         return self.db.open_table(body["table"])
 
+    def _where(self, where: Any) -> str | None:
+        """A client's ``where``: only predicates of bounded cost unless the server allows any SQL."""
+        return where if where is None or self.unsafe_filters else check_bounded_predicate(where)
+
+    @staticmethod
+    def _command(data: Any) -> dict[str, Any]:
+        """A request's JSON object (a ticket, descriptor or action body)."""
+        try:
+            command = decode(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidArgumentError(f"the request is not a JSON object: {exc}") from None
+        if not isinstance(command, dict):
+            raise InvalidArgumentError(f"the request must be a JSON object, got {type(command).__name__}")
+        return command
+
     # ----------------------------------------------------------------- actions
     def list_actions(self, context: flight.ServerCallContext) -> list[tuple[str, str]]:
         return [(name, f"omendb {name}") for name in sorted(self._actions)]
@@ -78,11 +97,11 @@ class OmenFlightServer(flight.FlightServerBase):
         handler = self._actions.get(action.type)
         if handler is None:
             raise flight.FlightServerError(f"omendb:ValueError:unknown action {action.type!r}")
-        result = self._guard(lambda: handler(decode(action.body)))
+        result = self._guard(lambda: handler(self._command(action.body)))
         yield flight.Result(pa.py_buffer(encode({} if result is None else result)))
 
     def _create_table(self, body: dict[str, Any]) -> dict[str, Any]:
-        options = dict(body.get("options", {}))
+        options = _create_options(body.get("options", {}))
         if "schema" in options:
             options["schema"] = decode_schema(options["schema"])
         return table_info(self.db.create_table(body["table"], **options))
@@ -90,19 +109,19 @@ class OmenFlightServer(flight.FlightServerBase):
     def _delete(self, body: dict[str, Any]) -> dict[str, int]:
         table = self._table(body)
         if body.get("where") is not None:
-            return {"deleted": table.delete(where=body["where"])}
+            return {"deleted": table.delete(where=self._where(body["where"]))}
         return {"deleted": table.delete(body.get("ids", []))}
 
     # ---------------------------------------------------------------- streams
     def do_put(self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor,
                reader: flight.MetadataRecordBatchReader, writer: flight.FlightMetadataWriter) -> None:
-        command = decode(descriptor.command)
-
         def run() -> dict[str, Any]:
+            command = self._command(descriptor.command)
             data = self._read_limited(reader)
             op = command.get("op")
             if op == "create_table":
-                options = dict(command.get("options", {}))
+                options = _create_options(command.get("options", {}))
+                options.pop("schema", None)
                 return table_info(self.db.create_table(command["table"], data=data, **options))
             table = self._table(command)
             if op == "add":
@@ -111,25 +130,25 @@ class OmenFlightServer(flight.FlightServerBase):
                 return {"ids": table.insert(data).to_pylist()}
             if op == "upsert":
                 return {"rows": table.upsert(data)}
-            raise ValueError(f"unknown put operation {op!r}")
+            raise InvalidArgumentError(f"unknown put operation {op!r}")
 
         writer.write(pa.py_buffer(encode(self._guard(run))))
 
     def do_get(self, context: flight.ServerCallContext, ticket: flight.Ticket) -> flight.RecordBatchStream:
-        command = decode(ticket.ticket)
-
         def run() -> pa.Table:
+            command = self._command(ticket.ticket)
             table = self._table(command)
             op = command.get("op")
             if op == "search":
-                return table.search(decode_vectors(command["q"]), k=command.get("k", 10), where=command.get("where"),
+                return table.search(decode_vectors(command["q"]), k=command.get("k", 10),
+                                    where=self._where(command.get("where")),
                                     columns=command.get("columns"), exact=command.get("exact", False),
                                     ef=command.get("ef"))
             if op == "get":
                 return table.get(command["ids"], columns=command.get("columns"))
             if op == "scan":
                 return table.to_arrow()
-            raise ValueError(f"unknown get operation {op!r}")
+            raise InvalidArgumentError(f"unknown get operation {op!r}")
 
         return flight.RecordBatchStream(self._guard(run))
 
@@ -139,7 +158,7 @@ class OmenFlightServer(flight.FlightServerBase):
         for chunk in reader:
             total += chunk.data.nbytes
             if total > self.max_message_bytes:
-                raise ValueError(f"request too large: more than {self.max_message_bytes} bytes in one write; "
+                raise InvalidArgumentError(f"request too large: more than {self.max_message_bytes} bytes in one write; "
                                  "split it into smaller batches")
             batches.append(chunk.data)
         return pa.Table.from_batches(batches, schema=reader.schema)
@@ -157,3 +176,24 @@ class OmenFlightServer(flight.FlightServerBase):
             raise flight.FlightServerError(error_text(exc)) from None
         except Exception as exc:  # noqa: BLE001 - every error goes back to the client
             raise flight.FlightServerError(error_text(exc)) from None
+
+
+#: What a client may pass to ``create_table`` (the rest of its arguments are the server's).
+_CREATE_OPTIONS = frozenset({"dim", "metric", "schema", "id_column", "vector_column", "format", "exist_ok", "index"})
+
+
+def _create_options(options: Any) -> dict[str, Any]:
+    """A client's ``create_table`` options, checked; ``index`` becomes an :class:`HnswConfig`."""
+    if not isinstance(options, dict):
+        raise InvalidArgumentError(f"create_table options must be a JSON object, got {type(options).__name__}")
+    unknown = sorted(set(options) - _CREATE_OPTIONS)
+    if unknown:
+        raise InvalidArgumentError(f"unknown create_table option(s): {', '.join(unknown)}")
+    options = dict(options)
+    index = options.get("index")
+    if index is not None:
+        fields = set(HnswConfig.__dataclass_fields__)
+        if not isinstance(index, dict) or set(index) - fields:
+            raise InvalidArgumentError(f"index must be an object with fields among {', '.join(sorted(fields))}")
+        options["index"] = HnswConfig(**index)
+    return options

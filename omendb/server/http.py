@@ -12,12 +12,15 @@ from typing import Any, Literal, Optional
 
 import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import errors
+from ..errors import InvalidArgumentError
 from ..database import Database
 from ..locking import TableLockedError
+from ..query.filters import check_bounded_predicate
 
 __all__ = ["create_app"]
 
@@ -84,10 +87,69 @@ def _info(table: Any) -> dict[str, Any]:
             "columns": {f.name: str(f.type) for f in table.schema}}
 
 
-def create_app(db: Database, *, token: str | None = None, max_request_bytes: int = 64 << 20) -> FastAPI:
-    """The FastAPI application serving ``db``."""
+class BodyLimit:
+    """ASGI middleware: refuse a request body over ``max_bytes`` with 413, counting the
+    bytes as they arrive (a chunked body has no ``Content-Length`` to trust), so at most
+    ``max_bytes`` of a request are ever held in memory."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_bytes:
+            await self._too_large(send)
+            return
+        body, more = [], True
+        received = 0
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            received += len(chunk)
+            if received > self.max_bytes:
+                await self._too_large(send)
+                return
+            body.append(chunk)
+            more = message.get("more_body", False)
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(body), "more_body": False}
+            return await receive()  # (a disconnect, once the response is under way)
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, send: Any) -> None:
+        response = JSONResponse({"error": "RequestTooLarge", "message": f"request body over {self.max_bytes} bytes"},
+                                status_code=413, headers={"connection": "close"})
+        await response({"type": "http"}, None, send)
+
+
+def create_app(db: Database, *, token: str | None = None, max_request_bytes: int = 64 << 20,
+               public_docs: bool = False, unsafe_filters: bool = False) -> FastAPI:
+    """The FastAPI application serving ``db``.
+
+    Args:
+        token: require ``Authorization: Bearer <token>`` on every route, the API's own
+            description (``/docs``, ``/redoc``, ``/openapi.json``) included.
+        max_request_bytes: the largest request body accepted (413 beyond it).
+        public_docs: serve the API description without the token.
+        unsafe_filters: accept any SQL in ``where`` (by default only functions whose cost
+            is bounded by the rows they read: ``omendb.query.filters.BOUNDED_FUNCTIONS``).
+    """
+    docs_open = token is None or public_docs
     app = FastAPI(title="omendb", description="omendb vector store: tables, writes and kNN search over HTTP.",
-                  version=__import__("omendb").__version__)
+                  version=__import__("omendb").__version__,
+                  **({} if docs_open else {"docs_url": None, "redoc_url": None, "openapi_url": None}))
+    app.add_middleware(BodyLimit, max_bytes=max_request_bytes)
 
     def authorize(request: Request) -> None:
         if token is None:
@@ -96,13 +158,8 @@ def create_app(db: Database, *, token: str | None = None, max_request_bytes: int
         if not hmac.compare_digest(given, f"Bearer {token}".encode()):
             raise HTTPException(401, detail="missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
-    @app.middleware("http")
-    async def limit_size(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > max_request_bytes:
-            return JSONResponse({"error": "RequestTooLarge",
-                                 "message": f"request body over {max_request_bytes} bytes"}, status_code=413)
-        return await call_next(request)
+    def predicate(where: str | None) -> str | None:
+        return where if where is None or unsafe_filters else check_bounded_predicate(where)
 
     @app.exception_handler(errors.OmenError)
     async def omen_error(request: Request, exc: errors.OmenError) -> JSONResponse:
@@ -118,6 +175,14 @@ def create_app(db: Database, *, token: str | None = None, max_request_bytes: int
         return JSONResponse({"error": type(exc).__name__, "message": str(exc)}, status_code=400)
 
     secured = [Depends(authorize)]
+    if not docs_open:  # the API's description, behind the token like everything else
+        @app.get("/openapi.json", dependencies=secured, include_in_schema=False)
+        def openapi() -> dict[str, Any]:
+            return app.openapi()
+
+        @app.get("/docs", dependencies=secured, include_in_schema=False)
+        def docs() -> Any:
+            return get_swagger_ui_html(openapi_url="/openapi.json", title="omendb API")
 
     @app.get("/health", dependencies=secured)
     def health() -> dict[str, str]:
@@ -133,6 +198,11 @@ def create_app(db: Database, *, token: str | None = None, max_request_bytes: int
 
         fields = [pa.field("id", _type(body.id_type), nullable=False),
                   pa.field("vector", pa.list_(pa.float32(), body.dim), nullable=False)]
+        taken = [name for name in body.columns if name in ("id", "vector") or name.startswith("_")]
+        if taken:
+            raise errors.SchemaError(f"metadata column name(s) {', '.join(map(repr, taken))} are taken: 'id' and "
+                                     "'vector' are the key and vector columns (id_type sets the key's type), and "
+                                     "names starting with '_' are reserved")
         fields += [pa.field(name, _type(kind)) for name, kind in body.columns.items()]
         return _info(db.create_table(body.name, schema=pa.schema(fields), metric=body.metric,
                                      exist_ok=body.exist_ok))
@@ -158,17 +228,18 @@ def create_app(db: Database, *, token: str | None = None, max_request_bytes: int
     def delete(name: str, body: Delete) -> dict[str, int]:
         table = db.open_table(name)
         if (body.ids is None) == (body.where is None):
-            raise ValueError("give ids or where, exactly one of them")
-        return {"deleted": table.delete(body.ids) if body.ids is not None else table.delete(where=body.where)}
+            raise InvalidArgumentError("give ids or where, exactly one of them")
+        return {"deleted": table.delete(body.ids) if body.ids is not None else table.delete(where=predicate(body.where))}
 
     @app.post("/tables/{name}/search", dependencies=secured)
     def search(name: str, body: Search) -> dict[str, Any]:
         table = db.open_table(name)
         if (body.vector is None) == (body.vectors is None):
-            raise ValueError("give vector (one query) or vectors (several), exactly one of them")
+            raise InvalidArgumentError("give vector (one query) or vectors (several), exactly one of them")
         with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, which search() refuses by name
             query = np.asarray(body.vector if body.vector is not None else body.vectors, dtype=np.float32)
-        result = table.search(query, k=body.k, where=body.where, columns=body.columns, exact=body.exact, ef=body.ef)
+        result = table.search(query, k=body.k, where=predicate(body.where), columns=body.columns, exact=body.exact,
+                              ef=body.ef)
         return {"results": _json_rows(result)}
 
     @app.get("/tables/{name}/stats", dependencies=secured)

@@ -17,7 +17,7 @@ from typing import Callable
 
 import pyarrow as pa
 
-from ..errors import CorruptFileError, FormatVersionError
+from ..errors import CorruptFileError, FormatVersionError, MissingDependencyError
 from .fileio import ChecksummingWriter, publish_written, verify_file
 
 __all__ = ["SegmentFileInfo", "write_segment", "open_segment", "read_segment_column", "FORMAT_VERSION",
@@ -102,7 +102,7 @@ def _lance_file():
     try:
         import lance.file
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("Lance segments need pylance: pip install 'omendb[lance]'") from exc
+        raise MissingDependencyError("Lance segments need pylance: pip install 'omendb[lance]'") from exc
     return lance.file
 
 

@@ -2,10 +2,11 @@
 
 Spec: ``formats/wal.md``. A record is written payload first, in pieces the disk starts
 on while the next is copied in, then its header, and by default ``fdatasync``-ed
-before the caller is told it is durable. On open, records are read back in order; an
-incomplete or unverifiable *last* record is a torn tail (the process died while
-writing it) and is cut off; a bad record followed by more data is corruption and
-raises :class:`~omendb.errors.CorruptFileError`.
+before the caller is told it is durable. On open, records are read back in order. A
+damaged *last* record is a torn tail, cut off, only when its damage is what a crash
+during its write leaves (``formats/wal.md``, "Torn tail or damage"); any other damage
+raises :class:`~omendb.errors.WalDamageError` naming the file and the records, and
+:func:`scan_wal` recovers every record that still verifies (for salvage).
 """
 
 from __future__ import annotations
@@ -14,24 +15,31 @@ import contextlib
 import enum
 import os
 import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import pyarrow as pa
 
-from ..errors import CorruptFileError, FormatVersionError
+from ..errors import FormatVersionError, WalDamageError
 from .checksum import crc32
-from .fileio import start_writeback
+from .fileio import fsync_dir, start_writeback
 
-__all__ = ["RecordKind", "WalRecord", "WalWriter", "PendingRecord", "Payload", "read_wal", "encode_table",
-           "decode_table"]
+__all__ = ["RecordKind", "WalRecord", "WalWriter", "PendingRecord", "Payload", "read_wal", "scan_wal", "WalScan",
+           "WalProblem", "encode_table", "decode_table", "wal_file_name", "first_seq_of"]
 
 FORMAT_VERSION = 1
 FILE_MAGIC = b"OMENWAL\x00"
 FILE_HEADER = struct.Struct("<8sII")  # magic, format_version, crc32(magic+version)
 RECORD_MAGIC = b"WREC"
-RECORD_HEADER = struct.Struct("<4sBBHQII")  # magic, kind, flags, reserved, seq, length, crc32
+RECORD_HEADER = struct.Struct("<4sBBHQII")  # magic, kind, flags, header check, seq, length, crc32
+#: Flag bit: the u16 after the flags is a check of the header's own fields, so a reader
+#: can trust a record's length and seq before its payload verifies (formats/wal.md).
+FLAG_HEADER_CHECK = 1
+#: The unit a disk persists whole; a crash leaves a sector of an unsynced write either
+#: written or not (reading as zeros), never half.
+SECTOR = 512
 _IOV_MAX = 512  # buffers per pwritev call (Linux allows 1024)
 #: Payload bytes handed to the kernel per step of a record write; each step's write-back
 #: starts at once, so the disk works on one piece while the next is checksummed and copied.
@@ -55,6 +63,7 @@ class WalRecord:
     seq: int
     kind: RecordKind
     payload: pa.Table
+    size: int = 0  # payload bytes in the file
 
 
 class Payload:
@@ -111,6 +120,26 @@ def decode_table(payload: pa.Buffer | bytes) -> pa.Table:
     return pa.ipc.open_stream(payload).read_all()
 
 
+def wal_file_name(first_seq: int) -> str:
+    """A WAL file's name: the sequence number of its first record, 20 digits."""
+    return f"{first_seq:020d}.wal"
+
+
+def first_seq_of(path: str | os.PathLike) -> int | None:
+    """The first sequence number a WAL file's name promises (None: not a numbered name)."""
+    stem = Path(path).name.removesuffix(".wal")
+    return int(stem) if len(stem) == 20 and stem.isdigit() else None
+
+
+def _header_check(kind: int, flags: int, seq: int, length: int) -> int:
+    return crc32(struct.pack("<BBQI", kind, flags, seq, length)) & 0xFFFF
+
+
+def _record_header(kind: int, seq: int, length: int, crc: int) -> bytes:
+    check = _header_check(kind, FLAG_HEADER_CHECK, seq, length)
+    return RECORD_HEADER.pack(RECORD_MAGIC, kind, FLAG_HEADER_CHECK, check, seq, length, crc)
+
+
 def _header_bytes() -> bytes:
     head = FILE_MAGIC + struct.pack("<I", FORMAT_VERSION)
     return FILE_HEADER.pack(FILE_MAGIC, FORMAT_VERSION, crc32(head))
@@ -129,13 +158,11 @@ class WalWriter:
     def __init__(self, path: str | os.PathLike, *, fsync: bool = True) -> None:
         self.path = Path(path)
         self.fsync = fsync
-        new = not self.path.exists() or self.path.stat().st_size == 0
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
+        if not self.path.exists():
+            _create(self.path)
+        self._fd = os.open(self.path, os.O_WRONLY)
         self._pending: PendingRecord | None = None
         self._size = os.fstat(self._fd).st_size
-        if new:
-            self._size = _pwrite_all(self._fd, [memoryview(_header_bytes())], 0)
-            os.fsync(self._fd)
 
     def append(self, seq: int, kind: RecordKind, payload: Payload, *, fsync: bool | None = None) -> None:
         """Append one record; return once it is on stable storage if ``fsync``."""
@@ -158,14 +185,15 @@ class WalWriter:
         """
         if self._pending is not None:
             raise RuntimeError("a WAL record is already pending")
-        fields = struct.pack("<BBHQI", int(kind), 0, 0, seq, payload.size)
+        check = _header_check(int(kind), FLAG_HEADER_CHECK, seq, payload.size)
+        fields = struct.pack("<BBHQI", int(kind), FLAG_HEADER_CHECK, check, seq, payload.size)
         start = self._size
         try:
             crc = _write_payload(self._fd, payload, start + RECORD_HEADER.size, crc32(fields))
         except BaseException:
             self._cut_back(start)
             raise
-        header = RECORD_HEADER.pack(RECORD_MAGIC, int(kind), 0, 0, seq, payload.size, crc)
+        header = _record_header(int(kind), seq, payload.size, crc)
         self._pending = PendingRecord(self, start, RECORD_HEADER.size + payload.size, header)
         return self._pending
 
@@ -199,6 +227,20 @@ class WalWriter:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def _create(path: Path) -> None:
+    """Create a WAL file holding only its header, atomically: a file under a WAL name
+    always has a complete header, so a short one is damage, never a crash."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        _pwrite_all(fd, [memoryview(_header_bytes())], 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+    fsync_dir(path.parent)
 
 
 class PendingRecord:
@@ -266,74 +308,176 @@ def _pwrite_all(fd: int, views: list[memoryview], offset: int) -> int:
     return total
 
 
-def read_wal(path: str | os.PathLike, *, repair: bool = True) -> Iterator[WalRecord]:
-    """Yield the committed records of a WAL file in order.
+@dataclass(frozen=True)
+class WalProblem:
+    """Where and how a WAL file stops verifying."""
 
-    A torn tail is cut off (the file truncated) when ``repair`` is true.
+    offset: int               # byte offset of the first bad record
+    reason: str
+    torn: bool                # explained by a crash during that record's write: never acknowledged
+    quiet: bool               # a torn tail a killed process leaves (header never written): nothing to say
+    expected_seq: int | None  # the seq the bad record should have had
+    rows: str = ""            # what the damaged record seems to hold, when its payload still decodes
+
+
+@dataclass
+class WalScan:
+    """What :func:`scan_wal` found in one WAL file."""
+
+    path: Path
+    records: list[WalRecord]          # verified records before the first problem, in order
+    problem: WalProblem | None = None
+    later: list[WalRecord] | None = None  # verifiable records after a damage (salvage keeps them)
+    size: int = 0
+
+    def describe(self) -> str:
+        """One sentence on the damage and what it holds, for error messages."""
+        p = self.problem
+        if p is None:
+            return f"{self.path}: no damage"
+        text = f"{self.path}: {p.reason} at byte {p.offset}"
+        if p.expected_seq is not None:
+            text += f" (record seq {p.expected_seq})"
+        if p.rows:
+            text += f"; the damaged record seems to hold {p.rows}"
+        if self.later:
+            rows = sum(r.payload.num_rows for r in self.later)
+            text += (f"; {len(self.later)} verifiable record(s) follow it (seq {self.later[0].seq}.."
+                     f"{self.later[-1].seq}, {rows} rows)")
+        return text
+
+
+def scan_wal(path: str | os.PathLike, *, last: bool = True, expected_first: int | None = None) -> WalScan:
+    """Read a WAL file, stopping at the first record that does not verify.
+
+    ``last``: the file is the newest of its table, so its final record may be a torn
+    tail; damage anywhere in an older file is always damage. ``expected_first``: the
+    seq its first record must have (from the file name), if known.
     """
     path = Path(path)
     data = path.read_bytes()
+    scan = WalScan(path, [], size=len(data))
     if len(data) < FILE_HEADER.size:
-        # The file was created but its header never fully reached disk: nothing
-        # in it was ever acknowledged.
-        if repair:
-            with open(path, "r+b") as handle:
-                handle.truncate(0)
-        return
+        scan.problem = WalProblem(0, f"file of {len(data)} bytes is shorter than its header (WAL files are "
+                                     "created whole, so it was truncated)", False, False, expected_first)
+        return scan
     magic, version, crc = FILE_HEADER.unpack_from(data, 0)
     if magic != FILE_MAGIC or crc != crc32(data[:12]):
-        raise CorruptFileError(f"{path}: not an omendb write-ahead log (bad header)")
+        scan.problem = WalProblem(0, "not an omendb write-ahead log (bad file header)", False, False, expected_first)
+        return scan
     if version != FORMAT_VERSION:
         raise FormatVersionError(
             f"{path}: write-ahead log format version {version} is not supported "
             f"(this omendb reads version {FORMAT_VERSION})")
     view = memoryview(data)
     offset = FILE_HEADER.size
+    expected = expected_first
     while offset < len(data):
-        problem = None
-        if len(data) - offset < RECORD_HEADER.size:
-            problem = "incomplete record header"
-        else:
-            magic, kind, flags, reserved, seq, length, crc = RECORD_HEADER.unpack_from(data, offset)
-            end = offset + RECORD_HEADER.size + length
-            if magic != RECORD_MAGIC:
-                problem = "bad record magic"
-            elif end > len(data):
-                problem = "incomplete record"
-            else:
-                payload = view[offset + RECORD_HEADER.size:end]
-                fields = data[offset + 4:offset + RECORD_HEADER.size - 4]
-                if _record_crc(fields, payload) != crc:
-                    problem = "checksum mismatch"
-        if problem is not None:
-            torn_tail = _nothing_valid_after(data, offset)
-            if not torn_tail:
-                raise CorruptFileError(
-                    f"{path}: {problem} in record at byte {offset}, followed by more records")
-            if repair:
-                with open(path, "r+b") as handle:
-                    handle.truncate(offset)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-            return
-        try:
-            record_kind = RecordKind(kind)
-            table = decode_table(payload)
-        except (ValueError, pa.ArrowInvalid) as exc:
-            raise CorruptFileError(f"{path}: record at byte {offset} cannot be decoded: {exc}") from exc
-        yield WalRecord(seq, record_kind, table)
-        offset = end
+        record, reason, torn, quiet = _read_record(data, view, offset, expected, last)
+        if record is None:
+            scan.problem = WalProblem(offset, reason, torn, quiet, expected, "" if torn else _peek_rows(data, offset))
+            if not torn:
+                scan.later = _verifiable_after(data, offset)
+            return scan
+        scan.records.append(record)
+        expected = record.seq + 1
+        offset += RECORD_HEADER.size + record.size
+    return scan
 
 
-def _nothing_valid_after(data: bytes, offset: int) -> bool:
-    """True when no verifiable record starts after ``offset``: the damage is a torn tail."""
+def _read_record(data: bytes, view: memoryview, offset: int, expected: int | None,
+                 last: bool) -> tuple[WalRecord | None, str, bool, bool]:
+    """(record, "", ...) or (None, reason, torn, quiet) for the record at ``offset``."""
+    remaining = len(data) - offset
+    head = data[offset:offset + RECORD_HEADER.size]
+    if not any(head):
+        # The header is written last: zeros there are a record whose write never finished.
+        return None, "record header never written", last, last
+    if remaining < RECORD_HEADER.size:
+        return None, "incomplete record header", last, False
+    magic, kind, flags, check, seq, length, crc = RECORD_HEADER.unpack_from(data, offset)
+    header_ok = magic == RECORD_MAGIC and (not flags & FLAG_HEADER_CHECK
+                                           or check == _header_check(kind, flags, seq, length))
+    if not header_ok:
+        # A sector of a header that straddles a sector boundary may not have been written.
+        torn = last and _could_be_unwritten(data, offset, offset + RECORD_HEADER.size)
+        return None, "damaged record header", torn, False
+    if expected is not None and seq != expected:
+        return None, f"record has seq {seq} where {expected} was expected", False, False
+    end = offset + RECORD_HEADER.size + length
+    if end > len(data):
+        return None, f"record of {length} bytes cut short ({remaining - RECORD_HEADER.size} present)", last, False
+    payload = view[offset + RECORD_HEADER.size:end]
+    if _record_crc(data[offset + 4:offset + RECORD_HEADER.size - 4], payload) != crc:
+        return None, "record checksum mismatch", last and _could_be_unwritten(data, offset, end), False
+    try:
+        record = WalRecord(seq, RecordKind(kind), decode_table(payload), length)
+    except (ValueError, pa.ArrowInvalid) as exc:
+        return None, f"record cannot be decoded ({exc})", False, False
+    return record, "", False, False
+
+
+def _could_be_unwritten(data: bytes, start: int, end: int) -> bool:
+    """True when some disk sector overlapping ``[start, end)`` holds only zeros there:
+    what a crash leaves of a write the disk had not finished."""
+    first = start - start % SECTOR
+    for sector in range(first, end, SECTOR):
+        lo, hi = max(sector, start), min(sector + SECTOR, end)
+        if hi - lo >= min(64, end - start) and not any(data[lo:hi]):
+            return True
+    return False
+
+
+def _peek_rows(data: bytes, offset: int) -> str:
+    """Best effort, for the error message: the rows of a damaged record whose payload still decodes."""
+    try:
+        _, kind, _, _, _, length, _ = RECORD_HEADER.unpack_from(data, offset)
+        table = decode_table(memoryview(data)[offset + RECORD_HEADER.size:offset + RECORD_HEADER.size + length])
+        ids = table.column(0).slice(0, 5).to_pylist()
+        action = RecordKind(kind).name.lower()
+    except Exception:  # noqa: BLE001 - damaged bytes may fail anywhere; the message just says less
+        return ""
+    more = ", ..." if table.num_rows > 5 else ""
+    return f"{table.num_rows} row(s) to {action} ({table.column_names[0]} {', '.join(map(repr, ids))}{more})"
+
+
+def _verifiable_after(data: bytes, offset: int) -> list[WalRecord]:
+    """Records after damaged bytes that still verify (found by their magic)."""
+    found = []
+    view = memoryview(data)
     start = data.find(RECORD_MAGIC, offset + 1)
     while start >= 0 and len(data) - start >= RECORD_HEADER.size:
-        _, _, _, _, _, length, crc = RECORD_HEADER.unpack_from(data, start)
-        end = start + RECORD_HEADER.size + length
-        if end <= len(data):
-            fields = data[start + 4:start + RECORD_HEADER.size - 4]
-            if _record_crc(fields, memoryview(data)[start + RECORD_HEADER.size:end]) == crc:
-                return False
-        start = data.find(RECORD_MAGIC, start + 1)
-    return True
+        record, _, _, _ = _read_record(data, view, start, None, False)
+        if record is None:
+            start = data.find(RECORD_MAGIC, start + 1)
+            continue
+        found.append(record)
+        start = data.find(RECORD_MAGIC, start + RECORD_HEADER.size + record.size)
+    return found
+
+
+def read_wal(path: str | os.PathLike, *, repair: bool = True, last: bool = True,
+             expected_first: int | None = None, salvage_hint: str = "`omendb salvage`") -> Iterator[WalRecord]:
+    """Yield the committed records of a WAL file in order.
+
+    A torn tail (see :func:`scan_wal`) is cut off, the file truncated, when ``repair``
+    is true; a torn tail that a power loss, not a killed process, would leave is
+    reported with a ``RuntimeWarning``. Damage raises :class:`WalDamageError`.
+    """
+    scan = scan_wal(path, last=last, expected_first=expected_first)
+    problem = scan.problem
+    if problem is not None and not problem.torn:
+        raise WalDamageError(
+            f"{scan.describe()}. The log holds acknowledged writes past this point, so the table is not "
+            f"opened (nothing was changed or removed); see formats/wal.md, or run {salvage_hint} to keep "
+            "every record that still verifies")
+    yield from scan.records
+    if problem is not None and repair:
+        if not problem.quiet:
+            warnings.warn(f"omendb: {scan.path}: cut off a torn last record at byte {problem.offset} "
+                          f"({problem.reason}), as a crash during its write leaves it; that write was never "
+                          "acknowledged", RuntimeWarning, stacklevel=2)
+        with open(scan.path, "r+b") as handle:
+            handle.truncate(problem.offset)
+            handle.flush()
+            os.fsync(handle.fileno())

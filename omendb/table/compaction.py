@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ..index.hnsw import build_hnsw
+from ..errors import describe
+from ..index.hnsw import BuildCancelled, build_hnsw
 from ..segments import NORM_COLUMN, SegmentHandle
 from ..storage.deletions import write_deletions
 from ..storage.manifest import SegmentEntry
@@ -67,9 +68,10 @@ class CompactionMixin:
                 self._merge(group)
 
     def _compaction_failed(self, exc: BaseException) -> None:
-        if not (self._closed or self._closing):
-            warnings.warn(f"omendb: background compaction of table {self.name!r} failed: {exc}",
-                          RuntimeWarning, stacklevel=1)
+        if isinstance(exc, BuildCancelled) or self._closed or self._closing:
+            return  # stopped on purpose (the table closed, the interpreter exits): nothing failed
+        warnings.warn(f"omendb: background compaction of table {self.name!r} failed ({describe(exc)}); its "
+                      "segments are unchanged and the next flush retries", RuntimeWarning, stacklevel=1)
 
     def _plan(self, *, force: bool) -> list[list[str]]:
         """Groups of segment files to merge, oldest first (see ``CompactionPolicy``)."""

@@ -31,8 +31,10 @@ from ..storage.deletions import write_deletions
 from ..storage.fileio import fsync_dir, remove_gradually
 from ..storage.manifest import SegmentEntry
 from ..storage.segment import SUFFIXES, write_segment
-from ..storage.wal import WalWriter
-from .layout import MANIFESTS, SEGMENTS, WAL
+from ..storage.wal import WalWriter, wal_file_name
+from ..errors import describe, storage_error
+from .layout import SEGMENTS, WAL
+from .recovery import log_files
 
 __all__ = ["FlushMixin"]
 
@@ -70,8 +72,18 @@ class FlushMixin:
         if not (memtable.live_rows or self._dirty or len(memtable)):
             return
         sealed = self._seal()
-        self._write_sealed(sealed)
-        self._publish_sealed(sealed, change)
+        self._complete_sealed(sealed, change)
+
+    def _publish_replayed(self, change: str, wal_files: list[Path]) -> None:
+        """Publish the rows replayed into the memtable and every pending deletion as one
+        version covering the log up to now, then remove ``wal_files`` (salvage: the old
+        log is not appended to again). Caller holds the write lock; no WAL is open."""
+        sealed = _Sealed(self._memtable, self._seq, list(wal_files))
+        with self._lock:
+            self._sealed_job = sealed
+            self._memtable = Memtable(self._schema, self.id_column, self.vector_column,
+                                      self._options.memtable_bytes)
+        self._complete_sealed(sealed, change)
 
     def _flush_full_memtable(self) -> None:
         """The memtable reached ``memtable_bytes``: seal it and flush it in the background
@@ -91,14 +103,21 @@ class FlushMixin:
     def _seal(self) -> _Sealed:
         """Take the memtable and the WAL out of service (caller holds the write lock)."""
         wal_dir = self._dir / WAL
-        sealed = _Sealed(self._memtable, self._seq, sorted(wal_dir.glob("*.wal")))
+        old_paths = log_files(wal_dir)
+        try:
+            # Records of a log file that is not the last are all acknowledged: make them
+            # durable before the next file exists (formats/wal.md, "torn tail or damage").
+            self._wal.sync()
+            new_wal = WalWriter(wal_dir / wal_file_name(self._seq + 1), fsync=self._options.fsync)
+        except OSError as exc:  # nothing changed: the memtable and the log stay in service
+            raise storage_error(exc, "starting a new write-ahead log file", wal_dir) from None
+        sealed = _Sealed(self._memtable, self._seq, old_paths)
         with self._lock:
             self._sealed_job = sealed
             self._memtable = Memtable(self._schema, self.id_column, self.vector_column,
                                       self._options.memtable_bytes)
         self._wal.close()
-        self._wal = WalWriter(wal_dir / f"{self._seq + 1:020d}.wal", fsync=self._options.fsync)
-        fsync_dir(wal_dir)
+        self._wal = new_wal
         return sealed
 
     def _flush_sealed(self, sealed: _Sealed) -> None:
@@ -122,7 +141,7 @@ class FlushMixin:
 
     def _flush_failed(self, exc: BaseException) -> None:
         if not (self._closed or self._closing):
-            warnings.warn(f"omendb: background flush of table {self.name!r} failed ({exc}); its rows stay "
+            warnings.warn(f"omendb: background flush of table {self.name!r} failed ({describe(exc)}); its rows stay "
                           "in the write-ahead log and the next write retries the flush",
                           RuntimeWarning, stacklevel=1)
 
@@ -146,8 +165,23 @@ class FlushMixin:
         sealed = self._sealed_job
         if sealed is None:
             return
-        self._write_sealed(sealed)
-        self._publish_sealed(sealed, "flush")
+        self._complete_sealed(sealed, "flush")
+
+    def _complete_sealed(self, sealed: _Sealed, change: str) -> None:
+        """Write and publish ``sealed`` on this thread (caller holds the write lock).
+
+        On failure (a full disk, say) the sealed memtable stays in place, searchable,
+        its rows safe in the WAL; ``done`` is set with the error, so nothing waits for
+        it forever, and the next ``flush()`` or write retries.
+        """
+        try:
+            self._write_sealed(sealed)
+            self._publish_sealed(sealed, change)
+        except BaseException as exc:
+            sealed.error = exc
+            sealed.done.set()
+            raise
+        sealed.error = None
 
     def _write_sealed(self, sealed: _Sealed) -> None:
         """Write the sealed memtable's live rows to a segment file (durable, not yet published)."""
@@ -161,8 +195,12 @@ class FlushMixin:
                 rows = rows.append_column(NORM_COLUMN, pa.array(view.norms[view.live]))
                 name = f"seg-{sealed.seq:010d}-{os.urandom(4).hex()}{SUFFIXES[self._format]}"
                 # yield the disk to log commits only while the next memtable is under half full
-                info = write_segment(self._dir / SEGMENTS, name, rows,
-                                     patient=lambda: 2 * self._memtable.nbytes < self._options.memtable_bytes)
+                try:
+                    info = write_segment(self._dir / SEGMENTS, name, rows,
+                                         patient=lambda: 2 * self._memtable.nbytes < self._options.memtable_bytes)
+                except OSError as exc:
+                    raise storage_error(exc, f"writing segment {name} of table {self.name!r}",
+                                        self._dir / SEGMENTS) from None
                 sealed.handle = self._handle(SegmentEntry(info.file, info.rows, info.bytes, info.crc32),
                                              verified=True)
             sealed.live_then = view.live
@@ -240,24 +278,10 @@ class FlushMixin:
         return replace(entry, deleted=int(live.size - live.sum()), deletions_file=del_name)
 
     def _start_new_wal(self, remove: list[Path] | tuple[Path, ...] = ()) -> None:
-        self._wal = WalWriter(self._dir / WAL / f"{self._seq + 1:020d}.wal", fsync=self._options.fsync)
+        """Open a new log file for the next seq and remove ``remove`` (files the manifest covers)."""
+        self._wal = WalWriter(self._dir / WAL / wal_file_name(self._seq + 1), fsync=self._options.fsync)
         for path in remove:
             if path != self._wal.path:
                 path.unlink(missing_ok=True)
         fsync_dir(self._dir / WAL)
 
-    def _remove_orphans(self) -> None:
-        """Delete files no manifest references: leftovers of an interrupted flush."""
-        referenced: set[str] = set()
-        for version in self._store.versions():
-            for entry in self._store.load(version).segments:
-                referenced.update(f for f in (entry.file, entry.deletions_file, entry.index_file) if f)
-        seg_dir = self._dir / SEGMENTS
-        seg_dir.mkdir(exist_ok=True)
-        for name in os.listdir(seg_dir):
-            if name not in referenced:
-                (seg_dir / name).unlink(missing_ok=True)
-        for directory in (self._dir / MANIFESTS, self._dir / WAL):
-            for name in os.listdir(directory):
-                if name.startswith("."):
-                    (directory / name).unlink(missing_ok=True)

@@ -8,6 +8,7 @@ import warnings
 from dataclasses import replace
 from pathlib import Path
 
+from ..errors import IndexBuildError, describe
 from ..index.hnsw import BuildCancelled, HnswConfig, build_hnsw
 from ..segments import SegmentHandle
 from ..worker import exiting
@@ -73,12 +74,12 @@ class IndexMixin:
                 self._manifest = manifest
 
     def _index_failed(self, segment_file: str, exc: BaseException) -> None:
-        if isinstance(exc, BuildCancelled):
-            return
+        if isinstance(exc, BuildCancelled) or self._closed or self._closing:
+            return  # stopped on purpose: nothing failed
         with self._index_cond:
             self._index_errors[segment_file] = exc
-        warnings.warn(f"omendb: building the index of {segment_file} in table {self.name!r} failed: {exc}",
-                      RuntimeWarning, stacklevel=1)
+        warnings.warn(f"omendb: building the index of {segment_file} in table {self.name!r} failed "
+                      f"({describe(exc)}); that segment is searched exactly meanwhile", RuntimeWarning, stacklevel=1)
 
     def _index_progress(self) -> None:
         with self._index_cond:
@@ -127,7 +128,7 @@ class IndexMixin:
             while True:
                 if self._index_errors:
                     file, exc = next(iter(self._index_errors.items()))
-                    raise RuntimeError(f"building the index of {file} failed: {exc}") from exc
+                    raise IndexBuildError(f"building the index of {file} failed: {describe(exc)}") from exc
                 with self._lock:
                     missing = [h for h in self._segments if self._needs_index(h)]
                 if not missing:

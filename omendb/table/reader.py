@@ -13,8 +13,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pyarrow as pa
 
-from ..errors import ClosedError, CorruptFileError, DimensionError, InvalidVectorError, SchemaError
+from ..errors import (ClosedError, CorruptFileError, DimensionError, InvalidArgumentError, InvalidVectorError,
+                      SchemaError)
 from ..index.hnsw import HnswConfig, HnswIndex
+from ..convert import check_valid_arrow
 from ..keys import keys_to_numpy
 from ..memtable import Memtable
 from ..query.search import SearchPart, graph_knn, knn, result_schema
@@ -214,12 +216,17 @@ class TableReader:
                 q = q.to_numpy(zero_copy_only=False)
                 if q.dtype == object:
                     q = np.stack(q)
-            queries = np.asarray(q, dtype=np.float32)
+            given = np.asarray(q)
+            if given.dtype.kind not in "biuf":  # complex (its imaginary part), strings, objects
+                raise InvalidVectorError(f"query must be real numbers, got {given.dtype} values")
+            queries = given.astype(np.float32, copy=False)
         except (ValueError, TypeError) as exc:
             raise InvalidVectorError(f"query must be numeric vectors: {exc}") from None
         batch = queries.ndim == 2
         if queries.ndim not in (1, 2):
             raise InvalidVectorError(f"query must be 1-D (one vector) or 2-D (one per row), got shape {queries.shape}")
+        if queries.shape[-1] == 0:
+            raise DimensionError(f"query has no components; table {self.name!r} has dim {self._dim}")
         queries = np.ascontiguousarray(queries.reshape(-1, queries.shape[-1]))
         if queries.shape[1] != self._dim:
             raise DimensionError(f"query has {queries.shape[1]} components; table {self.name!r} has dim {self._dim}")
@@ -250,12 +257,12 @@ class TableReader:
         self._before_read()
         if not (type(k) is int and k >= 1) and (isinstance(k, bool) or not isinstance(k, (int, np.integer))
                                                 or k < 1):
-            raise ValueError(f"k must be a positive integer, got {k!r}")
+            raise InvalidArgumentError(f"k must be a positive integer, got {k!r}")
         queries, batch = self._queries(q)
         names, schema = self._result_plan(columns, batch)
         if ef is not None and not (type(ef) is int and ef >= 1) and (
                 isinstance(ef, bool) or not isinstance(ef, (int, np.integer)) or ef < 1):
-            raise ValueError(f"ef must be a positive integer, got {ef!r}")
+            raise InvalidArgumentError(f"ef must be a positive integer, got {ef!r}")
         ef = max(self._index_config.ef_search if ef is None else int(ef), int(k))
         if where is None and not exact:
             graph = self._whole_table_graph()
@@ -391,15 +398,28 @@ class TableReader:
         return found
 
     def _keys_array(self, ids: Any) -> pa.Array:
+        """``ids`` (one key or many) as an Arrow array of the key column's type; keys of
+        another kind (``5`` for a string key, ``"5"`` for an integer key) are refused."""
         id_type = self._schema.field(self.id_column).type
         if isinstance(ids, (str, bytes, int, np.integer)):
             ids = [ids]
         try:
-            array = pa.array(ids.to_pylist() if isinstance(ids, (pa.Array, pa.ChunkedArray)) else list(ids)
-                             if not isinstance(ids, np.ndarray) else ids)
-            if pa.types.is_integer(id_type) and not pa.types.is_integer(array.type) and len(array):
-                raise TypeError(array.type)
-            return array.cast(id_type) if len(array) else pa.array([], id_type)
+            if isinstance(ids, pa.ChunkedArray):
+                ids = ids.combine_chunks()
+            if isinstance(ids, pa.Array):
+                check_valid_arrow(pa.table({self.id_column: ids}))
+                array = ids
+            else:
+                array = pa.array(ids if isinstance(ids, np.ndarray) else list(ids))
+            if len(array) == 0:
+                return pa.array([], id_type)
+            numeric = pa.types.is_integer(id_type)
+            if numeric != pa.types.is_integer(array.type) or not (numeric or pa.types.is_string(array.type)
+                                                                   or pa.types.is_large_string(array.type)):
+                raise SchemaError(f"ids must be {id_type} values for table {self.name!r}, got {array.type}")
+            if array.null_count:
+                raise SchemaError(f"ids must not be null (table {self.name!r})")
+            return array.cast(id_type)
         except OverflowError:
             raise SchemaError(f"ids must be {id_type} values for table {self.name!r}: an id is too large "
                               "for 64 bits") from None

@@ -7,7 +7,7 @@ import os
 import time
 from typing import Any
 
-from ..errors import VersionNotFoundError
+from ..errors import InvalidArgumentError, VersionNotFoundError
 from ..storage.fileio import fsync_dir, remove_gradually
 from .layout import MANIFESTS, SEGMENTS
 from .registry import open_tables
@@ -73,7 +73,7 @@ class VersionsMixin:
         """
         self._check_writable()
         if isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1:
-            raise ValueError(f"keep_last must be an integer >= 1, got {keep_last!r}")
+            raise InvalidArgumentError(f"keep_last must be an integer >= 1, got {keep_last!r}")
         if isinstance(older_than, dt.timedelta):
             older_than = older_than.total_seconds()
         cutoff = None if older_than is None else time.time() - float(older_than)

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..convert import conform, refuse_non_finite, to_arrow_table
-from ..errors import DuplicateKeyError, ReadOnlyError
+from ..errors import DuplicateKeyError, InvalidArgumentError, ReadOnlyError, storage_error
 from ..keys import keys_to_numpy
 from ..memtable import Memtable, StagedRows
 from ..query.search import allowed_rows
@@ -99,7 +99,7 @@ class WriteMixin:
         """
         self._check_writable()
         if (ids is None) == (where is None):
-            raise ValueError("delete() takes ids or where=, exactly one of them")
+            raise InvalidArgumentError("delete() takes ids or where=, exactly one of them")
         with self._write_lock:
             self._check_open()
             if ids is not None:
@@ -144,13 +144,21 @@ class WriteMixin:
         # While a durable commit writes and syncs, a background segment or index write-back
         # holds back its next chunk (fileio.log_commit_in_progress).
         with log_commit_in_progress() if durable else contextlib.nullcontext():
-            record = self._wal.begin(seq, kind, payload)  # the disk starts on the payload ...
+            try:
+                record = self._wal.begin(seq, kind, payload)  # the disk starts on the payload ...
+            except OSError as exc:  # nothing was logged: the log is cut back to where it was
+                raise storage_error(exc, f"writing to the write-ahead log of table {self.name!r}",
+                                    self._wal.path) from None
             try:
                 staged = self._check_and_stage(kind, table)  # ... while the change is checked and staged
             except BaseException:
                 record.abandon()
                 raise
-            record.finish()
+            try:
+                record.finish()
+            except OSError as exc:
+                raise storage_error(exc, f"writing to the write-ahead log of table {self.name!r}",
+                                    self._wal.path) from None
             if durable:
                 try:
                     self._wal.sync_data()
@@ -158,7 +166,8 @@ class WriteMixin:
                     # The record may or may not be on disk, and the kernel may have dropped the
                     # pages it failed to write: writing on would build on a log of unknown state.
                     self._log_failure = f"syncing its write-ahead log failed ({exc})"
-                    raise
+                    raise storage_error(exc, f"syncing the write-ahead log of table {self.name!r}",
+                                        self._wal.path) from None
         self._seq = seq
         self._apply(kind, table, staged)
         if self._memtable.nbytes >= self._options.memtable_bytes:
