@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 
 from .database import Database
-from .duck import duckdb_connect
+from .duck import SqlError, duckdb_connect
 from .remote import connect, connect_async
 from .remote.protocol import AuthenticationError
 from .errors import (ArgumentTypeError, BackgroundTaskError, ClosedError, CorruptFileError, DimensionError,
@@ -34,7 +34,7 @@ __all__ = [
     "FormatVersionError", "NotADatabaseError", "ReadOnlyError", "ClosedError", "TableLockedError",
     "VersionNotFoundError", "InvalidArgumentError", "ArgumentTypeError", "StorageError", "DiskFullError",
     "WalDamageError", "MissingVersionError", "MissingDependencyError", "IndexBuildError", "BackgroundTaskError",
-    "SourceError", "salvage",
+    "SourceError", "SqlError", "salvage",
 ]
 
 

@@ -409,6 +409,35 @@ def compact(db_path: str, table_name: str | None, index: bool, cleanup: bool, ke
                            f"({report['seconds']:.1f} s)")
 
 
+# ------------------------------------------------------------------ salvage
+@main.command()
+@click.option("--db", "db_path", required=True, type=click.Path(file_okay=False), help="Database folder.")
+@click.option("--table", "-t", "table_name", default=None,
+              help="Table to salvage (default: every table whose log is damaged or whose newest version is missing).")
+@click.option("--json", "as_json", is_flag=True, help="Print each report as JSON even on a terminal.")
+@handle_errors
+def salvage(db_path: str, table_name: str | None, as_json: bool) -> None:
+    """Reopen tables that refuse to open because their log is damaged or a version is missing.
+
+    Keeps every logged write that still verifies and publishes it as a new version;
+    the original log is copied (and unreferenced files moved) to TABLE/salvage/TIME/
+    first. Prints what could not be kept. Needs the tables' writer lock.
+    """
+    if not (Path(db_path) / "omendb.json").is_file():
+        raise click.ClickException(f"{db_path}: not an omendb database (no omendb.json)")
+    reports = omendb.salvage(db_path, table_name)
+    for report in reports:
+        if _machine_output(as_json):
+            _emit_json(report)
+            continue
+        click.echo(f"{report['table']}: kept {report['records_kept']:,} logged write(s) ({report['rows_kept']:,} "
+                   f"rows), now version {report['version']}; originals in {report['copies']}")
+        for line in report["lost"]:
+            click.echo(f"  lost: {line}")
+    if not reports and not _machine_output(as_json):
+        click.echo("nothing to salvage: every table opens")
+
+
 # ------------------------------------------------------------------ export
 def _export_format(out: str, given: str | None) -> str:
     if given is not None:

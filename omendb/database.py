@@ -23,6 +23,7 @@ from .errors import (ClosedError, CorruptFileError, DimensionError, FormatVersio
                      ArgumentTypeError, InvalidArgumentError, InvalidNameError, MissingDependencyError, NotADatabaseError, ReadOnlyError, SchemaError,
                      TableExistsError, TableNotFoundError, describe, storage_error)
 from .locking import TableLockedError, WriterLock
+from .query.filters import unfilterable_columns
 from .index.hnsw import HnswConfig
 from .shorthand import ShorthandMixin
 from .storage.fileio import atomic_write, fsync_dir
@@ -253,9 +254,21 @@ class Database(ShorthandMixin):
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
 
-    @staticmethod
-    def _new_schema(data: Any, dim: int | None, schema: pa.Schema | None, id_column: str,
+    @classmethod
+    def _new_schema(cls, data: Any, dim: int | None, schema: pa.Schema | None, id_column: str,
                     vector_column: str) -> tuple[pa.Schema, bool]:
+        table_schema, auto_ids = cls._schema_of(data, dim, schema, id_column, vector_column)
+        unreadable = unfilterable_columns(pa.schema([f for f in table_schema if f.name != vector_column]))
+        if unreadable:
+            types = ", ".join(f"{n!r} ({table_schema.field(n).type})" for n in unreadable)
+            raise SchemaError(f"column(s) {types}: a type DuckDB cannot read, so `where` filters and SQL could not "
+                              "use the table; cast them first (float16 to float32, decimal256 to decimal128 or "
+                              "float64)")
+        return table_schema, auto_ids
+
+    @staticmethod
+    def _schema_of(data: Any, dim: int | None, schema: pa.Schema | None, id_column: str,
+                   vector_column: str) -> tuple[pa.Schema, bool]:
         if dim is not None and (isinstance(dim, bool) or not isinstance(dim, (int, np.integer))
                                 or not 1 <= dim <= MAX_DIM):
             raise InvalidArgumentError(f"dim must be an integer from 1 to {MAX_DIM:,}, got {dim!r}")
@@ -295,7 +308,7 @@ class Database(ShorthandMixin):
                 return table
             if name not in self.table_names():
                 raise TableNotFoundError(f"table {name!r} does not exist in {self.path}")
-            table = Table(name, self.path / name, self._options, self._workers)
+            table = Table(name, self.path / name, self._options, self._workers, owner=self)
             self._tables[name] = table
             return table
 
@@ -319,7 +332,7 @@ class Database(ShorthandMixin):
                                            "that fails to open with WalDamageError or MissingVersionError")
             if name not in self.table_names():
                 raise TableNotFoundError(f"table {name!r} does not exist in {self.path}")
-            table = Table(name, self.path / name, self._options, self._workers, salvage=True)
+            table = Table(name, self.path / name, self._options, self._workers, owner=self, salvage=True)
             self._tables[name] = table
             return dict(table.salvage_report)
 
@@ -354,16 +367,19 @@ class Database(ShorthandMixin):
         ``.df()``, ``.pl()``).
         """
         self._check_open()
-        from .duck import SqlSession  # DuckDB glue is a face above the database
+        import duckdb
+
+        from .duck import SqlError, SqlSession  # DuckDB glue is a face above the database
 
         with self._lock:
             if self._sql_session is None:
-                import duckdb
-
                 self._sql_session = SqlSession(self, duckdb.connect())
             else:
                 self._sql_session.refresh()
-            return self._sql_session.con.sql(query, params=params)
+            try:
+                return self._sql_session.con.sql(query, params=params)
+            except duckdb.Error as exc:
+                raise SqlError(str(exc)) from exc
 
     def __getitem__(self, name: str) -> Table:
         return self.open_table(name)

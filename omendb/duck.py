@@ -27,10 +27,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .blas import one_blas_thread
-from .errors import DimensionError, InvalidArgumentError, InvalidVectorError, TableNotFoundError
+from .errors import DimensionError, InvalidArgumentError, InvalidVectorError, OmenError, TableNotFoundError
 from .query.snapshot import ROW_NUMBER, Snapshot
 
-__all__ = ["duckdb_connect", "SqlSession", "definitions_sql"]
+__all__ = ["duckdb_connect", "SqlSession", "SqlError", "definitions_sql"]
+
+
+class SqlError(OmenError, duckdb.Error):
+    """A statement of ``db.sql()`` that DuckDB refused; the message is DuckDB's.
+
+    It is also a ``duckdb.Error``, so code that catches DuckDB's errors keeps working.
+    """
 
 _UDF = "omen_knn_rows"
 _UDF_ARGS = ["VARCHAR", "FLOAT[]", "BIGINT", "VARCHAR", "BIGINT", "BOOLEAN"]

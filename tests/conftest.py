@@ -165,8 +165,8 @@ def free_port() -> int:
 class Server:
     """`omendb serve` in a subprocess; started and stopped by the tests."""
 
-    def __init__(self, path: Path, token: str | None = TOKEN) -> None:
-        self.path, self.token = path, token
+    def __init__(self, path: Path, token: str | None = TOKEN, *extra: str) -> None:
+        self.path, self.token, self.extra = path, token, list(extra)
         self.port, self.http_port = free_port(), free_port()
         self.start()
 
@@ -175,6 +175,7 @@ class Server:
                 "--port", str(self.port), "--http-port", str(self.http_port)]
         if self.token:
             args += ["--token", self.token]
+        args += self.extra
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
         assert "omendb serving" in line, line + self.proc.stderr.read()
@@ -196,6 +197,16 @@ class Server:
                 return response.status, json.loads(response.read() or b"{}")
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read() or b"{}")
+
+    def http_raw(self, method: str, path: str, token: str | None = TOKEN) -> int:
+        """The status of a request whose answer may not be JSON (the API's docs page)."""
+        request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", method=method,
+                                         headers={"authorization": f"Bearer {token}"} if token else {})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
 
     def stop(self, sig: int = signal.SIGTERM) -> str:
         self.proc.send_signal(sig)

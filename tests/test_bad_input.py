@@ -435,3 +435,197 @@ def test_refused_writes_leave_the_log_as_it_was(db_path: Path, tmp_path: Path) -
         shutil.copytree(db_path, crashed)
     with omendb.open(crashed) as db:
         assert sorted(db.open_table("docs").to_arrow().column("id").to_pylist()) == [1, 2, 3, 10, 11]
+
+
+# ================================================== what an outside attack found (issue 15)
+def _bad_utf8(n_good: int = 1) -> pa.Array:
+    """A string array whose last value is not UTF-8 (Arrow accepts it until validated)."""
+    texts = [b"ok"] * n_good + [b"\xff\xfe"]
+    offsets = np.cumsum([0] + [len(t) for t in texts]).astype(np.int32)
+    return pa.Array.from_buffers(pa.string(), len(texts), [None, pa.py_buffer(offsets.tobytes()),
+                                                           pa.py_buffer(b"".join(texts))])
+
+
+def test_invalid_utf8_is_refused_naming_column_and_row(pop) -> None:
+    vectors = pa.FixedSizeListArray.from_arrays(pa.array(np.ones(3 * DIM, np.float32)), DIM)
+    bad = pa.table({"id": pa.array([600, 601, 602], pa.int64()), "vector": vectors, "lang": _bad_utf8(2),
+                    "cluster": pa.array([1, 1, 1], pa.int64())})
+    for write in (pop.table.add, pop.table.upsert):
+        with pytest.raises(errors.SchemaError, match=r"column 'lang': row 2 is not valid UTF-8"):
+            write(bad)
+    with pytest.raises(errors.SchemaError, match="UTF-8"):
+        pop.db.create_table("u", data=bad)
+    assert "u" not in pop.db
+    pop.assert_unchanged()
+
+
+def test_invalid_utf8_string_keys_are_refused(db_path: Path) -> None:
+    with omendb.open(db_path) as db:
+        table = db.create_table("s", data={"id": ["a", "b"], "vector": np.ones((2, DIM))})
+        vectors = pa.FixedSizeListArray.from_arrays(pa.array(np.ones(2 * DIM, np.float32)), DIM)
+        with pytest.raises(errors.SchemaError, match="column 'id': row 1 is not valid UTF-8"):
+            table.add(pa.table({"id": _bad_utf8(1), "vector": vectors}))
+        for lookup in (table.get, table.delete):
+            with pytest.raises(errors.SchemaError, match="UTF-8"):
+                lookup(_bad_utf8(1))
+        assert table.to_arrow().to_pylist()[0]["id"] == "a" and table.count() == 2
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([{"id": 600, "vector": [0.0] * DIM, "lang": 5}], "column 'lang' is string; the data gives int64"),
+    ([{"id": "601", "vector": [0.0] * DIM}], "column 'id' is int64; the data gives string"),
+    ([{"id": 602, "vector": [0.0] * DIM, "cluster": 1.5}], "column 'cluster' is int64; the data gives double"),
+    ([{"id": 603, "vector": [0.0] * DIM, "cluster": True}], "column 'cluster' is int64; the data gives bool"),
+])
+def test_values_of_another_kind_are_refused_not_converted(pop, rows, message) -> None:
+    with pytest.raises(errors.SchemaError, match=message):
+        pop.table.add(rows)
+    pop.assert_unchanged()
+
+
+def test_lossless_numeric_widening_is_still_accepted(pop) -> None:
+    pop.table.add({"id": np.array([700], np.int32), "vector": np.ones((1, DIM), np.float16),
+                   "cluster": np.array([3], np.int8)})
+    assert pop.table.get([700])["cluster"].to_pylist() == [3]
+
+
+def test_string_keys_are_not_given_as_numbers(db_path: Path) -> None:
+    with omendb.open(db_path) as db:
+        table = db.create_table("s", data={"id": ["5", "b"], "vector": np.ones((2, DIM))})
+        with pytest.raises(errors.SchemaError, match="column 'id' is string; the data gives int64"):
+            table.add({"id": [5], "vector": np.ones((1, DIM))})
+        for lookup in (table.get, table.delete):
+            with pytest.raises(errors.SchemaError, match="ids must be string values"):
+                lookup([5])
+        assert table.get(["5"])["id"].to_pylist() == ["5"] and table.count() == 2
+
+
+@pytest.mark.parametrize("query", [np.ones(DIM) * (1 + 1j), [complex(1, 2)] * DIM])
+def test_complex_queries_are_refused(pop, query) -> None:
+    with pytest.raises(errors.InvalidVectorError, match="complex"):
+        pop.table.search(query, k=3)
+
+
+@pytest.mark.parametrize("query", [[], np.zeros(0), np.zeros((1, 0))])
+def test_empty_queries_are_refused_by_name(pop, query) -> None:
+    with pytest.raises(errors.DimensionError, match="no components"):
+        pop.table.search(query, k=3)
+
+
+@pytest.mark.parametrize("where", ["__omendb_row > 0", "__omendb_row IS NOT NULL", "rowid > 0"])
+def test_where_sees_only_the_tables_columns(pop, where) -> None:
+    with pytest.raises(errors.FilterError):
+        pop.table.search(pop.vectors[0], k=3, where=where)
+    with pytest.raises(errors.FilterError):
+        pop.table.delete(where=where)
+    pop.assert_unchanged()
+
+
+@pytest.mark.parametrize("where", ["count(*) > 0", "row_number() OVER () < 3"])
+def test_where_is_a_condition_on_each_row(pop, where) -> None:
+    with pytest.raises(errors.FilterError, match="aggregates|window"):
+        pop.table.search(pop.vectors[0], k=3, where=where)
+
+
+def test_where_over_a_column_named_like_a_pseudo_column(db_path: Path) -> None:
+    with omendb.open(db_path) as db:
+        table = db.create_table("t", data={"vector": np.eye(3, DIM), "rowid": [10, 20, 30]})
+        assert table.search(np.ones(DIM), k=3, where="rowid >= 20")["rowid"].to_pylist() in ([20, 30], [30, 20])
+
+
+@pytest.mark.parametrize("name", ["docs\n", "docs\r", "\ndocs", "do\ncs", "docs\x00"])
+def test_table_names_with_line_breaks_or_nul_are_invalid(pop, name) -> None:
+    with pytest.raises(errors.InvalidNameError):
+        pop.db.create_table(name, dim=4)
+    assert sorted(p.name for p in pop.path.iterdir() if not p.name.startswith(".")) == ["docs", "omendb.json"]
+    pop.assert_unchanged()
+
+
+@pytest.mark.parametrize("kwargs", [{"dim": 10**9}, {"dim": 65_537},
+                                    {"schema": pa.schema([pa.field("vector", pa.list_(pa.float32(), 10**7))])}])
+def test_absurd_dimensions_are_refused_up_front(pop, kwargs) -> None:
+    with pytest.raises(errors.InvalidArgumentError, match="dim"):
+        pop.db.create_table("big", **kwargs)
+    assert "big" not in pop.db and not (pop.path / "big").exists()
+    pop.assert_unchanged()
+
+
+@pytest.mark.parametrize("kwargs", [{"memtable_bytes": 0}, {"memtable_bytes": -1}, {"memtable_bytes": 1.5},
+                                    {"memtable_bytes": 1 << 50}, {"lock_timeout": -1},
+                                    {"lock_timeout": float("nan")}, {"fsync": "yes"}, {"compaction": "on"}])
+def test_bad_open_options_are_refused(db_path: Path, kwargs) -> None:
+    with pytest.raises(errors.OmenError, match=next(iter(kwargs))):
+        omendb.open(db_path, **kwargs)
+    assert not db_path.exists()
+
+
+def _argument_errors(pop) -> list:
+    t, db, q = pop.table, pop.db, pop.vectors[0]
+    return [
+        lambda: t.search(q, k=0), lambda: t.search(q, k=-3), lambda: t.search(q, k="10"),
+        lambda: t.search(q, k=2.5), lambda: t.search(q, ef=0), lambda: t.search(q, ef="x"),
+        lambda: t.search(q, where=5), lambda: t.search([]), lambda: t.search(None),
+        lambda: t.search("not a vector"), lambda: t.get(None), lambda: t.get([1.5]),
+        lambda: t.delete(), lambda: t.delete([1], where="id = 1"), lambda: t.add(None),
+        lambda: t.add(42), lambda: t.upsert("x"), lambda: t.cleanup(keep_last=0),
+        lambda: t.cleanup(keep_last="1"), lambda: t.checkout(10**6), lambda: t.checkout("v1"),
+        lambda: t.create_index(m=1), lambda: t.create_index(ef_construction=0),
+        lambda: t.create_index(m="16"), lambda: t.export(pop.path / "x.csv", "csv"),
+        lambda: db.create_table("m", dim=4, metric="manhattan"), lambda: db.create_table("m", dim=0),
+        lambda: db.create_table("m", dim=True), lambda: db.create_table("m"),
+        lambda: db.create_table("m", dim=4, format="parquet"), lambda: db.create_table("m", schema="id int"),
+        lambda: db.create_table(5, dim=4), lambda: db.open_table("../docs"), lambda: db.open_table("nope"),
+        lambda: db.drop_table("nope"), lambda: omendb.HnswConfig(m=0), lambda: omendb.HnswConfig(ef_search=-1),
+        lambda: omendb.CompactionPolicy(min_segments=1), lambda: omendb.CompactionPolicy(max_deleted_fraction=2),
+        lambda: omendb.CompactionPolicy(max_rows=0), lambda: omendb.open(None), lambda: omendb.open(42),
+        lambda: omendb.connect("http://127.0.0.1:1"), lambda: db.sql("SELECT * FROM omen_knn('nope', [1], 1)"),
+    ]
+
+
+def test_every_argument_error_is_an_omen_error_that_names_the_problem(pop) -> None:
+    for call in _argument_errors(pop):
+        with pytest.raises(errors.OmenError) as info:
+            call()
+        assert str(info.value).strip(), f"{call}: an error with no message"
+        assert "Traceback" not in str(info.value)
+    pop.assert_unchanged()
+
+
+@pytest.mark.parametrize("kwargs", [{"m": 2**40}, {"m": 100_000}, {"ef_construction": 10**7}, {"ef_search": 2**40},
+                                    {"min_rows": 2**62}])
+def test_index_parameters_beyond_sane_limits_are_refused_before_publishing(pop, kwargs) -> None:
+    with pytest.raises(errors.InvalidArgumentError, match=next(iter(kwargs))):
+        omendb.HnswConfig(**kwargs)
+    version = pop.table.version
+    with pytest.raises(errors.InvalidArgumentError):
+        pop.table.create_index(**{"m": 16, "ef_construction": 200, **kwargs})
+    assert pop.table.version == version
+    pop.assert_unchanged()
+
+
+def test_huge_k_costs_no_more_than_the_rows(pop) -> None:
+    hits = pop.table.search(pop.vectors[0], k=10**12)
+    assert hits.num_rows == 33
+    assert pop.table.search(pop.vectors[:3], k=10**9, where="lang = 'en'").num_rows == 3 * 11
+    with pytest.raises(errors.InvalidArgumentError, match="ef"):
+        pop.table.search(pop.vectors[0], k=3, ef=10**9)
+
+
+@pytest.mark.parametrize("column", [pa.array(np.array([0.5, 1.5], np.float16)),
+                                    pa.array([1, 2], pa.decimal256(40, 2))])
+def test_column_types_duckdb_cannot_read_are_refused_at_creation(db_path: Path, column) -> None:
+    with omendb.open(db_path) as db:
+        with pytest.raises(errors.SchemaError, match="'score'.*DuckDB cannot read"):
+            db.create_table("t", data={"id": [1, 2], "score": column, "vector": np.ones((2, DIM), np.float32)})
+        assert "t" not in db
+        table = db.create_table("f", data={"id": [1], "score": [0.5], "vector": np.ones((1, DIM))})
+        table.add({"id": [2], "score": np.array([1.5], np.float16), "vector": np.ones((1, DIM))})  # widened
+        assert table.search(np.ones(DIM), k=5, where="score > 1")["id"].to_pylist() == [2]
+
+
+def test_a_struct_field_the_schema_lacks_is_refused(db_path: Path) -> None:
+    with omendb.open(db_path) as db:
+        table = db.create_table("s", data={"id": [1], "meta": [{"a": 1}], "vector": np.ones((1, DIM))})
+        with pytest.raises(errors.SchemaError, match="'meta'"):
+            table.add({"id": [2], "meta": [{"a": 2, "secret": "x"}], "vector": np.ones((1, DIM))})
+        assert table.count() == 1

@@ -258,3 +258,16 @@ def test_one_blas_thread_pins_inside_and_restores_on_the_same_thread() -> None:
     # (OpenBLAS may ignore another thread's change to its process-wide count: a worker
     # thread's pin is best effort, but it never leaves a lasting change behind)
     assert seen["worker after"] == seen["worker before"] == seen["main before"]
+
+
+@pytest.mark.parametrize("offset", [0.0, 300.0, 3000.0, 1e5])
+def test_l2_is_exact_for_vectors_far_from_the_origin(offset: float) -> None:
+    # |x|² - 2x·q + |q|² in float32 drowns the real distances of such vectors; the scan
+    # re-ranks exactly, so neither the order nor the distances suffer.
+    rng = np.random.default_rng(1)
+    x = (offset + rng.normal(0, 1, (2000, 16))).astype(np.float32)
+    q = x[:40] + rng.normal(0, 0.1, (40, 16)).astype(np.float32)
+    dist, pos = exact_search(x, vector_norms(x), q, 10, "l2")
+    truth = ((x.astype(np.float64)[None] - q.astype(np.float64)[:, None]) ** 2).sum(-1)
+    assert (np.sort(pos, axis=1) == np.sort(np.argsort(truth, axis=1)[:, :10], axis=1)).all()
+    np.testing.assert_allclose(dist, np.take_along_axis(truth, pos, axis=1), rtol=1e-5, atol=1e-5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import ipaddress
 import signal
 import threading
@@ -303,3 +304,103 @@ def test_openapi_document_holds_under_generated_requests(tmp_path: Path) -> None
 
             given(strategy)(check)()
         assert not failures, failures
+
+
+# ------------------------------------------------- what an outside attack found (issue 15)
+def _chunked_post(port: int, path: str, body: bytes, token: str = TOKEN) -> int:
+    """POST ``body`` with chunked transfer encoding (no Content-Length); the status."""
+    import http.client
+
+    con = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        con.putrequest("POST", path)
+        con.putheader("content-type", "application/json")
+        con.putheader("authorization", f"Bearer {token}")
+        con.putheader("transfer-encoding", "chunked")
+        con.endheaders()
+        try:
+            for start in range(0, len(body), 64 << 10):
+                piece = body[start:start + (64 << 10)]
+                con.send(b"%x\r\n%s\r\n" % (len(piece), piece))
+            con.send(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered and closed before the whole body was sent
+        return con.getresponse().status
+    finally:
+        con.close()
+
+
+def test_http_body_limit_counts_a_chunked_body_as_it_arrives(tmp_path: Path) -> None:
+    srv = Server(tmp_path / "db", TOKEN, "--max-request-mb", "1")
+    try:
+        name = unique("chunked")
+        assert srv.http("POST", "/tables", {"name": name, "dim": DIM})[0] == 201
+        rows = {"rows": [{"vector": [0.125] * DIM} for _ in range(30_000)]}  # ~2.1 MB of JSON
+        body = json.dumps(rows).encode()
+        assert len(body) > 2 << 20
+        assert _chunked_post(srv.http_port, f"/tables/{name}/add", body) == 413
+        small = json.dumps({"rows": rows["rows"][:100]}).encode()
+        assert _chunked_post(srv.http_port, f"/tables/{name}/add", small) == 200
+        assert srv.http("GET", f"/tables/{name}")[1]["rows"] == 100
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize("column", ["vector", "id", "_hidden"])
+def test_http_create_table_refuses_taken_column_names(server, column) -> None:
+    name = unique("taken")
+    status, body = server.http("POST", "/tables", {"name": name, "dim": DIM, "columns": {column: "string"}})
+    assert (status, body["error"]) == (400, "SchemaError") and column in body["message"]
+    assert name not in server.http("GET", "/tables")[1]["tables"]
+
+
+def test_flight_tickets_and_commands_that_are_not_json_get_a_clear_error(server) -> None:
+    import pyarrow.flight as flight
+
+    client = flight.connect(server.uri)
+    options = flight.FlightCallOptions(headers=[(b"authorization", f"Bearer {TOKEN}".encode())])
+    for call in (lambda: client.do_get(flight.Ticket(b"\xff not json"), options).read_all(),
+                 lambda: client.do_get(flight.Ticket(b"[1, 2]"), options).read_all(),
+                 lambda: list(client.do_action(flight.Action("count", b"{"), options))):
+        with pytest.raises(flight.FlightError) as info:
+            call()
+        assert "omendb:InvalidArgumentError" in str(info.value) and "Traceback" not in str(info.value)
+    client.close()
+
+
+def test_predicates_of_unbounded_cost_are_refused_by_the_server(server) -> None:
+    name = unique("cost")
+    db = server.connect()
+    table = db.create_table(name, data={"vector": vectors(20), "lang": ["en"] * 20})
+    for where in ("len(range(500000000)) > 0", "repeat(lang, 1000000000) = lang", "id IN (SELECT 1)"):
+        with pytest.raises(omendb.FilterError, match="not allowed here"):
+            table.search(vectors(1)[0], k=3, where=where)
+        with pytest.raises(omendb.FilterError, match="not allowed here"):
+            table.delete(where=where)
+        status, body = server.http("POST", f"/tables/{name}/search", {"vector": [0.0] * DIM, "where": where})
+        assert (status, body["error"]) == (400, "FilterError")
+    assert table.search(vectors(1)[0], k=3, where="lower(lang) LIKE 'e%' AND id BETWEEN 0 AND 9").num_rows == 3
+    assert table.count() == 20
+    db.close()
+
+
+def test_api_description_needs_the_token_unless_made_public(server, tmp_path: Path) -> None:
+    for path in ("/openapi.json", "/docs"):
+        assert server.http_raw("GET", path, token=None) in (401, 404)
+        assert server.http_raw("GET", path) == 200
+    assert server.http_raw("GET", "/redoc", token=None) in (401, 404)
+    public = Server(tmp_path / "db", TOKEN, "--public-docs")
+    try:
+        assert public.http_raw("GET", "/openapi.json", token=None) == 200
+        assert public.http("GET", "/tables", token=None)[0] == 401  # the API itself stays closed
+    finally:
+        public.stop()
+
+
+def test_remote_create_table_takes_index_parameters(server) -> None:
+    db = server.connect()
+    table = db.create_table(unique("idx"), dim=DIM, index=omendb.HnswConfig(m=8, ef_search=32))
+    assert table.stats()["index"]["m"] == 8 and table.stats()["index"]["ef_search"] == 32
+    with pytest.raises(omendb.ArgumentTypeError, match="HnswConfig"):
+        db.create_table(unique("idx"), dim=DIM, index={"m": 8})
+    db.close()

@@ -8,6 +8,13 @@ Distances (smaller is closer):
 
 Ranking uses a cheaper monotone score (the constant ``|q|²`` and ``1 -`` terms are
 left out) and the true distance is computed only for the ``k`` winners.
+
+``l2`` alone subtracts large terms from each other, so in float32 the expansion can
+drown the real distances of vectors far from the origin (a common offset of 3,000 in
+16-d data ranks at random). Every ``l2`` search therefore re-ranks exactly: it keeps
+every row whose score lies within a proven error bound of the ``k``-th best (on usual
+data, a few rows more than ``k``) and computes ``|x - q|²`` for those directly, so
+results and ``_distance`` are exact whatever the data's offset.
 """
 
 from __future__ import annotations
@@ -142,7 +149,61 @@ def exact_search(
         score = _scores(dots, norms, metric)
         if blocked is not None:
             score[:, blocked] = np.inf
-        top_score, top_pos = _top_k(score, k)
-        out_dist[start:stop] = _distances(top_score, qnorm[start:stop], metric)
+        if metric == "l2":  # a few candidates more than k, for the exact re-ranking
+            top_score, top_pos = _top_k(score, min(k + RERANK_EXTRA, score.shape[1]))
+            top_score, top_pos = _rerank_l2(vectors, norms, queries[start:stop], score, top_score, top_pos, k)
+            out_dist[start:stop] = top_score
+        else:
+            top_score, top_pos = _top_k(score, k)
+            out_dist[start:stop] = _distances(top_score, qnorm[start:stop], metric)
         out_pos[start:stop] = top_pos
     return out_dist, out_pos
+
+
+#: Candidates taken beyond ``k`` for the ``l2`` re-ranking: on usual data the error band
+#: ends inside them, so no second pass over the scores is needed.
+RERANK_EXTRA = 16
+_EPS32 = float(np.finfo(np.float32).eps)
+
+
+def _rerank_l2(vectors: np.ndarray, norms: np.ndarray, queries: np.ndarray, score: np.ndarray,
+               top_score: np.ndarray, top_pos: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact ``l2`` top-``k`` from the float32 expansion's ``score`` (Q, N) and its best
+    ``top_*`` (Q, k + a few), ascending.
+
+    The expansion's error per row is below ``err = (d + 4) eps (M² + 2 M |q|)``
+    (``M``: the largest row norm): the worst case of float32 sums of ``d`` products,
+    and of the stored norm squared. A true top-``k`` row scores at most the computed
+    ``k``-th score plus ``2 err``, so the rows in that band hold the true top-``k``;
+    their distances are computed directly, in float64, and ranked.
+    """
+    dim = vectors.shape[1]
+    finite = norms[np.isfinite(norms)]
+    biggest = float(finite.max()) if finite.size else 0.0
+    q64 = queries.astype(np.float64)
+    qnorm = np.sqrt(np.einsum("ij,ij->i", q64, q64))
+    err = (dim + 4) * _EPS32 * (biggest * biggest + 2.0 * biggest * qnorm)
+    bound = top_score[:, k - 1].astype(np.float64) + 2.0 * err
+    out_dist = np.empty((queries.shape[0], k), dtype=np.float32)
+    out_pos = np.empty((queries.shape[0], k), dtype=np.int64)
+    # Usually the band ends among the candidates already taken (or they are all the rows).
+    inside = (top_score[:, -1] > bound) | (top_score.shape[1] == score.shape[1])
+    if inside.all():
+        exact = _direct_l2(vectors, top_pos, queries)
+        exact[top_score > bound[:, None]] = np.inf  # (past the band: never among the k)
+        order = np.argsort(exact, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(exact, order, axis=1).astype(np.float32), np.take_along_axis(top_pos, order, 1)
+    for i in range(queries.shape[0]):  # a wide band (data far from the origin): every row in it
+        candidates = np.flatnonzero(score[i] <= bound[i]) if not inside[i] else top_pos[i]
+        exact = np.concatenate([_direct_l2(vectors, candidates[None, j:j + 8192], queries[i:i + 1])[0]
+                                for j in range(0, candidates.size, 8192)])
+        order = np.argsort(exact, kind="stable")[:k]
+        out_dist[i], out_pos[i] = exact[order], candidates[order]
+    return out_dist, out_pos
+
+
+def _direct_l2(vectors: np.ndarray, candidates: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """``|x - q|²`` in float64 for ``candidates`` (Q, c) of each query (Q, d)."""
+    diff = vectors[candidates].astype(np.float64)
+    diff -= queries.astype(np.float64)[:, None, :]
+    return np.einsum("qcd,qcd->qc", diff, diff)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -21,10 +22,13 @@ from typing import Any, Callable
 import faiss
 import numpy as np
 
-from ..errors import CorruptFileError, InvalidArgumentError
+from ..errors import CorruptFileError, DiskFullError, InvalidArgumentError, StorageError, storage_error
 from ..storage.fileio import publish_written, verify_file
 
-__all__ = ["HnswConfig", "HnswIndex", "BuildCancelled", "build_hnsw", "build_threads", "load_hnsw"]
+__all__ = ["HnswConfig", "HnswIndex", "BuildCancelled", "build_hnsw", "build_threads", "load_hnsw", "MAX_EF"]
+
+#: The largest candidate list a search may ask for (``ef``).
+MAX_EF = 100_000
 
 _FAISS_METRIC = {"l2": faiss.METRIC_L2, "cosine": faiss.METRIC_INNER_PRODUCT, "dot": faiss.METRIC_INNER_PRODUCT}
 
@@ -55,12 +59,11 @@ class HnswConfig:
     min_rows: int = 10_000
 
     def __post_init__(self) -> None:
-        for name in ("m", "ef_construction", "ef_search", "min_rows"):
+        for name, (low, high) in _LIMITS.items():
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name != "min_rows" else 0):
-                raise InvalidArgumentError(f"HnswConfig.{name} must be a positive integer, got {value!r}")
-        if self.m < 2:
-            raise InvalidArgumentError(f"HnswConfig.m must be >= 2, got {self.m}")
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise InvalidArgumentError(f"HnswConfig.{name} must be an integer from {low} to {high:,}, "
+                                           f"got {value!r}")
 
     def build_params(self) -> dict[str, int]:
         """The parameters that shape a built graph (an index is stale if they change)."""
@@ -68,6 +71,11 @@ class HnswConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+#: Accepted range of each parameter: beyond these a graph costs memory and time out of
+#: all proportion (faiss itself overflows on some).
+_LIMITS = {"m": (2, 256), "ef_construction": (1, 4096), "ef_search": (1, MAX_EF), "min_rows": (0, 1 << 40)}
 
 
 def _prepare(vectors: np.ndarray, norms: np.ndarray | None, metric: str) -> np.ndarray:
@@ -174,8 +182,16 @@ class HnswIndex:
     def save(self, path: Path) -> tuple[int, int]:
         """Write atomically (temp, fsync, rename, fsync dir); returns (bytes, crc32)."""
         tmp = path.with_name(f".{path.name}.tmp")
-        faiss.write_index(self._index, str(tmp))
-        return publish_written(tmp, path)
+        try:
+            faiss.write_index(self._index, str(tmp))
+            return publish_written(tmp, path)
+        except (OSError, RuntimeError) as exc:  # (faiss reports a failed write as RuntimeError)
+            tmp.unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise storage_error(exc, "writing an index", path) from None
+            if not shutil.disk_usage(path.parent).free:
+                raise DiskFullError(f"{path}: no space left on the device while writing an index") from None
+            raise StorageError(f"{path}: writing an index failed: {exc}") from None
 
 
 def build_threads() -> int:

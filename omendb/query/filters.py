@@ -15,7 +15,8 @@ import pyarrow as pa
 
 from ..errors import FilterError
 
-__all__ = ["filter_mask", "validate_predicate", "check_bounded_predicate", "BOUNDED_FUNCTIONS", "MaskCache"]
+__all__ = ["filter_mask", "validate_predicate", "check_bounded_predicate", "BOUNDED_FUNCTIONS", "MaskCache",
+           "unfilterable_columns"]
 
 
 class _ConnectionPool:
@@ -90,6 +91,22 @@ def validate_predicate(where: str) -> str:
     return where
 
 
+def unfilterable_columns(schema: pa.Schema) -> list[str]:
+    """Columns of ``schema`` DuckDB cannot read (``where``, SQL), e.g. float16 or decimal256."""
+    bad = []
+    with _pool.connection() as con:
+        for field in schema:
+            try:
+                con.register("t", pa.table({"c": pa.array([], field.type)}))
+                con.execute("SELECT c IS NULL FROM t").fetchall()
+            except duckdb.Error:
+                bad.append(field.name)
+            finally:
+                with contextlib.suppress(duckdb.Error):
+                    con.unregister("t")
+    return bad
+
+
 def filter_mask(table: pa.Table, where: str) -> np.ndarray:
     """Boolean mask of the rows of ``table`` for which ``where`` is true (NULL is false).
 
@@ -101,15 +118,16 @@ def filter_mask(table: pa.Table, where: str) -> np.ndarray:
     """
     validate_predicate(where)
     with _pool.connection() as con:
-        con.register("t", table)
         try:
+            con.register("t", table)
             result = con.execute(f"SELECT COALESCE(CAST(({where}\n) AS BOOLEAN), false) AS m FROM t "
                                  f"WHERE (({where}\n) IS NULL OR true)").fetchnumpy()["m"]
         except duckdb.Error as exc:
             message = str(exc).splitlines()[0]
             raise FilterError(f"invalid where predicate {where!r}: {message}") from None
         finally:
-            con.unregister("t")
+            with contextlib.suppress(duckdb.Error):
+                con.unregister("t")
     mask = np.asarray(result, dtype=bool)
     if mask.shape != (table.num_rows,):  # (cannot happen: one value per row)
         raise FilterError(f"where predicate {where!r} did not give one value per row")

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ..errors import CorruptFileError
+from ..errors import CorruptFileError, storage_error
 from .checksum import crc32, crc32_of_file
 
 __all__ = ["atomic_write", "fsync_dir", "crc32_of_file", "write_file_synced", "publish_written", "verify_file",
@@ -171,9 +171,13 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    write_file_synced(tmp, data)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    try:
+        write_file_synced(tmp, data)
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise storage_error(exc, "writing", path) from None
 
 
 class ChecksummingWriter:

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import CorruptFileError, FormatVersionError, VersionNotFoundError
+from ..errors import CorruptFileError, FormatVersionError, VersionNotFoundError, storage_error
 from .checksum import crc32
 from .fileio import atomic_write
 
@@ -108,6 +108,10 @@ class ManifestStore:
             data = path.read_bytes()
         except FileNotFoundError:  # never published, or removed by cleanup()
             raise VersionNotFoundError(f"{path}: manifest version {version} does not exist") from None
+        except IsADirectoryError:
+            raise CorruptFileError(f"{path}: is a directory, not a manifest") from None
+        except OSError as exc:
+            raise storage_error(exc, "reading a manifest", path) from None
         manifest = Manifest.from_json(data, path)
         if manifest.version != version:
             raise CorruptFileError(f"{path}: holds version {manifest.version}, not {version}")

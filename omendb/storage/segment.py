@@ -17,7 +17,7 @@ from typing import Callable
 
 import pyarrow as pa
 
-from ..errors import CorruptFileError, FormatVersionError, MissingDependencyError
+from ..errors import CorruptFileError, FormatVersionError, MissingDependencyError, storage_error
 from .fileio import ChecksummingWriter, publish_written, verify_file
 
 __all__ = ["SegmentFileInfo", "write_segment", "open_segment", "read_segment_column", "FORMAT_VERSION",
@@ -58,15 +58,19 @@ def write_segment(directory: str | os.PathLike, name: str, table: pa.Table, *,
     one_batch = (batch[0] if len(batch) == 1 else pa.concat_batches(batch)) if batch \
         else pa.RecordBatch.from_pylist([], schema=schema)
     crc = None  # (a Lance file is checksummed when published)
-    if name.endswith(SUFFIXES["lance"]):
-        _write_lance(tmp, schema, one_batch.replace_schema_metadata(schema.metadata))
-    else:
-        options = pa.ipc.IpcWriteOptions(compression=None)
-        sink = ChecksummingWriter(tmp)  # pyarrow hands it the batch's buffers uncopied
-        with pa.PythonFile(sink, mode="w") as file, pa.ipc.new_file(file, schema, options=options) as writer:
-            writer.write_batch(one_batch)
-        crc = sink.crc32
-    size, crc = publish_written(tmp, directory / name, crc32=crc, patient=patient)
+    try:
+        if name.endswith(SUFFIXES["lance"]):
+            _write_lance(tmp, schema, one_batch.replace_schema_metadata(schema.metadata))
+        else:
+            options = pa.ipc.IpcWriteOptions(compression=None)
+            sink = ChecksummingWriter(tmp)  # pyarrow hands it the batch's buffers uncopied
+            with pa.PythonFile(sink, mode="w") as file, pa.ipc.new_file(file, schema, options=options) as writer:
+                writer.write_batch(one_batch)
+            crc = sink.crc32
+        size, crc = publish_written(tmp, directory / name, crc32=crc, patient=patient)
+    except OSError as exc:  # (a full disk, say): no partial file stays behind to fill it further
+        tmp.unlink(missing_ok=True)
+        raise storage_error(exc, f"writing segment {name}", directory) from None
     return SegmentFileInfo(name, table.num_rows, size, crc)
 
 

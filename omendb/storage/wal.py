@@ -22,7 +22,7 @@ from typing import Iterator
 
 import pyarrow as pa
 
-from ..errors import FormatVersionError, WalDamageError
+from ..errors import FormatVersionError, WalDamageError, storage_error
 from .checksum import crc32
 from .fileio import fsync_dir, start_writeback
 
@@ -355,7 +355,14 @@ def scan_wal(path: str | os.PathLike, *, last: bool = True, expected_first: int 
     seq its first record must have (from the file name), if known.
     """
     path = Path(path)
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except IsADirectoryError:
+        scan = WalScan(path, [])
+        scan.problem = WalProblem(0, "is a directory, not a log file", False, False, expected_first)
+        return scan
+    except OSError as exc:
+        raise storage_error(exc, "reading a write-ahead log", path) from None
     scan = WalScan(path, [], size=len(data))
     if len(data) < FILE_HEADER.size:
         scan.problem = WalProblem(0, f"file of {len(data)} bytes is shorter than its header (WAL files are "
@@ -442,13 +449,23 @@ def _peek_rows(data: bytes, offset: int) -> str:
 
 
 def _verifiable_after(data: bytes, offset: int) -> list[WalRecord]:
-    """Records after damaged bytes that still verify (found by their magic)."""
-    found = []
+    """Records after damaged bytes that still verify, found by their magic, in rising seq.
+
+    Record-like bytes inside a payload (a user's blob may hold anything) are not taken
+    for records: the search skips every verified record whole, and the damaged record
+    too when its header still checks out (then its extent is known).
+    """
+    found: list[WalRecord] = []
     view = memoryview(data)
-    start = data.find(RECORD_MAGIC, offset + 1)
+    start = offset + 1
+    if len(data) - offset >= RECORD_HEADER.size:
+        magic, kind, flags, check, seq, length, _ = RECORD_HEADER.unpack_from(data, offset)
+        if magic == RECORD_MAGIC and flags & FLAG_HEADER_CHECK and check == _header_check(kind, flags, seq, length):
+            start = offset + RECORD_HEADER.size + length
+    start = data.find(RECORD_MAGIC, start)
     while start >= 0 and len(data) - start >= RECORD_HEADER.size:
         record, _, _, _ = _read_record(data, view, start, None, False)
-        if record is None:
+        if record is None or (found and record.seq <= found[-1].seq):
             start = data.find(RECORD_MAGIC, start + 1)
             continue
         found.append(record)

@@ -195,12 +195,8 @@ class FlushMixin:
                 rows = rows.append_column(NORM_COLUMN, pa.array(view.norms[view.live]))
                 name = f"seg-{sealed.seq:010d}-{os.urandom(4).hex()}{SUFFIXES[self._format]}"
                 # yield the disk to log commits only while the next memtable is under half full
-                try:
-                    info = write_segment(self._dir / SEGMENTS, name, rows,
-                                         patient=lambda: 2 * self._memtable.nbytes < self._options.memtable_bytes)
-                except OSError as exc:
-                    raise storage_error(exc, f"writing segment {name} of table {self.name!r}",
-                                        self._dir / SEGMENTS) from None
+                info = write_segment(self._dir / SEGMENTS, name, rows,
+                                     patient=lambda: 2 * self._memtable.nbytes < self._options.memtable_bytes)
                 sealed.handle = self._handle(SegmentEntry(info.file, info.rows, info.bytes, info.crc32),
                                              verified=True)
             sealed.live_then = view.live

@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from ..errors import (ClosedError, CorruptFileError, DimensionError, InvalidArgumentError, InvalidVectorError,
                       SchemaError)
-from ..index.hnsw import HnswConfig, HnswIndex
+from ..index.hnsw import MAX_EF, HnswConfig, HnswIndex
 from ..convert import check_valid_arrow
 from ..keys import keys_to_numpy
 from ..memtable import Memtable
@@ -218,7 +218,7 @@ class TableReader:
                     q = np.stack(q)
             given = np.asarray(q)
             if given.dtype.kind not in "biuf":  # complex (its imaginary part), strings, objects
-                raise InvalidVectorError(f"query must be real numbers, got {given.dtype} values")
+                raise InvalidVectorError(f"query must be numeric vectors of real numbers, got {given.dtype} values")
             queries = given.astype(np.float32, copy=False)
         except (ValueError, TypeError) as exc:
             raise InvalidVectorError(f"query must be numeric vectors: {exc}") from None
@@ -260,10 +260,11 @@ class TableReader:
             raise InvalidArgumentError(f"k must be a positive integer, got {k!r}")
         queries, batch = self._queries(q)
         names, schema = self._result_plan(columns, batch)
-        if ef is not None and not (type(ef) is int and ef >= 1) and (
-                isinstance(ef, bool) or not isinstance(ef, (int, np.integer)) or ef < 1):
-            raise InvalidArgumentError(f"ef must be a positive integer, got {ef!r}")
-        ef = max(self._index_config.ef_search if ef is None else int(ef), int(k))
+        if ef is not None and not (type(ef) is int and 1 <= ef <= MAX_EF) and (
+                isinstance(ef, bool) or not isinstance(ef, (int, np.integer)) or not 1 <= ef <= MAX_EF):
+            raise InvalidArgumentError(f"ef must be an integer from 1 to {MAX_EF:,}, got {ef!r}")
+        k = min(int(k), self._rows_at_most())  # (memory follows k: never past the rows there are)
+        ef = max(self._index_config.ef_search if ef is None else int(ef), k)
         if where is None and not exact:
             graph = self._whole_table_graph()
             if graph is not None:
@@ -274,6 +275,12 @@ class TableReader:
         return knn(self._snapshot_parts(exact), queries, int(k), self._metric, where=where, columns=names,
                    vector_column=self.vector_column, batch=batch, empty_schema=self._schema,
                    exact=exact, ef=ef)
+
+    def _rows_at_most(self) -> int:
+        """An upper bound of the live rows (deleted ones counted), at least 1; cheap."""
+        with self._lock:
+            rows = sum(h.entry.rows for h in self._segments) + sum(len(m) for m in self._memtables())
+        return max(1, rows)
 
     def _result_plan(self, columns: Sequence[str] | None, batch: bool) -> tuple[list[str], pa.Schema]:
         """(column names, result schema) of a search asking for ``columns`` (checked once per

@@ -21,10 +21,11 @@ import datetime as dt
 import os
 import re
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import MissingVersionError, WalDamageError
+from ..errors import CorruptFileError, MissingVersionError, WalDamageError
 from ..storage.fileio import fsync_dir
 from ..storage.manifest import Manifest, ManifestStore
 from ..storage.wal import RecordKind, WalRecord, first_seq_of, read_wal, scan_wal
@@ -179,8 +180,14 @@ def referenced_files(table_dir: Path) -> set[str]:
 
 def remove_orphans(table_dir: Path) -> None:
     """Delete what an interrupted flush, build or merge left: files omendb names, that no
-    manifest references, and temporary files of its own. Any other file is left alone."""
-    referenced = referenced_files(table_dir)
+    manifest references, and temporary files of its own. Any other file is left alone.
+    With an older manifest unreadable nothing is removed: what it references is unknown."""
+    try:
+        referenced = referenced_files(table_dir)
+    except CorruptFileError as exc:
+        warnings.warn(f"omendb: {exc}; unreferenced files are kept until it is removed or restored",
+                      RuntimeWarning, stacklevel=3)
+        return
     seg_dir = table_dir / SEGMENTS
     seg_dir.mkdir(exist_ok=True)
     for name in os.listdir(seg_dir):

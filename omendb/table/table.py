@@ -43,8 +43,11 @@ class Table(VersionsMixin, CompactionMixin, IndexMixin, FlushMixin, WriteMixin, 
     """
 
     def __init__(self, name: str, directory: Path, options: TableOptions, workers: Workers | None, *,
-                 checkout: Manifest | None = None, salvage: bool = False) -> None:
+                 checkout: Manifest | None = None, salvage: bool = False, owner: object = None) -> None:
         self._init_reader(name, directory, options)
+        # The database that opened the table: while the table is in use, its database stays
+        # alive, and so does the close-at-exit that flushes it and stops its background work.
+        self._owner = owner
         self._workers = workers
         self._write_lock = threading.RLock()
         self._compact_lock = threading.Lock()
@@ -85,7 +88,7 @@ class Table(VersionsMixin, CompactionMixin, IndexMixin, FlushMixin, WriteMixin, 
         removes the log files it covers, so a reader never sees a gap that is not there.
         A second look settles a publish that raced with the first.
         """
-        hint = f"`omendb salvage {self._dir.parent} --table {self.name}` (in the writer's place)"
+        hint = f"`omendb salvage --db {self._dir.parent} --table {self.name}` (in the writer's place)"
         for attempt in (1, 2):
             wal_files = log_files(self._dir / WAL)
             manifest = self._latest_manifest()
@@ -102,7 +105,7 @@ class Table(VersionsMixin, CompactionMixin, IndexMixin, FlushMixin, WriteMixin, 
         wal_dir.mkdir(exist_ok=True)
         wal_files = log_files(wal_dir)  # (listed before the manifests: see _check_versions)
         manifest = self._latest_manifest()
-        hint = f"`omendb salvage {self._dir.parent} --table {self.name}`"
+        hint = f"`omendb salvage --db {self._dir.parent} --table {self.name}`"
         salvaged = None
         if salvage:
             salvaged = salvage_log(self._dir, manifest)
