@@ -307,7 +307,7 @@ def test_a_really_full_disk(tmp_path: Path) -> None:
     try:
         ballast = disk / "ballast"
         acknowledged = 0
-        db = omendb.open(disk / "db", build_indexes=False, memtable_bytes=256 << 10)
+        db = omendb.open(disk / "db", build_indexes=False, compaction=False, memtable_bytes=256 << 10)
         table = db.create_table("t", dim=64)
         ballast.write_bytes(b"x" * (2 << 20))
         failure = None

@@ -103,7 +103,7 @@ class Table(VersionsMixin, CompactionMixin, IndexMixin, FlushMixin, WriteMixin, 
     def _open_for_writing(self, salvage: bool = False) -> None:
         wal_dir = self._dir / WAL
         wal_dir.mkdir(exist_ok=True)
-        wal_files = log_files(wal_dir)  # (listed before the manifests: see _check_versions)
+        wal_files = log_files(wal_dir)  # (listed before the manifests: see _latest_complete_manifest)
         manifest = self._latest_manifest()
         hint = f"`omendb salvage --db {self._dir.parent} --table {self.name}`"
         salvaged = None
