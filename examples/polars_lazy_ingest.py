@@ -13,7 +13,7 @@ import numpy as np
 import polars as pl
 
 import omendb
-from omendb.ingest import ingest
+from omendb.io import ingest
 
 rng = np.random.default_rng(1)
 with tempfile.TemporaryDirectory() as tmp:

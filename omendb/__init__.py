@@ -12,29 +12,30 @@ from __future__ import annotations
 
 import os
 
+from .api import Table
 from .database import Database
 from .duck import SqlError, duckdb_connect
-from .remote import connect, connect_async
-from .remote.protocol import AuthenticationError
-from .errors import (ArgumentTypeError, BackgroundTaskError, ClosedError, CorruptFileError, DimensionError,
-                     DiskFullError, DuplicateKeyError, FilterError, FormatVersionError, IndexBuildError,
-                     InvalidArgumentError, InvalidNameError, InvalidVectorError, MissingDependencyError,
-                     MissingVersionError, NotADatabaseError, OmenError, ReadOnlyError, SchemaError, SourceError,
-                     StorageError, TableExistsError, TableNotFoundError, VersionNotFoundError, WalDamageError)
+from .errors import (ArgumentTypeError, AuthenticationError, BackgroundTaskError, ClosedError, CorruptFileError,
+                     DimensionError, DiskFullError, DuplicateKeyError, FilterError, FormatVersionError,
+                     IndexBuildError, InvalidArgumentError, InvalidNameError, InvalidVectorError,
+                     MissingDependencyError, MissingFileError, MissingVersionError, NotADatabaseError, OmenError,
+                     ReadOnlyError, SchemaError, SourceError, StorageError, TableExistsError, TableLockedError,
+                     TableNotFoundError, VersionNotFoundError, WalDamageError)
 from .index.hnsw import HnswConfig
-from .locking import TableLockedError
-from .table import CompactionPolicy, Table, TableOptions
+from .remote import connect, connect_async
+from .table import CompactionPolicy, TableOptions
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "open", "connect", "connect_async", "duckdb_connect", "Database", "AuthenticationError", "Table", "TableOptions", "HnswConfig", "CompactionPolicy", "__version__",
+    "open", "connect", "connect_async", "duckdb_connect", "salvage", "Database", "Table", "TableOptions",
+    "HnswConfig", "CompactionPolicy", "__version__",
     "OmenError", "SchemaError", "DimensionError", "InvalidVectorError", "DuplicateKeyError",
     "TableNotFoundError", "TableExistsError", "InvalidNameError", "FilterError", "CorruptFileError",
     "FormatVersionError", "NotADatabaseError", "ReadOnlyError", "ClosedError", "TableLockedError",
     "VersionNotFoundError", "InvalidArgumentError", "ArgumentTypeError", "StorageError", "DiskFullError",
-    "WalDamageError", "MissingVersionError", "MissingDependencyError", "IndexBuildError", "BackgroundTaskError",
-    "SourceError", "SqlError", "salvage",
+    "WalDamageError", "MissingVersionError", "MissingFileError", "MissingDependencyError", "IndexBuildError",
+    "BackgroundTaskError", "SourceError", "SqlError", "AuthenticationError",
 ]
 
 

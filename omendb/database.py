@@ -13,26 +13,24 @@ import uuid
 import warnings
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-import numpy as np
 import pyarrow as pa
 
-from .convert import infer_schema, to_arrow_table, vector_type
-from .errors import (ClosedError, CorruptFileError, DimensionError, FormatVersionError,
-                     ArgumentTypeError, InvalidArgumentError, InvalidNameError, MissingDependencyError, NotADatabaseError, ReadOnlyError, SchemaError,
-                     TableExistsError, TableNotFoundError, describe, storage_error)
-from .locking import TableLockedError, WriterLock
-from .query.filters import unfilterable_columns
+from .convert import to_arrow_table
+from .errors import (ClosedError, CorruptFileError, FormatVersionError, InvalidArgumentError, InvalidNameError,
+                     MissingDependencyError, NotADatabaseError, ReadOnlyError, TableExistsError, TableLockedError,
+                     TableNotFoundError, describe, storage_error)
 from .index.hnsw import HnswConfig
 from .shorthand import ShorthandMixin
 from .storage.fileio import atomic_write, fsync_dir
+from .storage.layout import LOCK, MANIFESTS
+from .storage.locking import WriterLock
 from .storage.manifest import ManifestStore
-from .table import Table, TableOptions, new_table_manifest
-from .table.layout import LOCK, MANIFESTS, MAX_DIM
-from .worker import Workers
+from .table import LocalTable, TableOptions, Workers, discard_table_folder, new_table_manifest
+from .table.options import new_table_schema
 
-__all__ = ["Database"]
+__all__ = ["Database", "use_sql_engine"]
 
 MARKER = "omendb.json"
 FORMAT_VERSION = 1
@@ -49,6 +47,18 @@ def _check_name(name: Any) -> str:
             f"invalid table name {name!r}: use 1-128 letters, digits, '_' or '-' "
             "(no path characters, not starting with '-')")
     return name
+
+
+#: Makes the SQL session of a database (``omendb.duck`` sets it: SQL is a face above the
+#: database, which only knows it can ask for one).
+_SQL_ENGINE: Callable[["Database"], Any] | None = None
+
+
+def use_sql_engine(factory: Callable[["Database"], Any]) -> None:
+    """Set what ``Database.sql`` runs statements with: ``factory(db)`` returns an object
+    with ``run(query, params)`` and ``close()``."""
+    global _SQL_ENGINE
+    _SQL_ENGINE = factory
 
 
 #: Databases not yet closed. At interpreter exit they are closed (memtables flushed,
@@ -79,12 +89,12 @@ class Database(ShorthandMixin):
         self.path = Path(path)
         self._default_dim, self._default_metric = dim, metric
         self._options = options
-        self._tables: dict[str, Table] = {}
+        self._tables: dict[str, LocalTable] = {}
         self._lock = threading.RLock()
         self._closed = False
         self._open_folder()
         self._workers = None if options.read_only else Workers()
-        self._sql_session = None
+        self._sql: Any = None  # the SQL session, made on first use by the DuckDB glue
         _OPEN.add(self)
 
     def _open_folder(self) -> None:
@@ -167,7 +177,7 @@ class Database(ShorthandMixin):
         format: str = "arrow",
         exist_ok: bool = False,
         index: HnswConfig | None = None,
-    ) -> Table:
+    ) -> LocalTable:
         """Create a table, from ``data`` (schema inferred) or empty (``dim`` or ``schema``).
 
         Args:
@@ -207,7 +217,7 @@ class Database(ShorthandMixin):
                 raise TableExistsError(
                     f"{target} exists but holds no omendb table (no manifests); omendb leaves it alone: "
                     "remove or rename it, or choose another table name")
-            table_schema, auto_ids = self._new_schema(data, dim, schema, id_column, vector_column)
+            table_schema, auto_ids = new_table_schema(data, dim, schema, id_column, vector_column)
             manifest = new_table_manifest(table_schema, id_column=id_column, vector_column=vector_column,
                                           metric=metric, auto_ids=auto_ids, index=index, format=format)
             try:
@@ -254,61 +264,17 @@ class Database(ShorthandMixin):
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
 
-    @classmethod
-    def _new_schema(cls, data: Any, dim: int | None, schema: pa.Schema | None, id_column: str,
-                    vector_column: str) -> tuple[pa.Schema, bool]:
-        table_schema, auto_ids = cls._schema_of(data, dim, schema, id_column, vector_column)
-        unreadable = unfilterable_columns(pa.schema([f for f in table_schema if f.name != vector_column]))
-        if unreadable:
-            types = ", ".join(f"{n!r} ({table_schema.field(n).type})" for n in unreadable)
-            raise SchemaError(f"column(s) {types}: a type DuckDB cannot read, so `where` filters and SQL could not "
-                              "use the table; cast them first (float16 to float32, decimal256 to decimal128 or "
-                              "float64)")
-        return table_schema, auto_ids
-
-    @staticmethod
-    def _schema_of(data: Any, dim: int | None, schema: pa.Schema | None, id_column: str,
-                   vector_column: str) -> tuple[pa.Schema, bool]:
-        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, (int, np.integer))
-                                or not 1 <= dim <= MAX_DIM):
-            raise InvalidArgumentError(f"dim must be an integer from 1 to {MAX_DIM:,}, got {dim!r}")
-        dim = None if dim is None else int(dim)
-        if schema is not None:
-            if not isinstance(schema, pa.Schema):
-                raise ArgumentTypeError(f"schema must be a pyarrow.Schema, got {type(schema).__name__}")
-            if vector_column not in schema.names:
-                raise SchemaError(f"schema has no vector column {vector_column!r}")
-            kind = schema.field(vector_column).type
-            if pa.types.is_fixed_size_list(kind):
-                dim = dim or kind.list_size
-                if kind.list_size != dim:
-                    raise DimensionError(f"schema's vector column {vector_column!r} has dim "
-                                         f"{kind.list_size}, but dim={dim} was given")
-            elif not (pa.types.is_list(kind) or pa.types.is_large_list(kind)) or dim is None:
-                raise SchemaError(f"vector column {vector_column!r} must be fixed_size_list<float32, dim> "
-                                  f"(or a list type with dim=), got {kind}")
-            empty = pa.table({f.name: pa.array([], f.type) for f in schema})
-            inferred, auto_ids = infer_schema(empty, id_column=id_column, vector_column=vector_column, dim=dim)
-            return inferred, auto_ids
-        if data is not None:
-            return infer_schema(to_arrow_table(data, vector_column), id_column=id_column,
-                                vector_column=vector_column, dim=dim)
-        if dim is None:
-            raise InvalidArgumentError("create_table needs data=, dim= or schema=")
-        return pa.schema([pa.field(id_column, pa.int64(), nullable=False),
-                          pa.field(vector_column, vector_type(dim), nullable=False)]), True
-
-    def open_table(self, name: str) -> Table:
+    def open_table(self, name: str) -> LocalTable:
         """Open an existing table (the same object on every call)."""
         self._check_open()
         _check_name(name)
         with self._lock:
             table = self._tables.get(name)
-            if table is not None and not table._closed:
+            if table is not None and not table.closed:
                 return table
             if name not in self.table_names():
                 raise TableNotFoundError(f"table {name!r} does not exist in {self.path}")
-            table = Table(name, self.path / name, self._options, self._workers, owner=self)
+            table = LocalTable(name, self.path / name, self._options, self._workers, owner=self)
             self._tables[name] = table
             return table
 
@@ -332,7 +298,7 @@ class Database(ShorthandMixin):
                                            "that fails to open with WalDamageError or MissingVersionError")
             if name not in self.table_names():
                 raise TableNotFoundError(f"table {name!r} does not exist in {self.path}")
-            table = Table(name, self.path / name, self._options, self._workers, owner=self, salvage=True)
+            table = LocalTable(name, self.path / name, self._options, self._workers, owner=self, salvage=True)
             self._tables[name] = table
             return dict(table.salvage_report)
 
@@ -343,45 +309,28 @@ class Database(ShorthandMixin):
         with self._lock:
             if name not in self.table_names():
                 raise TableNotFoundError(f"table {name!r} does not exist in {self.path}")
-            table = self._tables.get(name)
+            table = self._tables.pop(name, None)
             if table is not None and not table.closed:
-                lock = table._close_for_drop()  # stops its background work; keeps the writer lock
+                table.close(discard=True)  # stops its background work; drops the folder under its lock
             else:  # not open here: a writer elsewhere holds the lock, and then nothing changes
-                lock = WriterLock(self.path / name / LOCK, name, self._options.lock_timeout)
-            self._tables.pop(name, None)
-            graveyard = self.path / f".dropped-{name}-{uuid.uuid4().hex[:8]}"
-            try:
-                os.rename(self.path / name, graveyard)
-                fsync_dir(self.path)
-            except OSError as exc:
-                raise storage_error(exc, f"dropping table {name!r}", self.path / name) from None
-            finally:
-                lock.release()
-            shutil.rmtree(graveyard, ignore_errors=True)
+                discard_table_folder(self.path / name, name, lock_timeout=self._options.lock_timeout)
 
     def sql(self, query: str, params: Any = None) -> Any:
         """Run SQL with omendb's functions (``omen_knn``, ``omen_scan``) on this database.
 
         Tables are re-registered first if they changed, so the statement sees every
         acknowledged write. Returns a DuckDB relation (``.fetchall()``, ``.arrow()``,
-        ``.df()``, ``.pl()``).
+        ``.df()``, ``.pl()``); a statement DuckDB refuses raises ``omendb.SqlError``.
         """
         self._check_open()
-        import duckdb
-
-        from .duck import SqlError, SqlSession  # DuckDB glue is a face above the database
-
+        if _SQL_ENGINE is None:
+            raise MissingDependencyError("SQL needs omendb's DuckDB glue: import omendb (not only omendb.database)")
         with self._lock:
-            if self._sql_session is None:
-                self._sql_session = SqlSession(self, duckdb.connect())
-            else:
-                self._sql_session.refresh()
-            try:
-                return self._sql_session.con.sql(query, params=params)
-            except duckdb.Error as exc:
-                raise SqlError(str(exc)) from exc
+            if self._sql is None:
+                self._sql = _SQL_ENGINE(self)
+            return self._sql.run(query, params)
 
-    def __getitem__(self, name: str) -> Table:
+    def __getitem__(self, name: str) -> LocalTable:
         return self.open_table(name)
 
     # ------------------------------------------------------------------ close
@@ -399,8 +348,8 @@ class Database(ShorthandMixin):
             self._tables.clear()
             self._closed = True
             _OPEN.discard(self)
-            if self._sql_session is not None:
-                self._sql_session.con.close()
+            if self._sql is not None:
+                self._sql.close()
             if self._workers is not None:
                 self._workers.close()
         if errors:

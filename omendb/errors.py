@@ -33,6 +33,9 @@ __all__ = [
     "IndexBuildError",
     "BackgroundTaskError",
     "SourceError",
+    "MissingFileError",
+    "TableLockedError",
+    "AuthenticationError",
 ]
 
 
@@ -79,12 +82,32 @@ class CorruptFileError(OmenError, IOError):
     """A file failed its checksum or could not be parsed; the message names it."""
 
 
+class MissingFileError(CorruptFileError):
+    """A file a published version references is not there (``path`` names it).
+
+    A reader following a writer meets it when the writer's ``cleanup()`` removed a
+    version's files between the reader's listing and its first read of them.
+    """
+
+    def __init__(self, message: str, path: object = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
 class FormatVersionError(OmenError, IOError):
     """A file written by a newer (or unknown) on-disk format version."""
 
 
 class NotADatabaseError(OmenError, IOError):
     """A folder that exists, is not empty and is not an omendb database."""
+
+
+class TableLockedError(OmenError, RuntimeError):
+    """Another process (or another open of the same database) holds the table's writer lock."""
+
+
+class AuthenticationError(OmenError, PermissionError):
+    """The server refused the call: missing or wrong bearer token."""
 
 
 class ReadOnlyError(OmenError, PermissionError):

@@ -19,7 +19,7 @@ import pytest
 
 import omendb
 from conftest import brute_force_distances
-from omendb.table.compaction import CompactionMixin
+from omendb.table.compactor import Compactor
 
 DIM = 8
 WAIT = 10.0  # seconds a background job gets before a test gives up on it
@@ -103,7 +103,7 @@ def changes(tbl) -> list[str]:
 
 
 class PausedMerge:
-    """Wraps ``CompactionMixin._index_merged`` (a merge has written its segment but not
+    """Wraps ``Compactor._index_merged`` (a merge has written its segment but not
     published it) so that the merge stops there until the test says go.
 
     Use it inside ``with omendb.open(...)``: leaving it releases the merge, so a
@@ -114,7 +114,7 @@ class PausedMerge:
         self.go = threading.Event()
         self.calls = 0
         self._pause_calls = pause_calls
-        original = CompactionMixin._index_merged
+        original = Compactor._index_merged
 
         def paused(table, handle, written):
             self.calls += 1
@@ -123,7 +123,7 @@ class PausedMerge:
                 assert self.go.wait(30), "test never released the paused merge"
             return original(table, handle, written)
 
-        monkeypatch.setattr(CompactionMixin, "_index_merged", paused)
+        monkeypatch.setattr(Compactor, "_index_merged", paused)
 
     def __enter__(self) -> "PausedMerge":
         return self

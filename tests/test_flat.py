@@ -226,7 +226,7 @@ def test_one_blas_thread_pins_inside_and_restores_on_the_same_thread() -> None:
         import json, threading
         from threadpoolctl import threadpool_info
         import omendb
-        from omendb.blas import one_blas_thread
+        from omendb.index.blas import one_blas_thread
 
         def blas_threads():
             return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]

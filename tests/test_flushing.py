@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import omendb
-from omendb.table import flushing
+from omendb.table import flusher as flushing
 
 DIM = 16
 MEMTABLE = 64 << 10  # 64 KiB: ~700 rows of 16 floats + id
@@ -138,7 +138,7 @@ def test_sigkill_during_a_background_flush_loses_no_acknowledged_write(tmp_path:
     script = tmp_path / "writer.py"
     script.write_text(textwrap.dedent(f"""
         import sys, threading, numpy as np, omendb
-        from omendb.table import flushing
+        from omendb.table import flusher as flushing
         real = flushing.write_segment
         def never_in_the_background(*args, **kwargs):
             if threading.current_thread().name == "omendb-flusher":

@@ -20,9 +20,9 @@ import pytest
 
 import omendb
 from omendb.convert import to_vector_array
-from omendb.export import export_table
-from omendb.ingest import ingest
-from omendb.sources import detect_format, open_source
+from omendb.io import export_table
+from omendb.io import ingest
+from omendb.io import detect_format, open_source
 
 N, DIM, BATCH = 1_234, 8, 300
 
@@ -342,7 +342,7 @@ def test_kill_mid_ingest_keeps_a_prefix_of_whole_batches(reference, tmp_path, db
     pq.write_table(reference, tmp_path / "rows.parquet")
     code = f"""
         import os, omendb
-        from omendb.ingest import ingest
+        from omendb.io import ingest
         db = omendb.open({str(db_path)!r})
         seen = []
         def on_batch(rows):
@@ -371,7 +371,7 @@ def vm_hwm():
 MEMORY_SCRIPT = PEAK + """
 import sys
 import omendb
-from omendb.ingest import ingest
+from omendb.io import ingest
 path, db_path, memtable_mb, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 with omendb.open(db_path, build_indexes=False, compaction=False, memtable_bytes=memtable_mb << 20) as db:
     result = ingest(db, path, table="t", batch_size=batch)

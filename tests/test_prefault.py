@@ -9,7 +9,7 @@ import mmap
 import numpy as np
 import pytest
 
-from omendb import prefault
+from omendb.table import prefault
 
 MiB = 1 << 20
 

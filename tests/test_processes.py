@@ -437,7 +437,7 @@ def test_reader_process_follows_every_publish(tmp_path: Path, db_path: Path, pro
 
 PAUSING_READER = r'''
 import json, sys, omendb
-from omendb.segments import SegmentHandle
+from omendb.table.segments import SegmentHandle
 
 armed = [False]
 original = SegmentHandle._load
@@ -633,7 +633,7 @@ import os, pathlib, signal, sys
 import numpy as np
 import omendb
 from omendb.storage.manifest import ManifestStore
-from omendb.table.compaction import CompactionMixin
+from omendb.table.compactor import Compactor
 import omendb.table.versions as versions_module
 
 path, point = sys.argv[1], sys.argv[2]
@@ -668,7 +668,7 @@ tbl.add(rows("add", 9))            # in the memtable only
 print("acknowledged", flush=True)  # every write above must survive
 
 armed = True
-original_index_merged = CompactionMixin._index_merged
+original_index_merged = Compactor._index_merged
 def index_merged(self, handle, written):
     if point == "merged_segment_written":
         die()
@@ -676,7 +676,7 @@ def index_merged(self, handle, written):
     if point == "merged_index_written":
         die()
     return result
-CompactionMixin._index_merged = index_merged
+Compactor._index_merged = index_merged
 
 original_replace = os.replace
 def replace(src, dst, *args, **kwargs):

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 import omendb
-from omendb.locking import WriterLock
+from omendb.storage.locking import WriterLock
 from omendb.storage import segment as segment_module
 
 DIM = 4
@@ -174,16 +174,18 @@ def test_losing_a_create_race_is_table_exists_and_leaves_nothing(db_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     # Another process creates the same name between this one's check and its rename.
     rival = omendb.open(db_path)
-    real = omendb.Database._new_schema
+    import omendb.database as database_module
+
+    real = database_module.new_table_schema
 
     def rival_wins(*args, **kwargs):
-        monkeypatch.setattr(omendb.Database, "_new_schema", staticmethod(real))
+        monkeypatch.setattr(database_module, "new_table_schema", real)
         rival.create_table("t", data=_rows(100, 1))
         rival.close()
         return real(*args, **kwargs)
 
     with omendb.open(db_path) as db:
-        monkeypatch.setattr(omendb.Database, "_new_schema", staticmethod(rival_wins))
+        monkeypatch.setattr(database_module, "new_table_schema", rival_wins)
         with pytest.raises(omendb.TableExistsError, match="created by another process"):
             db.create_table("t", data=_rows(0, 3))
         monkeypatch.undo()
@@ -391,8 +393,8 @@ def test_an_older_log_file_cut_at_a_record_boundary_is_reported(db_path: Path) -
     # (the seq of its first record) shows that something is missing.
     code = f"""
         import os, numpy as np, omendb
-        from omendb.table import flushing
-        flushing.FlushMixin._flush_sealed = lambda self, sealed: None  # the flush never finishes
+        from omendb.table import flusher
+        flusher.Flusher._flush_sealed = lambda self, sealed: None  # the flush never finishes
         db = omendb.open({str(db_path)!r}, build_indexes=False, compaction=False, memtable_bytes=2048)
         t = db.create_table("t", dim={DIM})
         for b in range(12):
@@ -453,7 +455,7 @@ def test_a_build_cancelled_at_exit_is_not_reported_as_a_failure(db_path: Path) -
     code = f"""
         import threading, time, numpy as np, omendb
         from omendb.index.hnsw import BuildCancelled
-        from omendb.table import compaction
+        from omendb.table import indexer
         entered = threading.Event()
 
         def build_hnsw(vectors, norms, metric, config, should_stop):  # a build that runs until stopped
@@ -463,7 +465,7 @@ def test_a_build_cancelled_at_exit_is_not_reported_as_a_failure(db_path: Path) -
                 time.sleep(0.01)
             raise BuildCancelled()
 
-        compaction.build_hnsw = build_hnsw
+        indexer.build_hnsw = build_hnsw
         # (no reference to the database is kept: its table must keep it alive and closed at exit)
         t = omendb.open({str(db_path)!r}, memtable_bytes=4096, build_indexes=True,
                         compaction=omendb.CompactionPolicy(min_segments=2)).create_table(
@@ -496,7 +498,7 @@ def test_a_killed_add_of_a_blob_that_looks_like_a_log_record_is_a_torn_tail(db_p
         inner = wal.encode_table(pa.table({{"x": [1]}})).to_bytes()
         fields = struct.pack("<BBHQI", 1, 0, 0, 7, len(inner))
         fake = struct.pack("<4sBBHQII", b"WREC", 1, 0, 0, 7, len(inner), crc32(inner, crc32(fields))) + inner
-        writer.WriteMixin._check_and_stage = lambda *a: os.kill(os.getpid(), signal.SIGKILL)
+        writer.Writer.check_and_stage = lambda *a: os.kill(os.getpid(), signal.SIGKILL)
         t.add({{"id": [2], "blob": [fake * 3], "vector": np.ones((1, 4), np.float32)}})
     """
     done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=_env(), capture_output=True,

@@ -24,7 +24,7 @@ from typing import Literal
 
 import numpy as np
 
-from ..blas import one_blas_thread
+from .blas import one_blas_thread
 
 __all__ = ["METRICS", "Metric", "vector_norms", "exact_search", "SCORE_BLOCK_BYTES"]
 

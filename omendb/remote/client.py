@@ -10,11 +10,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.flight as flight
 
+from ..api import Table
 from ..convert import to_arrow_table
 from ..errors import ArgumentTypeError, ClosedError, InvalidArgumentError, OmenError
 from ..index.hnsw import HnswConfig
 from ..shorthand import ShorthandMixin
-from .protocol import (DEFAULT_PORT, AuthenticationError, decode, decode_schema, encode, encode_schema,
+from ..wire import (DEFAULT_PORT, AuthenticationError, decode, decode_schema, encode, encode_schema,
                        encode_vectors, error_from_text)
 
 __all__ = ["connect", "RemoteDatabase", "RemoteTable", "normalise_uri"]
@@ -84,8 +85,8 @@ class _Channel:
             self.client.close()
 
 
-class RemoteTable:
-    """A table on an omendb server, with the embedded Table API (searches return Arrow)."""
+class RemoteTable(Table):
+    """A table on an omendb server: the same :class:`omendb.Table` contract as an embedded one."""
 
     def __init__(self, channel: _Channel, info: dict[str, Any]) -> None:
         self._channel = channel
@@ -146,19 +147,8 @@ class RemoteTable:
         """Every live row."""
         return self._channel.get(self._body(op="scan"))
 
-    def to_pandas(self) -> Any:
-        return self.to_arrow().to_pandas()
-
-    def to_polars(self) -> Any:
-        import polars as pl
-
-        return pl.from_arrow(self.to_arrow())
-
     def count(self) -> int:
         return self._channel.action("count", self._body())["count"]
-
-    def __len__(self) -> int:
-        return self.count()
 
     @property
     def version(self) -> int:

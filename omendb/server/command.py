@@ -7,7 +7,7 @@ import sys
 import click
 
 from ..errors import OmenError
-from ..remote.protocol import DEFAULT_HTTP_PORT, DEFAULT_PORT
+from ..wire import DEFAULT_HTTP_PORT, DEFAULT_PORT
 
 
 @click.command("serve", context_settings={"help_option_names": ["-h", "--help"]})

@@ -20,15 +20,9 @@ from ..database import Database
 from ..errors import InvalidArgumentError
 from ..index.hnsw import HnswConfig
 from ..query.filters import check_bounded_predicate
-from ..remote.protocol import (decode, decode_schema, decode_vectors, encode, encode_schema, error_text)
+from ..wire import decode, decode_schema, decode_vectors, encode, error_text, table_description
 
-__all__ = ["OmenFlightServer", "table_info"]
-
-
-def table_info(table: Any) -> dict[str, Any]:
-    """What a client needs to stand in for a table."""
-    return {"name": table.name, "schema": encode_schema(table.schema), "dim": table.dim, "metric": table.metric,
-            "id_column": table.id_column, "vector_column": table.vector_column, "format": table.format}
+__all__ = ["OmenFlightServer"]
 
 
 class _TokenMiddlewareFactory(flight.ServerMiddlewareFactory):
@@ -58,7 +52,7 @@ class OmenFlightServer(flight.FlightServerBase):
             "health": lambda body: {"status": "ok"},
             "list_tables": lambda body: {"tables": self.db.table_names()},
             "create_table": self._create_table,
-            "open_table": lambda body: table_info(self.db.open_table(body["table"])),
+            "open_table": lambda body: table_description(self.db.open_table(body["table"])),
             "drop_table": lambda body: self.db.drop_table(body["table"]),
             "delete": self._delete,
             "count": lambda body: {"count": self._table(body).count()},
@@ -104,7 +98,7 @@ class OmenFlightServer(flight.FlightServerBase):
         options = _create_options(body.get("options", {}))
         if "schema" in options:
             options["schema"] = decode_schema(options["schema"])
-        return table_info(self.db.create_table(body["table"], **options))
+        return table_description(self.db.create_table(body["table"], **options))
 
     def _delete(self, body: dict[str, Any]) -> dict[str, int]:
         table = self._table(body)
@@ -122,7 +116,7 @@ class OmenFlightServer(flight.FlightServerBase):
             if op == "create_table":
                 options = _create_options(command.get("options", {}))
                 options.pop("schema", None)
-                return table_info(self.db.create_table(command["table"], data=data, **options))
+                return table_description(self.db.create_table(command["table"], data=data, **options))
             table = self._table(command)
             if op == "add":
                 return {"rows": table.add(data)}

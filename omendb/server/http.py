@@ -19,8 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from .. import errors
 from ..errors import InvalidArgumentError
 from ..database import Database
-from ..locking import TableLockedError
+from ..errors import TableLockedError
 from ..query.filters import check_bounded_predicate
+from ..wire import table_description
 
 __all__ = ["create_app"]
 
@@ -79,12 +80,6 @@ def _type(name: str):
 
 def _json_rows(table: Any) -> list[dict[str, Any]]:
     return table.to_pylist()
-
-
-def _info(table: Any) -> dict[str, Any]:
-    return {"name": table.name, "dim": table.dim, "metric": table.metric, "rows": table.count(),
-            "version": table.version, "format": table.format,
-            "columns": {f.name: str(f.type) for f in table.schema}}
 
 
 class BodyLimit:
@@ -204,12 +199,12 @@ def create_app(db: Database, *, token: str | None = None, max_request_bytes: int
                                      "'vector' are the key and vector columns (id_type sets the key's type), and "
                                      "names starting with '_' are reserved")
         fields += [pa.field(name, _type(kind)) for name, kind in body.columns.items()]
-        return _info(db.create_table(body.name, schema=pa.schema(fields), metric=body.metric,
+        return table_description(db.create_table(body.name, schema=pa.schema(fields), metric=body.metric,
                                      exist_ok=body.exist_ok))
 
     @app.get("/tables/{name}", dependencies=secured)
     def get_table(name: str) -> dict[str, Any]:
-        return _info(db.open_table(name))
+        return table_description(db.open_table(name))
 
     @app.delete("/tables/{name}", dependencies=secured)
     def drop_table(name: str) -> dict[str, str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import CorruptFileError, FormatVersionError
+from ..errors import CorruptFileError, FormatVersionError, MissingFileError
 from .checksum import crc32
 from .fileio import atomic_write
 
@@ -36,7 +36,7 @@ def read_deletions(path: str | os.PathLike, *, segment_rows: int) -> np.ndarray:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise CorruptFileError(f"{path}: deletion file is missing") from None
+        raise MissingFileError(f"{path}: deletion file is missing", path) from None
     if len(data) < _HEADER.size + 4:
         raise CorruptFileError(f"{path}: deletion file is truncated")
     magic, version, count = _HEADER.unpack_from(data, 0)

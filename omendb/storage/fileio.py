@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ..errors import CorruptFileError, storage_error
+from ..errors import CorruptFileError, MissingFileError, storage_error
 from .checksum import crc32, crc32_of_file
 
 __all__ = ["atomic_write", "fsync_dir", "crc32_of_file", "write_file_synced", "publish_written", "verify_file",
@@ -230,7 +230,7 @@ def verify_file(path: str | os.PathLike, *, size: int, crc32: int | None, what: 
     try:
         actual = os.stat(path).st_size
     except FileNotFoundError:
-        raise CorruptFileError(f"{path}: {what} file is missing") from None
+        raise MissingFileError(f"{path}: {what} file is missing", path) from None
     if actual != size:
         raise CorruptFileError(f"{path}: {what} is {actual} bytes, manifest says {size}")
     if crc32 is not None and crc32_of_file(path) != crc32:

@@ -39,6 +39,10 @@ class SegmentEntry:
     index_crc32: int = 0
     index_params: dict[str, Any] | None = None  # build parameters of that graph
 
+    def files(self) -> list[str]:
+        """The files of the segment folder this entry references."""
+        return [f for f in (self.file, self.deletions_file, self.index_file) if f]
+
 
 @dataclass(frozen=True)
 class Manifest:

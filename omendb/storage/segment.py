@@ -19,12 +19,9 @@ import pyarrow as pa
 
 from ..errors import CorruptFileError, FormatVersionError, MissingDependencyError, storage_error
 from .fileio import ChecksummingWriter, publish_written, verify_file
+from .layout import SEGMENT_SUFFIXES as SUFFIXES
 
-__all__ = ["SegmentFileInfo", "write_segment", "open_segment", "read_segment_column", "FORMAT_VERSION",
-           "SUFFIXES"]
-
-#: Segment file suffix of each table format.
-SUFFIXES = {"arrow": ".arrow", "lance": ".lance"}
+__all__ = ["SegmentFileInfo", "write_segment", "open_segment", "read_segment_column", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 1
 _FORMAT_KEY = b"omendb.format"

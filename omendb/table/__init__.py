@@ -1,13 +1,15 @@
-"""Tables: durable writes, snapshot reads, index maintenance, compaction and versions.
+"""Tables: a state with one owner, and the collaborators that read, write and maintain it.
 
-``Table`` is assembled from one module per concern: ``reader`` (queries over a
-snapshot), ``writer`` (validation, WAL, memtable), ``flushing`` (memtable to segment,
-in the background), ``indexing`` (background HNSW builds),
-``compaction`` (merges racing safely with writes) and ``versions`` (time travel and
-cleanup).
+``state`` (the state and its one publish path), ``reader`` (queries over a state),
+``writer`` (validation, WAL, memtable), ``flusher`` (memtable to segment),
+``indexer`` (HNSW builds), ``compactor`` (merges racing safely with writes),
+``versions`` (listing, following, cleanup), ``recovery`` (what the log replays on
+open, salvage), and ``table`` (``LocalTable``, which wires them).
 """
 
-from .layout import CompactionPolicy, TableOptions, new_table_manifest
-from .table import Table
+from .options import MAX_DIM, CompactionPolicy, TableOptions, new_table_manifest
+from .table import LocalTable, discard_table_folder
+from .workers import Workers
 
-__all__ = ["Table", "TableOptions", "CompactionPolicy", "new_table_manifest"]
+__all__ = ["LocalTable", "TableOptions", "CompactionPolicy", "new_table_manifest", "discard_table_folder",
+           "Workers", "MAX_DIM"]

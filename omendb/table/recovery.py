@@ -29,13 +29,10 @@ from ..errors import CorruptFileError, MissingVersionError, WalDamageError
 from ..storage.fileio import fsync_dir
 from ..storage.manifest import Manifest, ManifestStore
 from ..storage.wal import RecordKind, WalRecord, first_seq_of, read_wal, scan_wal
-from .layout import SALVAGE, SEGMENTS, WAL, is_omendb_segment_file
+from ..storage.layout import MANIFESTS, SALVAGE, SEGMENTS, WAL, deletions_version, is_omendb_segment_file
 
 __all__ = ["log_files", "read_log", "check_no_missing_versions", "salvage_log", "SalvagedLog",
            "referenced_files", "remove_orphans"]
-
-_DEL_VERSION = re.compile(r"\.(\d{10})\.del")
-
 
 def log_files(wal_dir: Path) -> list[Path]:
     """The table's WAL files in seq order (files without a numbered name are not omendb's)."""
@@ -49,7 +46,7 @@ def log_files(wal_dir: Path) -> list[Path]:
 def check_no_missing_versions(table_dir: Path, manifest: Manifest, wal_files: list[Path], *,
                               salvage_hint: str) -> None:
     """Raise :class:`MissingVersionError` when a newer manifest than ``manifest`` must have existed."""
-    store = ManifestStore(table_dir / "manifests")
+    store = ManifestStore(table_dir / MANIFESTS)
     newest = store.path_of(manifest.version)
     if wal_files:
         first = first_seq_of(wal_files[0])
@@ -67,7 +64,7 @@ def check_no_missing_versions(table_dir: Path, manifest: Manifest, wal_files: li
         return
     # A deletion file is named for the version that published it; a crashed flush can leave one
     # of the next version only.
-    later = sorted(int(m.group(1)) for n in names if (m := _DEL_VERSION.search(n)) and is_omendb_segment_file(n))
+    later = sorted(v for v in map(deletions_version, names) if v is not None)
     if later and later[-1] > manifest.version + 1:
         raise MissingVersionError(
             f"{table_dir}: manifest version v{later[-1]} is missing: {SEGMENTS}/ holds a deletion file it "
@@ -170,11 +167,11 @@ def salvage_log(table_dir: Path, manifest: Manifest) -> SalvagedLog:
 
 def referenced_files(table_dir: Path) -> set[str]:
     """Segment-folder files any retained manifest version references."""
-    store = ManifestStore(table_dir / "manifests")
+    store = ManifestStore(table_dir / MANIFESTS)
     referenced: set[str] = set()
     for version in store.versions():
         for entry in store.load(version).segments:
-            referenced.update(f for f in (entry.file, entry.deletions_file, entry.index_file) if f)
+            referenced.update(entry.files())
     return referenced
 
 
@@ -193,7 +190,7 @@ def remove_orphans(table_dir: Path) -> None:
     for name in os.listdir(seg_dir):
         if name not in referenced and is_omendb_segment_file(name):
             (seg_dir / name).unlink(missing_ok=True)
-    for directory, temp in ((table_dir / "manifests", _MANIFEST_TEMP), (table_dir / WAL, _WAL_TEMP)):
+    for directory, temp in ((table_dir / MANIFESTS, _MANIFEST_TEMP), (table_dir / WAL, _WAL_TEMP)):
         for name in os.listdir(directory):
             if temp.fullmatch(name):
                 (directory / name).unlink(missing_ok=True)

@@ -20,11 +20,11 @@ _LOCK = threading.Lock()
 def register(table: Any) -> None:
     """Remember ``table`` (weakly) under its folder."""
     with _LOCK:
-        _TABLES.setdefault(str(Path(table._dir).resolve()), weakref.WeakSet()).add(table)
+        _TABLES.setdefault(str(Path(table.core.directory).resolve()), weakref.WeakSet()).add(table)
 
 
 def open_tables(folder: Path) -> list[Any]:
     """The table objects over ``folder`` that are not closed."""
     with _LOCK:
         tables = list(_TABLES.get(str(Path(folder).resolve()), ()))
-    return [t for t in tables if not t._closed]
+    return [t for t in tables if not t.closed]

@@ -1,40 +1,57 @@
-"""``Table``: the writable table of a database, a reader's view of it, or an old version.
+"""``LocalTable``: an embedded table, wired from its state owner and its collaborators.
 
 Write path: validate -> WAL record (fsynced) -> apply to the memtable (and deletion
 masks) -> when the memtable is large, flush it to a segment and publish a manifest.
-Read path: take a snapshot (segments + masks + memtable view) under a short lock,
-then search it without holding any lock. Background work (index builds,
-compaction) runs on the database's worker threads and publishes new versions.
+Read path: take the current state (segments + masks + memtable views) in one short
+step, then search it without holding any lock. Background work (flushes, index
+builds, compaction) runs on the database's worker threads and publishes new versions.
+
+Who does what (one module each): ``state`` owns the state and the publish path;
+``reader`` answers queries; ``writer`` logs and applies changes; ``flusher`` turns
+memtables into segments; ``indexer`` builds graphs; ``compactor`` merges segments;
+``versions`` lists, follows and cleans up versions; ``recovery`` decides what the log
+replays on open.
 """
 
 from __future__ import annotations
 
-import threading
-import time
+import datetime as dt
+import os
+import shutil
+import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Sequence
 
-from ..errors import MissingVersionError, SchemaError
-from ..locking import WriterLock
-from ..storage.manifest import Manifest
-from ..storage.wal import WalWriter
-from .compaction import CompactionMixin
-from .flushing import FlushMixin
-from .indexing import IndexMixin
-from .layout import LOCK, WAL, TableOptions
+import pyarrow as pa
+
+from ..api import Table
+from ..errors import (MissingFileError, MissingVersionError, ReadOnlyError, SchemaError,
+                      VersionNotFoundError, storage_error)
+from ..index.hnsw import HnswConfig
+from ..query.snapshot import Snapshot
+from ..storage.fileio import fsync_dir
+from ..storage.layout import LOCK, MANIFESTS, WAL
+from ..storage.locking import WriterLock
+from ..storage.manifest import Manifest, ManifestStore
+from ..storage.wal import RecordKind, WalWriter
+from .compactor import Compactor
+from .flusher import Flusher
+from .indexer import IndexBuilder
+from .options import TableOptions
 from .reader import TableReader
 from .recovery import check_no_missing_versions, log_files, read_log, remove_orphans, salvage_log
 from .registry import register
-from .versions import VersionsMixin
-from .writer import WriteMixin
+from .state import TableCore
+from .versions import Follower, cleanup, list_versions
+from .writer import WriteLog, Writer
 
 if TYPE_CHECKING:
-    from ..worker import Workers
+    from .workers import Workers
 
-__all__ = ["Table"]
+__all__ = ["LocalTable", "discard_table_folder"]
 
 
-class Table(VersionsMixin, CompactionMixin, IndexMixin, FlushMixin, WriteMixin, TableReader):
+class LocalTable(Table):
     """One table of a database. Obtain it from ``Database.create_table``/``open_table``.
 
     In a database opened ``read_only`` (reader processes) the table sees the newest
@@ -44,144 +61,390 @@ class Table(VersionsMixin, CompactionMixin, IndexMixin, FlushMixin, WriteMixin, 
 
     def __init__(self, name: str, directory: Path, options: TableOptions, workers: Workers | None, *,
                  checkout: Manifest | None = None, salvage: bool = False, owner: object = None) -> None:
-        self._init_reader(name, directory, options)
+        self.name = name
         # The database that opened the table: while the table is in use, its database stays
         # alive, and so does the close-at-exit that flushes it and stops its background work.
         self._owner = owner
-        self._workers = workers
-        self._write_lock = threading.RLock()
-        self._compact_lock = threading.Lock()
-        self._index_cond = threading.Condition()
-        self._index_errors: dict[str, BaseException] = {}
-        self._closing = False
-        self._log_failure: str | None = None  # why writes stopped (a failed log sync)
-        self._writer_lock: WriterLock | None = None
+        self._options = options
         self._checkout_version = None if checkout is None else checkout.version
-        self._read_only = checkout is not None or options.read_only
-        self._read_only_reason = (f"a checkout of version {checkout.version}" if checkout is not None
+        self._read_only_reason = (None if checkout is None and not options.read_only else
+                                  f"a checkout of version {checkout.version}" if checkout is not None
                                   else "the database was opened read_only=True")
+        self._writer_lock: WriterLock | None = None
+        self._follower: Follower | None = None
+        self._writer = self._flusher = self._indexer = self._compactor = self._log = None
+        self.salvage_report: dict[str, Any] | None = None
+        directory = Path(directory)
         if checkout is not None:
-            self._load_manifest(checkout)
+            self.core = TableCore(name, directory, options, checkout)
         elif options.read_only:
-            self._manifest_mtime = self._manifests_mtime()
-            self._listed_at = time.monotonic()
-            self._load_manifest(self._latest_complete_manifest())
+            self.core = TableCore(name, directory, options, _latest_complete_manifest(name, directory))
+            self._follower = Follower(self.core)
         else:
-            self._writer_lock = WriterLock(self._dir / LOCK, name, options.lock_timeout)
+            self._writer_lock = WriterLock(directory / LOCK, name, options.lock_timeout)
             try:
-                self._open_for_writing(salvage)
+                self._open_for_writing(directory, workers, salvage)
             except BaseException:
                 self._writer_lock.release()
                 raise
+        self.id_column = self.core.state.info.id_column
+        self.vector_column = self.core.state.info.vector_column
+        if self._writer is None:
+            self._reader = TableReader(self.core)
         register(self)
 
-    def _latest_manifest(self) -> Manifest:
-        manifest = self._store.latest()
-        if manifest is None:
-            raise SchemaError(f"{self._dir}: table {self.name!r} has no manifest")
-        return manifest
-
-    def _latest_complete_manifest(self) -> Manifest:
-        """A reader's newest manifest, refused when a newer one must have existed.
-
-        The log is listed before the manifests: a writer publishes a version before it
-        removes the log files it covers, so a reader never sees a gap that is not there.
-        A second look settles a publish that raced with the first.
-        """
-        hint = f"`omendb salvage --db {self._dir.parent} --table {self.name}` (in the writer's place)"
-        for attempt in (1, 2):
-            wal_files = log_files(self._dir / WAL)
-            manifest = self._latest_manifest()
-            try:
-                check_no_missing_versions(self._dir, manifest, wal_files, salvage_hint=hint)
-                return manifest
-            except MissingVersionError:
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
-
-    def _open_for_writing(self, salvage: bool = False) -> None:
-        wal_dir = self._dir / WAL
+    def _open_for_writing(self, directory: Path, workers: Workers | None, salvage: bool) -> None:
+        wal_dir = directory / WAL
         wal_dir.mkdir(exist_ok=True)
         wal_files = log_files(wal_dir)  # (listed before the manifests: see _latest_complete_manifest)
-        manifest = self._latest_manifest()
-        hint = f"`omendb salvage --db {self._dir.parent} --table {self.name}`"
+        manifest = _latest_manifest(self.name, directory)
+        hint = f"`omendb salvage --db {directory.parent} --table {self.name}`"
         salvaged = None
         if salvage:
-            salvaged = salvage_log(self._dir, manifest)
+            salvaged = salvage_log(directory, manifest)
             records = salvaged.records
         else:
-            check_no_missing_versions(self._dir, manifest, wal_files, salvage_hint=hint)
+            check_no_missing_versions(directory, manifest, wal_files, salvage_hint=hint)
             records = read_log(wal_files, manifest, salvage_hint=hint)
-        self._load_manifest(manifest)
-        self._dirty: set[str] = set()
-        self._next_id = manifest.next_id
-        self._seq = manifest.wal_seq
+        core = self.core = TableCore(self.name, directory, self._options, manifest)
+        log = self._log = WriteLog(wal_dir, self._options.fsync, seq=manifest.wal_seq, next_id=manifest.next_id)
+        self._indexer = IndexBuilder(core, workers)
+        self._compactor = Compactor(core, workers, flush=self.flush)
+        self._flusher = Flusher(core, log, workers, after_publish=self._after_publish)
+        self._reader = TableReader(core, on_bad_index=lambda handle: self._indexer.submit(handle.file))
+        self._writer = Writer(core, self._reader, log, self._flusher)
         for record in records:
-            self._apply(record.kind, record.payload)
-            self._seq = record.seq
-        remove_orphans(self._dir)
-        if salvaged is not None:
-            # Publish everything kept, then retire the old log (its copies are in the salvage folder).
-            self._publish_replayed("salvage", wal_files)
-            self._start_new_wal()
-            self.salvage_report = {"table": self.name, "records_kept": len(records), "rows_kept": salvaged.rows_kept,
-                                   "lost": salvaged.lost, "copies": str(salvaged.folder), "version": self.version}
-        elif wal_files and self._seq > manifest.wal_seq:
-            self._wal = WalWriter(wal_files[-1], fsync=self._options.fsync)
-            if self._memtable.nbytes >= self._options.memtable_bytes:
-                self._flush_locked("flush")
-        else:
-            self._start_new_wal(remove=wal_files)
-        self._schedule_index_builds()
-        self._schedule_compaction()
+            self._writer.apply(record.kind, record.payload)
+            log.seq = record.seq
+        remove_orphans(directory)
+        with core.write_lock:
+            if salvaged is not None:
+                # Publish everything kept, then retire the old log (its copies are in the salvage folder).
+                self._flusher.publish_replayed("salvage", wal_files)
+                self._flusher.start_new_wal()
+                self.salvage_report = {"table": self.name, "records_kept": len(records),
+                                       "rows_kept": salvaged.rows_kept, "lost": salvaged.lost,
+                                       "copies": str(salvaged.folder), "version": core.state.version}
+            elif wal_files and log.seq > manifest.wal_seq:
+                log.wal = WalWriter(wal_files[-1], fsync=self._options.fsync)
+                if core.state.memtable.nbytes >= self._options.memtable_bytes:
+                    self._flusher.flush_locked("flush")
+            else:
+                self._flusher.start_new_wal(remove=wal_files)
+        self._indexer.schedule()
+        self._compactor.schedule()
 
-    def _follows_latest(self) -> bool:
-        return self._read_only and self._checkout_version is None
+    def _after_publish(self, new_segment: bool) -> None:
+        if new_segment:
+            self._indexer.schedule()
+        self._compactor.schedule()  # new segment or new deletions: the policy may apply
 
-    def _before_read(self) -> None:
-        super()._before_read()
-        if self._read_only and self._checkout_version is None:
-            # A new manifest changes the folder's mtime; a coarse-timestamp filesystem can
-            # hide two publishes in one tick, so also look at the listing once a second.
-            now = time.monotonic()
-            if self._manifests_mtime() != self._manifest_mtime or now - self._listed_at > 1.0:
-                self._listed_at = now
-                self.refresh()
-
+    # ------------------------------------------------------------- lifecycle
     @property
     def closed(self) -> bool:
         """True once the table (or its database) has been closed."""
-        return self._closed
+        return self.core.closed
 
-    def _close_for_drop(self) -> WriterLock:
-        """Stop using the table's files without flushing them (they are being dropped).
+    @property
+    def read_only(self) -> bool:
+        """True for checked-out versions and tables of a database opened ``read_only``."""
+        return self._read_only_reason is not None
 
-        Background work is cancelled and a flush in progress finishes first, so nothing
-        writes into the folder afterwards. Returns the writer lock, still held: the
-        caller releases it once the folder is gone.
+    def _before_read(self) -> None:
+        """Run before every read: the table is open (readers also follow the writer)."""
+        self.core.check_open()
+        if self._follower is not None:
+            self._follower.before_read()
+
+    def _writable(self) -> Writer:
+        self.core.check_open()
+        if self._read_only_reason is not None:
+            raise ReadOnlyError(f"table {self.name!r} is read-only ({self._read_only_reason}); "
+                                "writes go through the writable table of the writer process")
+        self._writer.check_writable()
+        return self._writer
+
+    def close(self, *, discard: bool = False) -> None:
+        """Flush the memtable (writer) and release the table's files and writer lock.
+
+        ``discard=True`` (``Database.drop_table``): nothing is flushed, background work
+        stops, and the table's folder is removed while its writer lock is still held,
+        so no other process can open the table in between.
         """
-        self._closing = True
-        self._wait_for_sealed()
-        with self._write_lock:
-            self._closed = True
-            self._wal.close()
-        lock, self._writer_lock = self._writer_lock, None
-        return lock
-
-    def close(self) -> None:
-        """Flush the memtable (writer) and release the table's files and writer lock."""
-        if self._closed:
+        core = self.core
+        if core.closed:
             return
-        if self._read_only:
-            self._closed = True
+        if self._writer is None:
+            if discard:
+                raise ReadOnlyError(f"table {self.name!r} is read-only ({self._read_only_reason}); "
+                                    "the writer drops tables")
+            core.closed = True
             return
-        self._closing = True  # cancels this table's index build or merge in progress
-        self._wait_for_sealed()
-        with self._write_lock:
+        core.closing = True  # cancels this table's index build or merge in progress
+        self._flusher.wait_for_sealed()
+        with core.write_lock:
             try:
-                self._flush_locked("close")
+                if not discard:
+                    self._flusher.flush_locked("close")
             finally:
-                self._closed = True
-                self._wal.close()
-                self._writer_lock.release()
+                core.closed = True
+                self._log.close()
+                lock, self._writer_lock = self._writer_lock, None
+                if not discard:
+                    lock.release()
+        if discard:
+            discard_table_folder(core.directory, self.name, lock=lock)
+
+    # ----------------------------------------------------------------- facts
+    @property
+    def schema(self) -> pa.Schema:
+        """The table's Arrow schema (primary key, vector column, metadata columns)."""
+        return self.core.state.info.schema
+
+    @property
+    def dim(self) -> int:
+        """Number of components of every vector."""
+        return self.core.state.info.dim
+
+    @property
+    def metric(self) -> str:
+        """Distance metric fixed at creation: ``l2`` (squared), ``cosine`` or ``dot``."""
+        return self.core.state.info.metric
+
+    @property
+    def format(self) -> str:
+        """Segment file format fixed at creation: ``"arrow"`` (Arrow IPC) or ``"lance"``."""
+        return self.core.state.info.format
+
+    @property
+    def version(self) -> int:
+        """Number of the latest published manifest version."""
+        return self.core.state.version
+
+    @property
+    def index_config(self) -> HnswConfig:
+        """The table's HNSW parameters."""
+        return self.core.state.info.index
+
+    def __repr__(self) -> str:
+        return f"<omendb.Table {self.name!r} dim={self.dim} metric={self.metric} rows={self.count()}>"
+
+    # ---------------------------------------------------------------- writes
+    def add(self, data: Any, *, fsync: bool | None = None) -> int:
+        """Append rows; refuse keys that already exist. Returns the number of rows added.
+
+        ``data``: a pandas/polars DataFrame, pyarrow Table/RecordBatch/RecordBatchReader,
+        list of dicts, dict of columns, or a 2-D NumPy array of vectors (ids assigned).
+        Returns once the rows are durable (see ``TableOptions.fsync``; ``fsync=False``
+        skips this call's sync).
+        """
+        return self._writable().write(RecordKind.ADD, data, fsync)
+
+    def upsert(self, data: Any, *, fsync: bool | None = None) -> int:
+        """Insert rows, replacing any live row with the same primary key."""
+        return self._writable().write(RecordKind.UPSERT, data, fsync)
+
+    def insert(self, data: Any, *, fsync: bool | None = None) -> pa.Array:
+        """Like :meth:`add`, but return the primary keys of the new rows (assigned or given)."""
+        return self._writable().write(RecordKind.ADD, data, fsync, keys=True)
+
+    def delete(self, ids: Any = None, *, where: str | None = None, fsync: bool | None = None) -> int:
+        """Delete rows by primary key, or every row matching the SQL predicate ``where``.
+
+        Returns the number of rows deleted (ids that do not exist are ignored).
+        """
+        return self._writable().delete(ids, where, fsync)
+
+    # ----------------------------------------------------------------- reads
+    def _reading(self, read: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run a read; a reader that lost a race with the writer's ``cleanup()`` (a segment
+        it had not mapped yet is gone) adopts the newest version and reads once more
+        (mapped files stay readable after they are removed)."""
+        self._before_read()
+        try:
+            return read(*args, **kwargs)
+        except MissingFileError:
+            if self._follower is None:
+                raise
+            self._follower.refresh()
+            return read(*args, **kwargs)
+
+    def search(self, q: Any, k: int = 10, *, where: str | None = None, columns: Sequence[str] | None = None,
+               exact: bool = False, ef: int | None = None) -> pa.Table:
+        """Nearest neighbours of ``q``.
+
+        Args:
+            q: one vector (1-D) -> up to ``k`` rows sorted by ``_distance``; or a 2-D
+                array of queries -> up to ``k`` rows per query with a ``_query`` column
+                (the query's row number), grouped by query.
+            k: neighbours per query.
+            where: SQL predicate over metadata columns, applied before ranking: when
+                at least ``k`` rows match, ``k`` rows come back.
+            columns: columns to return (default: all); ``_distance`` is always added.
+            exact: force the exact flat scan, bypassing HNSW indexes.
+            ef: HNSW candidate list size for this call (default
+                ``index_config.ef_search``); larger is slower and more accurate.
+
+        Returns:
+            A ``pyarrow.Table`` (``.to_pandas()`` / ``polars.from_arrow`` to convert).
+        """
+        return self._reading(self._reader.search, q, k, where=where, columns=columns, exact=exact, ef=ef)
+
+    def get(self, ids: Any, columns: Sequence[str] | None = None) -> pa.Table:
+        """Rows with the given primary keys, in the order asked; missing ids are skipped."""
+        return self._reading(self._reader.get, ids, columns)
+
+    def count(self) -> int:
+        """Number of live rows."""
+        return self._reading(self._reader.count)
+
+    def to_arrow(self) -> pa.Table:
+        """Every live row as one Arrow table (segments memory-mapped, zero copy where possible)."""
+        return self._reading(self._reader.to_arrow)
+
+    def stats(self) -> dict[str, Any]:
+        """Rows, deleted rows, segments, index state, bytes on disk and version."""
+        return self._reading(self._reader.stats)
+
+    def snapshot(self) -> Snapshot:
+        """A frozen view of the live rows now (unflushed rows included), for SQL glue."""
+        return self._reading(self._reader.snapshot)
+
+    def state_token(self) -> tuple:
+        """A value that changes whenever the table's visible rows may have changed (cheap)."""
+        self._before_read()
+        return self._reader.state_token()
+
+    def export(self, path: str | os.PathLike, format: str = "parquet", *, overwrite: bool = False) -> Any:
+        """Write every live row (one consistent snapshot) to ``path`` as ``"parquet"``,
+        ``"lance"`` (a Lance dataset folder, which LanceDB opens) or ``"arrow"`` (IPC file).
+        Returns what was written (path, format, rows, bytes)."""
+        from ..io.export import export_table
+
+        return export_table(self, path, format, overwrite=overwrite)
+
+    # ----------------------------------------------------------- maintenance
+    def flush(self) -> None:
+        """Write the memtable out as a segment and publish a new version now."""
+        self._writable()
+        self._flusher.flush()
+
+    def compact(self) -> dict[str, Any]:
+        """Flush, then merge segments and drop deleted rows now; return when published.
+
+        Every segment with deleted rows is rewritten without them, and segments are
+        merged into as few as ``CompactionPolicy.max_rows`` allows. Returns what it did:
+        ``segments_before`` (segments, counting the unflushed rows as one),
+        ``segments_after``, ``rows_dropped`` (deleted rows removed from segments),
+        ``version``.
+        """
+        self._writable()
+        return self._compactor.compact()
+
+    def create_index(self, m: int = 16, ef_construction: int = 200, *, ef_search: int | None = None,
+                     min_rows: int | None = None) -> None:
+        """Set the HNSW parameters and (re)build, in the background, every index they change.
+
+        Segments with at least ``min_rows`` rows get an index; smaller ones (and rows
+        not yet flushed) are searched exactly. Use :meth:`wait_for_index` to wait.
+        See :class:`omendb.HnswConfig` for what each parameter trades.
+        """
+        self._writable()
+        current = self.core.state.info.index
+        self._indexer.configure(HnswConfig(m=m, ef_construction=ef_construction,
+                                           ef_search=current.ef_search if ef_search is None else ef_search,
+                                           min_rows=current.min_rows if min_rows is None else min_rows))
+
+    def wait_for_index(self, timeout: float | None = None) -> bool:
+        """Wait until every segment that should have an index has a current one.
+
+        Returns True when done, False on timeout. Raises ``IndexBuildError`` if a build failed.
+        """
+        self._writable()
+        return self._indexer.wait(timeout, self._flusher.wait_for_sealed)
+
+    # -------------------------------------------------------------- versions
+    def versions(self) -> list[dict[str, Any]]:
+        """Every retained version, oldest first: number, time, what changed, rows, segments."""
+        self.core.check_open()
+        return list_versions(self.core)
+
+    def checkout(self, version: int) -> "LocalTable":
+        """A read-only table of ``version`` as it was published (writes raise ``ReadOnlyError``).
+
+        Rows that were only in the writer's memtable at that time are not part of a
+        version. The files of a checkout are kept by ``cleanup()`` while it is open.
+        """
+        self.core.check_open()
+        available = self.core.store.versions()
+        if version not in available:
+            retained = f"retained: {available[0]}..{available[-1]}" if available else "none retained"
+            raise VersionNotFoundError(f"table {self.name!r} has no version {version!r} ({retained})")
+        return LocalTable(self.name, self.core.directory, self._options, None, checkout=self.core.store.load(version))
+
+    def refresh(self) -> int:
+        """Adopt the newest published version (readers; the writer is always current)."""
+        self.core.check_open()
+        if self._follower is not None:
+            self._follower.refresh()
+        return self.version
+
+    def cleanup(self, older_than: float | dt.timedelta | None = None, keep_last: int = 1) -> dict[str, int]:
+        """Remove old versions and the files only they reference; report what was freed.
+
+        A version is removed when it is not among the ``keep_last`` newest, is older
+        than ``older_than`` (seconds or a timedelta; ``None``: any age) and is not held
+        by a table open in this process (a ``checkout()``, or a table of a read-only
+        database). The newest version is always kept.
+        Returns ``versions_removed``, ``files_removed`` and ``bytes_freed``.
+        """
+        self._writable()
+        return cleanup(self.core, older_than, keep_last)
+
+
+def _latest_manifest(name: str, directory: Path) -> Manifest:
+    manifest = ManifestStore(directory / MANIFESTS).latest()
+    if manifest is None:
+        raise SchemaError(f"{directory}: table {name!r} has no manifest")
+    return manifest
+
+
+def _latest_complete_manifest(name: str, directory: Path) -> Manifest:
+    """A reader's newest manifest, refused when a newer one must have existed.
+
+    The log is listed before the manifests: a writer publishes a version before it
+    removes the log files it covers, so a reader never sees a gap that is not there.
+    A second look settles a publish that raced with the first.
+    """
+    hint = f"`omendb salvage --db {directory.parent} --table {name}` (in the writer's place)"
+    for attempt in (1, 2):
+        wal_files = log_files(directory / WAL)
+        manifest = _latest_manifest(name, directory)
+        try:
+            check_no_missing_versions(directory, manifest, wal_files, salvage_hint=hint)
+            return manifest
+        except MissingVersionError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def discard_table_folder(directory: Path, name: str, *, lock: WriterLock | None = None,
+                         lock_timeout: float = 0.0) -> None:
+    """Remove a table's folder for good, holding its writer lock while it disappears.
+
+    ``lock``: the writer lock, held by the caller (the table being closed); otherwise it
+    is taken here, and a table open for writing elsewhere raises ``TableLockedError``
+    with nothing changed. The folder is first renamed to a hidden name (a crash then
+    leaves a leftover that the next open of the database removes).
+    """
+    lock = lock or WriterLock(directory / LOCK, name, lock_timeout)
+    graveyard = directory.parent / f".dropped-{name}-{uuid.uuid4().hex[:8]}"
+    try:
+        os.rename(directory, graveyard)
+        fsync_dir(directory.parent)
+    except OSError as exc:
+        raise storage_error(exc, f"dropping table {name!r}", directory) from None
+    finally:
+        lock.release()
+    shutil.rmtree(graveyard, ignore_errors=True)

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import pyarrow as pa
 
-from .errors import InvalidArgumentError, OmenError, SchemaError, TableExistsError, TableNotFoundError
+from ..errors import InvalidArgumentError, OmenError, SchemaError, TableExistsError, TableNotFoundError
 from .sources import Source, open_source
 
 __all__ = ["ingest", "IngestResult"]

@@ -8,13 +8,9 @@ import threading
 import time
 from pathlib import Path
 
-from .errors import CorruptFileError, OmenError, storage_error
+from ..errors import CorruptFileError, TableLockedError, storage_error
 
 __all__ = ["WriterLock", "TableLockedError"]
-
-
-class TableLockedError(OmenError, RuntimeError):
-    """Another process (or another open of the same database) holds the table's writer lock."""
 
 
 #: Lock files this process holds, so a refusal can say who holds the lock.

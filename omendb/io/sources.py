@@ -32,8 +32,8 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 import pyarrow as pa
 
-from .convert import to_arrow_table
-from .errors import MissingDependencyError, SchemaError, SourceError
+from ..convert import to_arrow_table
+from ..errors import MissingDependencyError, SchemaError, SourceError
 
 __all__ = ["Source", "open_source", "FILE_FORMATS", "detect_format"]
 

@@ -20,10 +20,11 @@ import click
 
 import omendb
 
-from .errors import OmenError, TableNotFoundError
-from .export import EXPORT_FORMATS
-from .sources import FILE_FORMATS
-from .cli_io import _console, _environment, _json_default, _parse_columns, _size, _table_info, load_queries, write_results
+from ..errors import OmenError, TableNotFoundError
+from ..io.export import EXPORT_FORMATS
+from ..io.sources import FILE_FORMATS
+from .output import (console, environment, json_default, load_queries, parse_columns, size_text, table_info,
+                     write_results)
 
 __all__ = ["main"]
 
@@ -101,7 +102,7 @@ def _machine_output(as_json: bool) -> bool:
 
 
 def _emit_json(record: dict[str, Any]) -> None:
-    click.echo(json.dumps(record, default=_json_default, separators=(",", ":")))
+    click.echo(json.dumps(record, default=json_default, separators=(",", ":")))
 
 
 # ------------------------------------------------------------------ the group
@@ -203,8 +204,8 @@ def ingest(sources: tuple[str, ...], db_path: str, table_name: str, vector_colum
     every whole batch written before (re-run with --upsert to finish safely). The
     table is created from the first batch's schema unless it exists.
     """
-    from .ingest import ingest as ingest_rows
-    from .sources import open_source
+    from ..io.ingest import ingest as ingest_rows
+    from ..io.sources import open_source
 
     if create_only and append_only:
         raise click.UsageError("--create and --append exclude each other")
@@ -218,7 +219,7 @@ def ingest(sources: tuple[str, ...], db_path: str, table_name: str, vector_colum
     db = omendb.open(Path(db_path).expanduser(), fsync=not no_fsync, memtable_bytes=memtable_mb << 20,
                      build_indexes=index, compaction=False)
     try:
-        progress = None if machine else _progress(_console(), total)
+        progress = None if machine else _progress(console(), total)
         task = progress.add_task("ingest", total=total) if progress else None
 
         def advance(rows: int) -> None:
@@ -251,7 +252,7 @@ def ingest(sources: tuple[str, ...], db_path: str, table_name: str, vector_colum
             if machine:
                 table.wait_for_index()
             else:
-                with _console().status("building HNSW indexes of the new segments..."):
+                with console().status("building HNSW indexes of the new segments..."):
                     table.wait_for_index()
             summary["index_seconds"] = round(time.perf_counter() - t0, 3)
         stats = table.stats()
@@ -300,7 +301,7 @@ def search(db_path: str, table_name: str | None, query: str, k: int, where: str 
     with _open_existing(db_path, read_only=True) as db:
         table = _table(db, table_name)
         queries = load_queries(query, vector_column or table.vector_column)
-        result = table.search(queries, k=k, where=where, columns=_parse_columns(columns, table),
+        result = table.search(queries, k=k, where=where, columns=parse_columns(columns, table),
                               exact=exact, ef=ef)
         write_results(result, output, out)
 
@@ -317,7 +318,7 @@ def info(db_path: str | None, table_name: str | None, as_json: bool) -> None:
     if db_path is None:
         if table_name is not None:
             raise click.UsageError("--table needs --db")
-        env = _environment()
+        env = environment()
         if as_json:
             _emit_json(env)
         else:
@@ -325,37 +326,37 @@ def info(db_path: str | None, table_name: str | None, as_json: bool) -> None:
         return
     with _open_existing(db_path, read_only=True) as db:
         if table_name is not None:
-            tables = [_table_info(_table(db, table_name), detail=True)]
+            tables = [table_info(_table(db, table_name), detail=True)]
         else:
-            tables = [_table_info(db.open_table(name), detail=False) for name in db.table_names()]
+            tables = [table_info(db.open_table(name), detail=False) for name in db.table_names()]
         if as_json:
             _emit_json({"db": str(db.path), "tables": tables})
             return
         from rich.table import Table as RichTable
 
-        console = _console()
+        out = console()
         if table_name is not None:
             t = tables[0]
-            console.print(f"[bold]{t['table']}[/] in {db.path}")
+            out.print(f"[bold]{t['table']}[/] in {db.path}")
             for key in ("rows", "dim", "metric", "format", "id_column", "vector_column", "segments",
                         "indexed_segments", "unindexed_segments", "indexed_rows", "unindexed_rows",
                         "deleted_rows", "version", "versions"):
-                console.print(f"  {key:<19} {t[key]:,}" if isinstance(t[key], int) else f"  {key:<19} {t[key]}")
-            console.print(f"  {'bytes':<19} {_size(t['bytes'])}")
-            console.print(f"  {'index':<19} {t['index']}")
-            console.print("  columns: " + ", ".join(f"{n} {kind}" for n, kind in t["columns"].items()))
+                out.print(f"  {key:<19} {t[key]:,}" if isinstance(t[key], int) else f"  {key:<19} {t[key]}")
+            out.print(f"  {'bytes':<19} {size_text(t['bytes'])}")
+            out.print(f"  {'index':<19} {t['index']}")
+            out.print("  columns: " + ", ".join(f"{n} {kind}" for n, kind in t["columns"].items()))
             return
         if not tables:
-            console.print(f"{db.path}: no tables")
+            out.print(f"{db.path}: no tables")
             return
         view = RichTable(title=str(db.path))
         for name in ("table", "rows", "dim", "metric", "format", "segments", "indexed", "deleted", "size", "version"):
             view.add_column(name, justify="left" if name in ("table", "metric", "format") else "right")
         for t in tables:
             view.add_row(t["table"], f"{t['rows']:,}", str(t["dim"]), t["metric"], t["format"], str(t["segments"]),
-                         f"{t['indexed_segments']}/{t['segments']}", f"{t['deleted_rows']:,}", _size(t["bytes"]),
+                         f"{t['indexed_segments']}/{t['segments']}", f"{t['deleted_rows']:,}", size_text(t["bytes"]),
                          str(t["version"]))
-        console.print(view)
+        out.print(view)
 
 
 # ------------------------------------------------------------------ compact
@@ -383,7 +384,7 @@ def compact(db_path: str, table_name: str | None, index: bool, cleanup: bool, ke
         for name in names:
             table = db.open_table(name)
             t0 = time.perf_counter()
-            status = None if machine else _console().status(f"compacting {name!r}...")
+            status = None if machine else console().status(f"compacting {name!r}...")
             if status is not None:
                 status.start()
             try:
@@ -401,11 +402,11 @@ def compact(db_path: str, table_name: str | None, index: bool, cleanup: bool, ke
             if machine:
                 _emit_json(report)
             else:
-                freed = f", removed {report['versions_removed']} version(s) freeing {_size(report['bytes_freed'])}" \
+                freed = f", removed {report['versions_removed']} version(s) freeing {size_text(report['bytes_freed'])}" \
                     if cleanup else ""
                 click.echo(f"{name}: {report['segments_before']} -> {report['segments_after']} segment(s), "
                            f"{report['rows_dropped']:,} deleted rows dropped, {report['indexed_segments']} indexed"
-                           f"{freed}, {_size(report['bytes'])} on disk, version {report['version']} "
+                           f"{freed}, {size_text(report['bytes'])} on disk, version {report['version']} "
                            f"({report['seconds']:.1f} s)")
 
 
@@ -462,7 +463,7 @@ def export(db_path: str, table_name: str | None, out: str, export_format: str | 
     Streams one consistent snapshot segment by segment; the output appears complete
     or not at all.
     """
-    from .export import export_table
+    from ..io.export import export_table
 
     with _open_existing(db_path, read_only=True) as db:
         table = _table(db, table_name)
@@ -471,7 +472,7 @@ def export(db_path: str, table_name: str | None, out: str, export_format: str | 
         _emit_json({"table": table.name, **result.as_dict()})
     else:
         click.echo(f"exported {result.rows:,} rows of {table.name!r} to {result.path} ({result.format}, "
-                   f"{_size(result.bytes)}) in {result.seconds:.2f} s")
+                   f"{size_text(result.bytes)}) in {result.seconds:.2f} s")
 
 
 # ------------------------------------------------------------------ demo
@@ -490,7 +491,7 @@ def demo(path: str, rows: int, dim: int, queries: int) -> None:
 
 
 def _serve() -> click.Command:
-    from .server.command import serve_command
+    from ..server.command import serve_command
 
     return serve_command
 

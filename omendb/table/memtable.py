@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from .convert import vectors_view
-from .index.flat import vector_norms
-from .keys import keys_to_numpy
+from ..convert import vectors_view
+from ..index.flat import vector_norms
+from ..index.keys import keys_to_numpy
 from .prefault import AheadOfUse
 
 __all__ = ["Memtable", "MemtableView", "StagedRows"]

@@ -1,43 +1,29 @@
-"""Table folder layout, options and the first manifest of a new table."""
+"""A table's options and the first manifest of a new table."""
 
 from __future__ import annotations
 
-import base64
 import math
-import re
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
-from ..errors import ArgumentTypeError, InvalidArgumentError
+from ..convert import infer_schema, to_arrow_table, vector_type
+from ..errors import ArgumentTypeError, DimensionError, InvalidArgumentError, SchemaError
 from ..index.flat import METRICS
 from ..index.hnsw import HnswConfig
+from ..storage.layout import SEGMENT_SUFFIXES, schema_to_text
+from ..query.filters import unfilterable_columns
 from ..storage.manifest import Manifest
-from ..storage.segment import SUFFIXES
 
-__all__ = ["MANIFESTS", "SEGMENTS", "WAL", "LOCK", "SALVAGE", "TableOptions", "CompactionPolicy",
-           "schema_to_text", "schema_from_text", "new_table_manifest", "is_omendb_segment_file", "MAX_DIM"]
-
-MANIFESTS, SEGMENTS, WAL, LOCK, SALVAGE = "manifests", "segments", "wal", "LOCK", "salvage"
+__all__ = ["TableOptions", "CompactionPolicy", "new_table_manifest", "new_table_schema", "MAX_DIM",
+           "MIN_MEMTABLE_BYTES"]
 
 #: The largest vector dimension a table accepts (faiss and the memtable's buffers are
 #: sized by it; real embeddings stay far below).
 MAX_DIM = 65_536
-
-# Names omendb gives the files of a table's segments folder: flushed segments
-# (seg-<seq>-<random>), merged ones (seg-m<random>), their deletion files (<segment>.<version>.del)
-# and indexes (<segment>.<random>.hnsw), and the temporary names they are written under.
-_SEGMENT_STEM = r"seg-(?:\d{10}-[0-9a-f]{8}|m[0-9a-f]{12})"
-_SEGMENT_FILE = re.compile(
-    rf"\.?(?:{_SEGMENT_STEM}\.(?:arrow|lance)|{_SEGMENT_STEM}\.\d{{10}}\.del|{_SEGMENT_STEM}\.[0-9a-f]{{8}}\.hnsw)"
-    r"(?:\.tmp(?:-\d+)?)?")
-
-
-def is_omendb_segment_file(name: str) -> bool:
-    """True for a name omendb gives files in ``segments/`` (a user's stray file is never one)."""
-    match = _SEGMENT_FILE.fullmatch(name)
-    return match is not None and (name.startswith(".") == (".tmp" in name))
 
 
 @dataclass(frozen=True)
@@ -121,21 +107,13 @@ def _check_int(name: str, value: object, low: int, high: int | None = None) -> N
         raise InvalidArgumentError(f"{name} must be an integer {bounds}, got {value!r}")
 
 
-def schema_to_text(schema: pa.Schema) -> str:
-    return base64.b64encode(schema.serialize().to_pybytes()).decode()
-
-
-def schema_from_text(text: str) -> pa.Schema:
-    return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(text)))
-
-
 def new_table_manifest(schema: pa.Schema, *, id_column: str, vector_column: str, metric: str,
                        auto_ids: bool, index: HnswConfig | None = None, format: str = "arrow") -> Manifest:
     """Version 1 of a new, empty table."""
     if metric not in METRICS:
         raise InvalidArgumentError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
-    if format not in SUFFIXES:
-        raise InvalidArgumentError(f"format must be one of {', '.join(SUFFIXES)}, got {format!r}")
+    if format not in SEGMENT_SUFFIXES:
+        raise InvalidArgumentError(f"format must be one of {', '.join(SEGMENT_SUFFIXES)}, got {format!r}")
     dim = schema.field(vector_column).type.list_size
     if not 1 <= dim <= MAX_DIM:
         raise InvalidArgumentError(f"vector dimension {dim} is out of range: a table's vectors have 1 to {MAX_DIM:,} "
@@ -144,3 +122,51 @@ def new_table_manifest(schema: pa.Schema, *, id_column: str, vector_column: str,
             "metric": metric, "dim": dim, "auto_ids": auto_ids, "format": format,
             "index": (index or HnswConfig()).to_dict()}
     return Manifest(version=1, table=info, created_at=time.time(), change="create")
+
+
+def new_table_schema(data: Any, dim: int | None, schema: pa.Schema | None, id_column: str,
+                     vector_column: str) -> tuple[pa.Schema, bool]:
+    """The schema of a new table (from ``data``, ``schema`` or ``dim``) and whether omendb assigns its ids.
+
+    Refuses column types DuckDB cannot read: ``where`` filters and SQL could not use them.
+    """
+    table_schema, auto_ids = _schema_of(data, dim, schema, id_column, vector_column)
+    unreadable = unfilterable_columns(pa.schema([f for f in table_schema if f.name != vector_column]))
+    if unreadable:
+        types = ", ".join(f"{n!r} ({table_schema.field(n).type})" for n in unreadable)
+        raise SchemaError(f"column(s) {types}: a type DuckDB cannot read, so `where` filters and SQL could not "
+                          "use the table; cast them first (float16 to float32, decimal256 to decimal128 or "
+                          "float64)")
+    return table_schema, auto_ids
+
+
+def _schema_of(data: Any, dim: int | None, schema: pa.Schema | None, id_column: str,
+               vector_column: str) -> tuple[pa.Schema, bool]:
+    if dim is not None and (isinstance(dim, bool) or not isinstance(dim, (int, np.integer))
+                            or not 1 <= dim <= MAX_DIM):
+        raise InvalidArgumentError(f"dim must be an integer from 1 to {MAX_DIM:,}, got {dim!r}")
+    dim = None if dim is None else int(dim)
+    if schema is not None:
+        if not isinstance(schema, pa.Schema):
+            raise ArgumentTypeError(f"schema must be a pyarrow.Schema, got {type(schema).__name__}")
+        if vector_column not in schema.names:
+            raise SchemaError(f"schema has no vector column {vector_column!r}")
+        kind = schema.field(vector_column).type
+        if pa.types.is_fixed_size_list(kind):
+            dim = dim or kind.list_size
+            if kind.list_size != dim:
+                raise DimensionError(f"schema's vector column {vector_column!r} has dim "
+                                     f"{kind.list_size}, but dim={dim} was given")
+        elif not (pa.types.is_list(kind) or pa.types.is_large_list(kind)) or dim is None:
+            raise SchemaError(f"vector column {vector_column!r} must be fixed_size_list<float32, dim> "
+                              f"(or a list type with dim=), got {kind}")
+        empty = pa.table({f.name: pa.array([], f.type) for f in schema})
+        inferred, auto_ids = infer_schema(empty, id_column=id_column, vector_column=vector_column, dim=dim)
+        return inferred, auto_ids
+    if data is not None:
+        return infer_schema(to_arrow_table(data, vector_column), id_column=id_column,
+                            vector_column=vector_column, dim=dim)
+    if dim is None:
+        raise InvalidArgumentError("create_table needs data=, dim= or schema=")
+    return pa.schema([pa.field(id_column, pa.int64(), nullable=False),
+                      pa.field(vector_column, vector_type(dim), nullable=False)]), True

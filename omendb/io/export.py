@@ -19,8 +19,8 @@ from typing import Any, Iterator
 
 import pyarrow as pa
 
-from .errors import InvalidArgumentError, MissingDependencyError
-from .query.snapshot import Snapshot
+from ..errors import InvalidArgumentError, MissingDependencyError
+from ..query.snapshot import Snapshot
 
 __all__ = ["export_table", "snapshot_batches", "ExportResult", "EXPORT_FORMATS"]
 

@@ -8,15 +8,18 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from .convert import vectors_view
-from .errors import CorruptFileError
-from .index.hnsw import HnswIndex, load_hnsw
-from .keys import KeyIndex
-from .storage.deletions import read_deletions
-from .storage.manifest import SegmentEntry
-from .storage.segment import open_segment, read_segment_column
+from dataclasses import replace
 
-__all__ = ["SegmentHandle", "NORM_COLUMN"]
+from ..convert import vectors_view
+from ..errors import CorruptFileError
+from ..index.hnsw import HnswIndex, load_hnsw
+from ..index.keys import KeyIndex
+from ..storage.deletions import read_deletions, write_deletions
+from ..storage.layout import deletions_file_name
+from ..storage.manifest import SegmentEntry
+from ..storage.segment import open_segment, read_segment_column
+
+__all__ = ["SegmentHandle", "NORM_COLUMN", "with_deletions"]
 
 #: Column of precomputed vector norms stored in every segment file.
 NORM_COLUMN = "_norm"
@@ -139,3 +142,11 @@ class SegmentHandle:
         live = np.ones(self.entry.rows, dtype=bool)
         live[deleted] = False
         return live
+
+
+def with_deletions(directory: Path, entry: SegmentEntry, live: np.ndarray, version: int) -> SegmentEntry:
+    """Write the deletion file of ``entry`` for its rows not ``live``, as version ``version``
+    will publish it, and return the entry pointing at it."""
+    name = deletions_file_name(entry.file, version)
+    write_deletions(directory / name, np.flatnonzero(~live))
+    return replace(entry, deleted=int(live.size - live.sum()), deletions_file=name)

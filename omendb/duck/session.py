@@ -26,9 +26,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .blas import one_blas_thread
-from .errors import DimensionError, InvalidArgumentError, InvalidVectorError, OmenError, TableNotFoundError
-from .query.snapshot import ROW_NUMBER, Snapshot
+from ..errors import DimensionError, InvalidArgumentError, InvalidVectorError, OmenError, TableNotFoundError
+from ..index.blas import one_blas_thread
+from ..query.snapshot import ROW_NUMBER, Snapshot
 
 __all__ = ["duckdb_connect", "SqlSession", "SqlError", "definitions_sql"]
 
@@ -82,6 +82,22 @@ class SqlSession:
         self.refresh(force=True)
         con.execute(definitions_sql())
 
+    @classmethod
+    def for_database(cls, db: Any) -> "SqlSession":
+        """The session ``db.sql()`` runs statements in: its own in-memory DuckDB connection."""
+        return cls(db, duckdb.connect())
+
+    def run(self, query: str, params: Any = None) -> Any:
+        """``query`` as a DuckDB relation, after re-registering the tables that changed."""
+        self.refresh()
+        try:
+            return self.con.sql(query, params=params)
+        except duckdb.Error as exc:
+            raise SqlError(str(exc)) from exc
+
+    def close(self) -> None:
+        self.con.close()
+
     def refresh(self, force: bool = False) -> None:
         """Re-register every table whose rows changed since it was last registered."""
         names = set(self.db.table_names())
@@ -91,7 +107,7 @@ class SqlSession:
                 del self._registered[gone], self._tokens[gone]
             for name in sorted(names):
                 table = self.db.open_table(name)
-                token = table._state_token()
+                token = table.state_token()
                 if not force and self._tokens.get(name) == token:
                     continue
                 snapshot = table.snapshot()

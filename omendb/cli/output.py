@@ -1,6 +1,6 @@
 """Input and output of the ``omendb`` commands: query files in, results and info out.
 
-Kept apart from the command definitions in ``cli.py``: parsing query vectors from
+Kept apart from the command definitions in ``main.py``: parsing query vectors from
 files, stdin or inline JSON, formatting search results as a table, JSON lines, CSV or
 Parquet, and describing tables and the environment for ``omendb info``.
 """
@@ -19,7 +19,10 @@ import pyarrow as pa
 
 import omendb
 
-from .errors import InvalidVectorError
+from ..errors import InvalidVectorError
+
+__all__ = ["load_queries", "parse_columns", "write_results", "environment", "table_info", "size_text",
+           "json_default", "console"]
 
 def _json_queries(value: Any, vector_column: str) -> Any:
     if isinstance(value, dict):
@@ -54,8 +57,8 @@ def load_queries(spec: str, vector_column: str = "vector") -> np.ndarray:
             value = [_json_queries(json.loads(line), vector_column)
                      for line in path.read_text().splitlines() if line.strip()]
         else:
-            from .convert import to_vector_array
-            from .sources import open_source
+            from ..convert import to_vector_array
+            from ..io.sources import open_source
 
             with open_source(path, vector_column=vector_column) as source:
                 batches = list(source)
@@ -75,7 +78,7 @@ def load_queries(spec: str, vector_column: str = "vector") -> np.ndarray:
     return queries
 
 
-def _parse_columns(columns: str | None, table: omendb.Table) -> list[str]:
+def parse_columns(columns: str | None, table: omendb.Table) -> list[str]:
     if columns is None:  # everything but the (long) vectors
         return [n for n in table.schema.names if n != table.vector_column]
     if columns.strip() == "*":
@@ -100,7 +103,7 @@ def _flatten_lists(result: pa.Table) -> pa.Table:
         kind = field.type
         if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind) \
                 or pa.types.is_struct(kind) or pa.types.is_map(kind):
-            text = [None if v is None else json.dumps(v, default=_json_default) for v in result.column(i).to_pylist()]
+            text = [None if v is None else json.dumps(v, default=json_default) for v in result.column(i).to_pylist()]
             result = result.set_column(i, field.name, pa.array(text, pa.string()))
     return result
 
@@ -120,7 +123,7 @@ def write_results(result: pa.Table, output: str, out: str | None) -> None:
     try:
         if output == "json":
             for row in result.to_pylist():
-                stream.write(json.dumps(row, default=_json_default) + "\n")
+                stream.write(json.dumps(row, default=json_default) + "\n")
         elif output == "csv":
             import pyarrow.csv as pcsv
 
@@ -136,14 +139,14 @@ def write_results(result: pa.Table, output: str, out: str | None) -> None:
                                 else "right")
             for row in result.to_pylist():
                 view.add_row(*(_cell(row[n]) for n in result.column_names))
-            _console(file=stream).print(view)
+            console(file=stream).print(view)
         stream.flush()
     finally:
         if stream is not sys.stdout:
             stream.close()
 
 
-def _environment() -> dict[str, Any]:
+def environment() -> dict[str, Any]:
     import os
 
     import duckdb
@@ -159,7 +162,7 @@ def _environment() -> dict[str, Any]:
     return info
 
 
-def _table_info(table: omendb.Table, *, detail: bool) -> dict[str, Any]:
+def table_info(table: omendb.Table, *, detail: bool) -> dict[str, Any]:
     stats = table.stats()
     info = {"table": table.name, "rows": stats["rows"], "dim": stats["dim"], "metric": stats["metric"],
             "format": stats["format"], "segments": stats["segments"], "indexed_segments": stats["indexed_segments"],
@@ -173,7 +176,7 @@ def _table_info(table: omendb.Table, *, detail: bool) -> dict[str, Any]:
     return info
 
 
-def _size(n: int) -> str:
+def size_text(n: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
@@ -181,7 +184,7 @@ def _size(n: int) -> str:
     return str(n)
 
 
-def _json_default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
     if isinstance(value, (np.integer,)):
         return int(value)
     if isinstance(value, (np.floating,)):
@@ -193,7 +196,7 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
-def _console(**kwargs: Any) -> Any:
+def console(**kwargs: Any) -> Any:
     """A rich console; wide when writing to a pipe or file, so tables are not squeezed."""
     from rich.console import Console
 

@@ -21,8 +21,8 @@ from rich.table import Table as RichTable
 
 import omendb
 
-from .export import export_table
-from .ingest import ingest
+from ..io.export import export_table
+from ..io.ingest import ingest
 
 __all__ = ["make_clustered", "run_demo"]
 

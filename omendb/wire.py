@@ -1,8 +1,9 @@
-"""What client and server agree on: JSON commands, vector encoding and error transport.
+"""What client and server agree on: JSON commands, vectors, errors, table descriptions.
 
 Flight actions, tickets and descriptors carry a JSON object; query vectors travel as
 base64 little-endian float32 plus their shape; an error crosses the wire as
-``omendb:<ExceptionType>:<message>`` so the client raises the same exception type.
+``omendb:<ExceptionType>:<message>`` so the client raises the same exception type; a
+table is described by :func:`table_description`, the same object over Flight and HTTP.
 """
 
 from __future__ import annotations
@@ -15,24 +16,21 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from .. import errors
-from ..errors import ArgumentTypeError
-from ..locking import TableLockedError
+from . import errors
+from .errors import ArgumentTypeError, AuthenticationError
+from .storage.layout import schema_from_text as decode_schema
+from .storage.layout import schema_to_text as encode_schema
 
 __all__ = ["encode", "decode", "encode_vectors", "decode_vectors", "error_text", "error_from_text",
-           "encode_schema", "decode_schema", "DEFAULT_PORT", "DEFAULT_HTTP_PORT", "AuthenticationError"]
+           "encode_schema", "decode_schema", "table_description", "DEFAULT_PORT", "DEFAULT_HTTP_PORT",
+           "AuthenticationError"]
 
 DEFAULT_PORT = 6334
 DEFAULT_HTTP_PORT = 6335
 _PREFIX = "omendb:"
 
 
-class AuthenticationError(errors.OmenError, PermissionError):
-    """The server refused the call: missing or wrong bearer token."""
-
-
 _ERRORS: dict[str, type[BaseException]] = {name: getattr(errors, name) for name in errors.__all__}
-_ERRORS.update({"TableLockedError": TableLockedError, "AuthenticationError": AuthenticationError})
 for _name in ("ValueError", "TypeError", "KeyError", "PermissionError", "RuntimeError", "NotImplementedError"):
     _ERRORS[_name] = getattr(builtins, _name)
 
@@ -71,12 +69,12 @@ def decode_vectors(obj: dict[str, Any]) -> np.ndarray:
     return data.reshape(shape)
 
 
-def encode_schema(schema: pa.Schema) -> str:
-    return base64.b64encode(schema.serialize().to_pybytes()).decode()
-
-
-def decode_schema(text: str) -> pa.Schema:
-    return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(text)))
+def table_description(table: Any) -> dict[str, Any]:
+    """What a client needs to stand in for ``table``, and what HTTP's ``GET /tables/{name}`` shows."""
+    return {"name": table.name, "dim": table.dim, "metric": table.metric, "format": table.format,
+            "id_column": table.id_column, "vector_column": table.vector_column, "rows": table.count(),
+            "version": table.version, "columns": {f.name: str(f.type) for f in table.schema},
+            "schema": encode_schema(table.schema)}
 
 
 def error_text(exc: BaseException) -> str:

@@ -1,0 +1,5 @@
+"""``python -m omendb.cli``: the ``omendb`` command."""
+
+from .main import main
+
+main()

@@ -1,0 +1,143 @@
+"""Index maintenance of a table: what needs a graph, building it, publishing it."""
+
+from __future__ import annotations
+
+import threading
+import time
+import warnings
+from dataclasses import replace
+from typing import Callable
+
+from ..errors import IndexBuildError, describe
+from ..index.hnsw import BuildCancelled, HnswConfig, HnswIndex, build_hnsw
+from ..storage.layout import SEGMENTS, index_file_name
+from ..storage.manifest import SegmentEntry
+from .segments import SegmentHandle
+from .state import TableCore, TableState
+from .workers import Workers, exiting
+
+__all__ = ["IndexBuilder", "build_index"]
+
+
+def build_index(core: TableCore, handle: SegmentHandle, config: HnswConfig) -> tuple[SegmentEntry, HnswIndex]:
+    """Build ``handle``'s graph and save it beside the segment: (the entry naming it, the graph).
+
+    Stops with :class:`BuildCancelled` once the table closes or the interpreter exits.
+    """
+    index = build_hnsw(handle.vectors, handle.norms, core.state.info.metric, config,
+                       should_stop=lambda: core.stopping or exiting())
+    name = index_file_name(handle.file)
+    size, crc = index.save(core.directory / SEGMENTS / name)
+    entry = replace(handle.entry, index_file=name, index_bytes=size, index_crc32=crc,
+                    index_params=config.build_params())
+    return entry, index
+
+
+class IndexBuilder:
+    """HNSW index builds of a writable table, on the database's index-builder thread."""
+
+    def __init__(self, core: TableCore, workers: Workers | None) -> None:
+        self._core = core
+        self._workers = workers
+        self._errors: dict[str, BaseException] = {}
+        self._progress = threading.Condition()
+
+    def submit(self, segment_file: str) -> None:
+        core = self._core
+        if self._workers is None or not core.options.build_indexes or core.closed:
+            return
+        self._workers.indexer.submit((id(core), segment_file), lambda: self._build(segment_file),
+                                     lambda exc: self._failed(segment_file, exc), self._progressed)
+
+    def needs_index(self, handle: SegmentHandle, state: TableState) -> bool:
+        config = state.info.index
+        entry = handle.entry
+        return (entry.rows >= config.min_rows and handle.file not in self._errors
+                and (entry.index_file is None or entry.index_params != config.build_params()
+                     or handle.file in self._core.bad_indexes))
+
+    def schedule(self) -> None:
+        """Queue a build of every segment that lacks a current index."""
+        if not self._core.options.build_indexes:
+            return
+        state = self._core.state
+        for handle in state.segments:
+            if self.needs_index(handle, state):
+                self.submit(handle.file)
+
+    def _build(self, segment_file: str) -> None:
+        """Builder thread: build one segment's graph, then publish it (never under the write lock)."""
+        core = self._core
+        state = core.state
+        handle = state.handle(segment_file)
+        config = state.info.index
+        if handle is None or core.stopping or not self.needs_index(handle, state):
+            return
+        entry, index = build_index(core, handle, config)
+        with core.write_lock:
+            state = core.state
+            current = [e for e in state.manifest.segments if e.file == segment_file]
+            if core.closed or not current or config != state.info.index:
+                (core.directory / SEGMENTS / entry.index_file).unlink(missing_ok=True)  # changed meanwhile
+                return
+            entry = replace(current[0], index_file=entry.index_file, index_bytes=entry.index_bytes,
+                            index_crc32=entry.index_crc32, index_params=entry.index_params)
+            core.publish("index", [entry if e.file == segment_file else e for e in state.manifest.segments],
+                         indexes={segment_file: index})
+
+    def _failed(self, segment_file: str, exc: BaseException) -> None:
+        if isinstance(exc, BuildCancelled) or self._core.stopping:
+            return  # stopped on purpose: nothing failed
+        with self._progress:
+            self._errors[segment_file] = exc
+        warnings.warn(f"omendb: building the index of {segment_file} in table {self._core.name!r} failed "
+                      f"({describe(exc)}); that segment is searched exactly meanwhile", RuntimeWarning, stacklevel=1)
+
+    def _progressed(self) -> None:
+        with self._progress:
+            self._progress.notify_all()
+
+    def configure(self, config: HnswConfig) -> None:
+        """Publish new HNSW parameters (caller checked the table is writable); rebuilds follow."""
+        core = self._core
+        with core.write_lock:
+            core.check_open()
+            state = core.state
+            if config != state.info.index:
+                core.publish("create_index", state.manifest.segments,
+                             table=dict(state.manifest.table, index=config.to_dict()))
+                with self._progress:
+                    self._errors.clear()
+        if not core.options.build_indexes:  # no builder thread: build here
+            state = core.state
+            for handle in state.segments:
+                if self.needs_index(handle, state):
+                    self._build(handle.file)
+        self.schedule()
+
+    def wait(self, timeout: float | None, wait_for_flush: Callable[[float | None], bool]) -> bool:
+        """Wait until every segment that should have an index has a current one.
+
+        Returns True when done, False on timeout; raises :class:`IndexBuildError` if a
+        build failed. ``wait_for_flush`` first waits for a segment still being flushed.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not wait_for_flush(timeout):  # a segment still being flushed will need one
+            return False
+        with self._progress:
+            while True:
+                if self._errors:
+                    file, exc = next(iter(self._errors.items()))
+                    raise IndexBuildError(f"building the index of {file} failed: {describe(exc)}") from exc
+                state = self._core.state
+                missing = [h for h in state.segments if self.needs_index(h, state)]
+                if not missing:
+                    return True
+                if not self._core.options.build_indexes:
+                    return False
+                for handle in missing:
+                    self.submit(handle.file)
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._progress.wait(0.5 if remaining is None else min(0.5, remaining))
