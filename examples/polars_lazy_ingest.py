@@ -2,7 +2,7 @@
 
     python examples/polars_lazy_ingest.py
 
-A LazyFrame over Parquet files is ingested without collecting it: `omendb.ingest.ingest`
+A LazyFrame over Parquet files is ingested without collecting it: `omendb.io.ingest`
 pulls record batches through polars' streaming engine, one durable commit per batch.
 """
 

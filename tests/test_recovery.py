@@ -302,6 +302,7 @@ def _mount_tmpfs(folder: Path, size: str) -> bool:
     return done.returncode == 0
 
 
+@pytest.mark.filterwarnings("ignore:omendb. background:RuntimeWarning")  # (a full disk fails them too: expected)
 def test_a_really_full_disk(tmp_path: Path) -> None:
     disk = tmp_path / "disk"
     if not _mount_tmpfs(disk, "6m"):

@@ -21,7 +21,7 @@ from rich.table import Table as RichTable
 
 import omendb
 
-from ..io.export import export_table
+from ..table.export import export_table
 from ..io.ingest import ingest
 
 __all__ = ["make_clustered", "run_demo"]
@@ -78,7 +78,7 @@ def run_demo(path: str | Path = "omendb-demo.omen", rows: int = 50_000, dim: int
         table.create_index(m=16, ef_construction=100)
         elapsed = result.seconds
         report["ingest_rows_per_s"] = result.rows_per_s
-        console.print(f"ingested {parquet.name} with omendb.ingest.ingest: {rows:,} rows in {elapsed:.2f} s "
+        console.print(f"ingested {parquet.name} with omendb.io.ingest: {rows:,} rows in {elapsed:.2f} s "
                       f"([bold]{result.rows_per_s:,.0f} rows/s[/], {result.batches} durable batches of {batch:,}; "
                       f"CLI: omendb ingest {parquet.name} --db {path} --table products)")
         table.flush()

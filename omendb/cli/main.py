@@ -21,7 +21,7 @@ import click
 import omendb
 
 from ..errors import OmenError, TableNotFoundError
-from ..io.export import EXPORT_FORMATS
+from ..table.export import EXPORT_FORMATS
 from ..io.sources import FILE_FORMATS
 from .output import (console, environment, json_default, load_queries, parse_columns, size_text, table_info,
                      write_results)
@@ -463,7 +463,7 @@ def export(db_path: str, table_name: str | None, out: str, export_format: str | 
     Streams one consistent snapshot segment by segment; the output appears complete
     or not at all.
     """
-    from ..io.export import export_table
+    from ..table.export import export_table
 
     with _open_existing(db_path, read_only=True) as db:
         table = _table(db, table_name)

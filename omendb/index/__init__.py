@@ -1,4 +1,7 @@
-"""Search kernels over the arrays they are handed: exact flat scan (and HNSW later).
+"""Search kernels over the arrays they are handed: the exact flat scan (``flat``), HNSW
+graphs built and searched with faiss (``hnsw``), primary-key lookup (``keys``) and
+BLAS thread control (``blas``).
 
-Nothing here knows about tables or files.
+Nothing here knows about tables; the only files it touches are the index files it is
+told to save or load.
 """

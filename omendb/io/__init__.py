@@ -4,7 +4,7 @@ DataFrames) as Arrow batches, ingesting them into a table, exporting a table.
 ``from omendb.io import ingest, open_source, export_table``.
 """
 
-from .export import EXPORT_FORMATS, ExportResult, export_table
+from ..table.export import EXPORT_FORMATS, ExportResult, export_table
 from .ingest import IngestResult, ingest
 from .sources import FILE_FORMATS, Source, detect_format, open_source
 

@@ -2,7 +2,7 @@
 
 Each batch is one atomic, durable ``add`` (or ``upsert``), so a crash part way keeps a
 prefix of whole batches and loses none of the batches acknowledged before it. Reading
-the sources is :mod:`omendb.sources`.
+the sources is :mod:`omendb.io.sources`.
 """
 
 from __future__ import annotations

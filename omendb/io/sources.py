@@ -18,7 +18,7 @@ Supported sources:
   omendb tables, and anything else ``Table.add`` accepts;
 - ``"-"``: an Arrow IPC stream on standard input (or CSV / JSON Lines with ``format=``).
 
-Loading a source into a table is :func:`omendb.ingest.ingest`.
+Loading a source into a table is :func:`omendb.io.ingest`.
 """
 
 from __future__ import annotations
@@ -354,7 +354,7 @@ def _open_object(src: Any, batch_size: int, vector_column: str) -> Source:
         return Source("duckdb relation", schema, None, "duckdb",
                       lambda: _rebatch(src.to_arrow_reader(batch_size), batch_size))
     if hasattr(src, "snapshot") and hasattr(src, "vector_column"):  # an omendb table
-        from .export import snapshot_batches
+        from ..table.export import snapshot_batches
 
         snapshot = src.snapshot()
         return Source(f"table {src.name!r}", snapshot.schema, snapshot.rows, "omendb",

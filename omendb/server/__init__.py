@@ -28,8 +28,8 @@ def serve(path: str | Path, *, host: str = "127.0.0.1", port: int = 6334, http_p
     """
     import uvicorn
 
-    import omendb
-
+    from ..database import Database
+    from ..table import TableOptions
     from .flight import OmenFlightServer
     from .http import create_app
 
@@ -38,7 +38,7 @@ def serve(path: str | Path, *, host: str = "127.0.0.1", port: int = 6334, http_p
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(limits=1, user_api="blas")
-    db = omendb.open(path)
+    db = Database(path, TableOptions())
     flight_server = OmenFlightServer(db, f"grpc://{host}:{port}", token=token,
                                      max_message_bytes=max(max_request_bytes, 1 << 20) * 4,
                                      unsafe_filters=unsafe_filters)

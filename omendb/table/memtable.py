@@ -161,12 +161,3 @@ class Memtable:
     def view(self) -> MemtableView:
         rows = self._rows
         return MemtableView(self.table(), self._vectors[:rows], self._norms[:rows], self._live[:rows])
-
-    def live_table(self) -> pa.Table:
-        """Live rows only, in insertion order (what a flush writes)."""
-        table = self.table()
-        live = self._live[: self._rows]
-        return table if live.all() else table.filter(pa.array(live))
-
-    def live_norms(self) -> np.ndarray:
-        return self._norms[: self._rows][self._live[: self._rows]]

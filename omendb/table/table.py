@@ -35,6 +35,7 @@ from ..storage.locking import WriterLock
 from ..storage.manifest import Manifest, ManifestStore
 from ..storage.wal import RecordKind, WalWriter
 from .compactor import Compactor
+from .export import export_table
 from .flusher import Flusher
 from .indexer import IndexBuilder
 from .options import TableOptions
@@ -319,8 +320,6 @@ class LocalTable(Table):
         """Write every live row (one consistent snapshot) to ``path`` as ``"parquet"``,
         ``"lance"`` (a Lance dataset folder, which LanceDB opens) or ``"arrow"`` (IPC file).
         Returns what was written (path, format, rows, bytes)."""
-        from ..io.export import export_table
-
         return export_table(self, path, format, overwrite=overwrite)
 
     # ----------------------------------------------------------- maintenance

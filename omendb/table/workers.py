@@ -1,9 +1,9 @@
 """Background workers: one daemon thread per job kind per open database, fed by a queue.
 
-The database runs three: the flusher (a full memtable to a segment), the index
-builder (``table._build_index(segment)`` after a flush, and on open for segments that
-lack a current index) and the compaction service (``table._compact_auto()`` after a
-flush). A job runs without holding the table's locks except for its final publish,
+The database runs three: the flusher (a full memtable to a segment: ``flusher.py``),
+the index builder (a segment's graph after a flush, and on open for segments that
+lack a current index: ``indexer.py``) and the compaction service (merges after a
+flush: ``compactor.py``). A job runs without holding the table's locks except for its final publish,
 so writes and searches never wait for it.
 """
 
@@ -61,10 +61,6 @@ class BackgroundWorker:
                 self._thread.start()
         self._queue.put((key, job, on_error, on_done))
         return True
-
-    def is_pending(self, key: Hashable) -> bool:
-        with self._lock:
-            return key in self._pending
 
     def _run(self) -> None:
         while True:
