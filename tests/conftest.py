@@ -10,6 +10,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -214,3 +215,25 @@ class Server:
         return out
 
 
+
+
+# -------------------------------------------- one server shared by the server-mode tests
+SERVED_DIM = 8
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    """One ``omendb serve`` (with ``TOKEN``) for every test that only uses it."""
+    srv = Server(tmp_path_factory.mktemp("served") / "db")
+    yield srv
+    srv.stop()
+
+
+def served_vectors(n: int, seed: int = 0) -> np.ndarray:
+    """``n`` random float32 vectors of ``SERVED_DIM`` components."""
+    return np.random.default_rng(seed).standard_normal((n, SERVED_DIM)).astype(np.float32)
+
+
+def unique(prefix: str) -> str:
+    """A table name no other test uses."""
+    return f"{prefix}_{uuid.uuid4().hex[:8]}"

@@ -4,33 +4,17 @@ and the table of a real ``omendb serve`` subprocess on loopback."""
 from __future__ import annotations
 
 import inspect
-import uuid
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
 import omendb
-from conftest import Server
+from conftest import served_vectors as vectors, unique
 from omendb.remote import RemoteTable
 from omendb.table import LocalTable
 
-DIM = 8
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("served") / "db")
-    yield srv
-    srv.stop()
-
-
-def vectors(n: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:8]}"
+DIM = 8  # (conftest.SERVED_DIM)
 
 
 # ------------------------------------------------------------- the API, both ways

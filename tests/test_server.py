@@ -8,32 +8,16 @@ import ipaddress
 import signal
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import omendb
-from conftest import TOKEN, Server
+from conftest import TOKEN, Server, served_vectors as vectors, unique
 from omendb.remote.client import RemoteTable
 
-DIM = 8
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("served") / "db")
-    yield srv
-    srv.stop()
-
-
-def vectors(n: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:8]}"
+DIM = 8  # (conftest.SERVED_DIM)
 
 
 class _BuildingChannel:
