@@ -82,7 +82,9 @@ def salvage(path: str | os.PathLike, table: str | None = None) -> list[dict]:
     only in damaged bytes or in a missing version are lost; each report says which.
 
     ``table``: the table to salvage (default: every table that fails to open for that
-    reason). Returns one report per salvaged table (see :meth:`Database.salvage`).
+    reason). Returns one report per salvaged table (see :meth:`Database.salvage`); a
+    table that could not be salvaged (its newest manifest is damaged, say) gets a report
+    with ``salvaged: False`` and the ``error``, and the others are still salvaged.
     """
     reports = []
     with open(path, compaction=False) as db:
@@ -93,5 +95,8 @@ def salvage(path: str | os.PathLike, table: str | None = None) -> list[dict]:
                     continue
                 except (WalDamageError, MissingVersionError):
                     pass
-            reports.append(db.salvage(name))
+                except OmenError as exc:
+                    reports.append({"table": name, "salvaged": False, "error": str(exc)})
+                    continue
+            reports.append({**db.salvage(name), "salvaged": True})
     return reports

@@ -59,6 +59,8 @@ def to_arrow_table(data: Any, vector_column: str = "vector") -> pa.Table:
             return pa.Table.from_pandas(frame, preserve_index=False)
         except OverflowError:
             raise _too_large({str(name): frame[name].tolist() for name in frame.columns}) from None
+        except UnicodeEncodeError as exc:
+            raise SchemaError(f"the DataFrame holds text that is not valid Unicode: {exc}") from None
     if module == "polars":
         if hasattr(data, "collect") and not hasattr(data, "to_arrow"):
             data = data.collect()
@@ -400,15 +402,28 @@ def _cast_column(column: pa.ChunkedArray, field: pa.Field) -> pa.ChunkedArray:
         if pa.types.is_null(column.type):
             column = pa.chunked_array([pa.nulls(len(column), field.type)])
         else:
+            given = column
             try:
                 column = column.cast(field.type, safe=True)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
                 raise SchemaError(
                     f"column {field.name!r} should be {field.type}, got {column.type} "
                     f"that cannot be converted: {exc}") from exc
+            if pa.types.is_floating(field.type):
+                _refuse_overflow(given, column, field)
     if not field.nullable and column.null_count:
         raise SchemaError(f"column {field.name!r} contains nulls")
     return column
+
+
+def _refuse_overflow(given: pa.ChunkedArray, stored: pa.ChunkedArray, field: pa.Field) -> None:
+    """A finite value that became infinite in a narrower float column is out of range
+    (rounding to the column's precision is what a float32 column means; overflow is not)."""
+    overflow = pc.and_(pc.is_inf(stored), pc.invert(pc.is_inf(given.cast(pa.float64()))))
+    if pc.any(overflow).as_py():
+        row = int(np.flatnonzero(np.asarray(overflow.combine_chunks().fill_null(False)))[0])
+        raise SchemaError(f"column {field.name!r}: row {row} holds {given[row].as_py()!r}, out of range for "
+                          f"{field.type}")
 
 
 def vectors_view(column: pa.ChunkedArray | pa.Array, dim: int) -> np.ndarray:

@@ -629,3 +629,27 @@ def test_a_struct_field_the_schema_lacks_is_refused(db_path: Path) -> None:
         with pytest.raises(errors.SchemaError, match="'meta'"):
             table.add({"id": [2], "meta": [{"a": 2, "secret": "x"}], "vector": np.ones((1, DIM))})
         assert table.count() == 1
+
+
+def test_a_float_out_of_a_columns_range_is_refused_rounding_is_not(db_path: Path) -> None:
+    schema = pa.schema([pa.field("id", pa.int64()), pa.field("vector", pa.list_(pa.float32(), DIM)),
+                        pa.field("f32", pa.float32())])
+    with omendb.open(db_path) as db:
+        table = db.create_table("t", schema=schema)
+        table.add({"id": [1], "vector": np.ones((1, DIM)), "f32": [0.1]})  # float32 precision: what the column is
+        with pytest.raises(errors.SchemaError, match=r"'f32': row 1 holds 1e\+300, out of range"):
+            table.add({"id": [2, 3], "vector": np.ones((2, DIM)), "f32": [1.0, 1e300]})
+        assert table.count() == 1 and abs(table.get([1])["f32"][0].as_py() - 0.1) < 1e-7
+
+
+@pytest.mark.parametrize("call", [
+    lambda t: t.get(["\ud800"]), lambda t: t.delete(["\udcff"]),
+    lambda t: t.search(np.ones(DIM), where="lang = '\ud800'"), lambda t: t.delete(where="lang = '\ud800'"),
+    lambda t: t.add(pd.DataFrame({"id": [900], "vector": [np.ones(DIM)],
+                                  "lang": pd.Series(["\ud800"], dtype=object)})),
+    lambda t: t.add([{"id": 901, "vector": [0.0] * DIM, "lang": "\udfff"}]),
+])
+def test_text_that_is_not_unicode_is_refused(pop, call) -> None:
+    with pytest.raises(errors.OmenError):
+        call(pop.table)
+    pop.assert_unchanged()

@@ -541,3 +541,98 @@ def test_a_damaged_older_manifest_does_not_lock_the_table_out(db_path: Path) -> 
     with pytest.warns(RuntimeWarning, match=oldest.name):
         with omendb.open(db_path) as db:
             assert _ids(db.open_table("t")) == list(range(10))
+
+
+def test_a_flush_after_reopening_an_unpublished_seal_keeps_the_live_log(db_path: Path) -> None:
+    # A batch larger than the memtable is sealed after its commit, which starts an empty
+    # log file; the process dies before that flush publishes. The next open replays the
+    # rows and writes on in that empty file: its first flush must not remove it.
+    first = f"""
+        import os, numpy as np, omendb
+        from omendb.table import flusher
+        flusher.Flusher._flush_sealed = lambda self, sealed: None  # the background flush never runs
+        t = omendb.open({str(db_path)!r}, memtable_bytes=4096).create_table("t", dim=16)
+        t.add({{"id": np.arange(2000), "vector": np.ones((2000, 16), np.float32)}})
+        os._exit(0)
+    """
+    then = f"""
+        import os, numpy as np, omendb
+        t = omendb.open({str(db_path)!r}).open_table("t")
+        t.flush()
+        t.add({{"id": [200000], "vector": np.ones((1, 16), np.float32)}})
+        assert os.listdir({str(db_path / "t" / "wal")!r}), "the live log file is gone"
+        os._exit(0)
+    """
+    for code in (first, then):
+        done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=_env(), capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+    with omendb.open(db_path) as db:
+        table = db.open_table("t")
+        assert table.count() == 2001 and table.get([200000]).num_rows == 1
+
+
+@pytest.mark.parametrize("damage", ["zero_header", "zero_sector"])
+def test_damage_that_looks_torn_but_has_records_after_it_is_damage(db_path: Path, damage: str) -> None:
+    # Zeros are what a crash leaves of the record it was writing, which is the last one:
+    # zeros in a record followed by acknowledged records are damage.
+    _wal_only_table(db_path, batches=20, rows=10)
+    (wal,) = (db_path / "t" / "wal").glob("*.wal")
+    from omendb.storage.wal import read_wal
+
+    records = list(read_wal(wal, repair=False))
+    starts = np.cumsum([16] + [24 + r.size for r in records])
+    data = bytearray(wal.read_bytes())
+    if damage == "zero_header":
+        data[starts[2]:starts[2] + 24] = bytes(24)  # record 3 of 20
+    else:
+        sector = (int(starts[10]) // 512 + 1) * 512  # a whole sector inside record 11
+        assert sector + 512 <= starts[11]
+        data[sector:sector + 512] = bytes(512)
+    wal.write_bytes(bytes(data))
+    with omendb.open(db_path) as db:
+        with pytest.raises(omendb.WalDamageError, match="acknowledged records after it"):
+            db.open_table("t")
+    assert wal.read_bytes() == bytes(data)
+    (report,) = omendb.salvage(db_path)
+    assert report["records_kept"] == 19
+
+
+def test_salvage_of_a_database_goes_on_past_a_table_it_cannot_save(db_path: Path) -> None:
+    for name in ("a", "b"):
+        with omendb.open(db_path, build_indexes=False, compaction=False) as db:
+            table = db.create_table(name, data=_rows(0, 5))
+            table.flush()
+    code = f"""
+        import os, numpy as np, omendb
+        t = omendb.open({str(db_path)!r}).open_table("b")
+        t.add({{"id": np.arange(5, 10), "vector": np.ones((5, {DIM}), np.float32)}})
+        t.add({{"id": np.arange(10, 15), "vector": np.ones((5, {DIM}), np.float32)}})
+        os._exit(0)
+    """
+    subprocess.run([sys.executable, "-c", textwrap.dedent(code)], check=True, env=_env(), timeout=120)
+    newest_a = sorted((db_path / "a" / "manifests").glob("v*.json"))[-1]
+    newest_a.write_text("junk")
+    (wal,) = (db_path / "b" / "wal").glob("*.wal")
+    data = bytearray(wal.read_bytes())
+    data[-40] ^= 1
+    wal.write_bytes(bytes(data))
+    with omendb.open(db_path) as db:
+        with pytest.raises(omendb.CorruptFileError, match="newest version: restore the file"):
+            db.open_table("a")
+    reports = {r["table"]: r for r in omendb.salvage(db_path)}
+    assert reports["a"]["salvaged"] is False and newest_a.name in reports["a"]["error"]
+    assert reports["b"]["salvaged"] is True and reports["b"]["records_kept"] == 1
+    with omendb.open(db_path) as db:
+        assert _ids(db.open_table("b")) == list(range(10))
+
+
+def test_a_reader_of_a_dropped_table_is_told_so(db_path: Path) -> None:
+    with omendb.open(db_path) as writer:
+        writer.create_table("t", data=_rows(0, 3)).flush()
+        with omendb.open(db_path, read_only=True) as reader:
+            table = reader.open_table("t")
+            assert table.count() == 3
+            writer.drop_table("t")
+            with pytest.raises(omendb.TableNotFoundError, match="dropped"):
+                table.count()

@@ -289,7 +289,9 @@ def test_predicates_of_unbounded_cost_are_refused_by_the_server(server) -> None:
     name = unique("cost")
     db = server.connect()
     table = db.create_table(name, data={"vector": vectors(20), "lang": ["en"] * 20})
-    for where in ("len(range(500000000)) > 0", "repeat(lang, 1000000000) = lang", "id IN (SELECT 1)"):
+    for where in ("len(range(500000000)) > 0", "repeat(lang, 1000000000) = lang", "id IN (SELECT 1)",
+                  "length(list_reduce(list_value('a', 'b'), lambda x, y: x || x || lang)) > 0",
+                  "levenshtein(lang || 'aaaaaaaa', 'bbbbbbbb') > 0", "replace(lang, 'e', lang || lang) = 'x'"):
         with pytest.raises(omendb.FilterError, match="not allowed here"):
             table.search(vectors(1)[0], k=3, where=where)
         with pytest.raises(omendb.FilterError, match="not allowed here"):
@@ -320,4 +322,21 @@ def test_remote_create_table_takes_index_parameters(server) -> None:
     assert table.stats()["index"]["m"] == 8 and table.stats()["index"]["ef_search"] == 32
     with pytest.raises(omendb.ArgumentTypeError, match="HnswConfig"):
         db.create_table(unique("idx"), dim=DIM, index={"m": 8})
+    db.close()
+
+
+def test_one_request_cannot_ask_for_unbounded_work(server) -> None:
+    name = unique("bounds")
+    db = server.connect()
+    table = db.create_table(name, data={"vector": vectors(20)})
+    with pytest.raises(omendb.InvalidArgumentError, match="more than 1,000,000 result rows"):
+        table.search(vectors(200), k=10_000)
+    with pytest.raises(omendb.InvalidArgumentError, match="at most 10,000"):
+        table.search(np.zeros((10_001, DIM), np.float32), k=1)
+    status, body = server.http("POST", f"/tables/{name}/search", {"vectors": [[0.1] * DIM] * 200, "k": 10_000})
+    assert status == 400 and "result rows" in body["message"]
+    status, _ = server.http("POST", "/tables", {"name": unique("wide"), "dim": DIM,
+                                                "columns": {f"c{i}": "int64" for i in range(1_100)}})
+    assert status in (400, 422)
+    assert table.search(vectors(2), k=5).num_rows == 10
     db.close()

@@ -431,6 +431,9 @@ def salvage(db_path: str, table_name: str | None, as_json: bool) -> None:
         if _machine_output(as_json):
             _emit_json(report)
             continue
+        if not report["salvaged"]:
+            click.echo(f"{report['table']}: not salvaged: {report['error']}")
+            continue
         click.echo(f"{report['table']}: kept {report['records_kept']:,} logged write(s) ({report['rows_kept']:,} "
                    f"rows), now version {report['version']}; originals in {report['copies']}")
         for line in report["lost"]:

@@ -17,7 +17,7 @@ __all__ = ["serve"]
 
 
 def serve(path: str | Path, *, host: str = "127.0.0.1", port: int = 6334, http_port: int | None = 6335,
-          token: str | None = None, max_request_bytes: int = 64 << 20, public_docs: bool = False,
+          token: str | None = None, max_request_bytes: int = 16 << 20, public_docs: bool = False,
           unsafe_filters: bool = False,
           announce: Callable[[str], None] = lambda line: print(line, flush=True)) -> None:
     """Serve the database at ``path`` until SIGTERM/SIGINT (blocking).
@@ -40,7 +40,7 @@ def serve(path: str | Path, *, host: str = "127.0.0.1", port: int = 6334, http_p
     threadpool_limits(limits=1, user_api="blas")
     db = Database(path, TableOptions())
     flight_server = OmenFlightServer(db, f"grpc://{host}:{port}", token=token,
-                                     max_message_bytes=max(max_request_bytes, 1 << 20) * 4,
+                                     max_message_bytes=max(max_request_bytes * 4, 256 << 20),
                                      unsafe_filters=unsafe_filters)
     http_server = None
     threads = [threading.Thread(target=flight_server.serve, name="omendb-flight", daemon=True)]

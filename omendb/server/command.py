@@ -18,8 +18,9 @@ from ..wire import DEFAULT_HTTP_PORT, DEFAULT_PORT
 @click.option("--http-port", default=DEFAULT_HTTP_PORT, show_default=True, help="HTTP JSON port (0: no HTTP).")
 @click.option("--token", default=None, envvar="OMENDB_TOKEN",
               help="Require 'Authorization: Bearer TOKEN' on every call (or set OMENDB_TOKEN).")
-@click.option("--max-request-mb", default=64, show_default=True, type=click.IntRange(min=1),
-              help="Largest HTTP request body, MiB.")
+@click.option("--max-request-mb", default=16, show_default=True, type=click.IntRange(min=1),
+              help="Largest HTTP request body, MiB (JSON decodes to ~20-30x its size in memory; "
+                   "bulk writes belong on Flight).")
 @click.option("--public-docs", is_flag=True,
               help="Serve the HTTP API description (/docs, /openapi.json) without the token.")
 @click.option("--unsafe-filters", is_flag=True,

@@ -21,6 +21,7 @@ from ..errors import InvalidArgumentError
 from ..index.hnsw import HnswConfig
 from ..query.filters import check_bounded_predicate
 from ..wire import decode, decode_schema, decode_vectors, encode, error_text, table_description
+from .limits import check_columns, check_search
 
 __all__ = ["OmenFlightServer"]
 
@@ -98,6 +99,7 @@ class OmenFlightServer(flight.FlightServerBase):
         options = _create_options(body.get("options", {}))
         if "schema" in options:
             options["schema"] = decode_schema(options["schema"])
+            check_columns(len(options["schema"]))
         return table_description(self.db.create_table(body["table"], **options))
 
     def _delete(self, body: dict[str, Any]) -> dict[str, int]:
@@ -112,6 +114,7 @@ class OmenFlightServer(flight.FlightServerBase):
         def run() -> dict[str, Any]:
             command = self._command(descriptor.command)
             data = self._read_limited(reader)
+            check_columns(data.num_columns)
             op = command.get("op")
             if op == "create_table":
                 options = _create_options(command.get("options", {}))
@@ -134,7 +137,9 @@ class OmenFlightServer(flight.FlightServerBase):
             table = self._table(command)
             op = command.get("op")
             if op == "search":
-                return table.search(decode_vectors(command["q"]), k=command.get("k", 10),
+                queries = decode_vectors(command["q"])
+                check_search(queries.shape, command.get("k", 10))
+                return table.search(queries, k=command.get("k", 10),
                                     where=self._where(command.get("where")),
                                     columns=command.get("columns"), exact=command.get("exact", False),
                                     ef=command.get("ef"))

@@ -22,6 +22,7 @@ from ..database import Database
 from ..errors import TableLockedError
 from ..query.filters import check_bounded_predicate
 from ..wire import table_description
+from .limits import MAX_COLUMNS, MAX_QUERIES, check_columns, check_search
 
 __all__ = ["create_app"]
 
@@ -39,7 +40,7 @@ class CreateTable(BaseModel):
     dim: int = Field(ge=1, le=65_536)
     metric: Literal["l2", "cosine", "dot"] = "l2"
     columns: dict[str, Literal["int64", "float64", "string", "bool"]] = Field(
-        default_factory=dict, description="metadata columns and their types")
+        default_factory=dict, max_length=MAX_COLUMNS - 2, description="metadata columns and their types")
     id_type: Literal["int64", "string"] = "int64"
     exist_ok: bool = False
 
@@ -64,7 +65,7 @@ class Search(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     vector: Optional[list[float]] = None
-    vectors: Optional[list[list[float]]] = None
+    vectors: Optional[list[list[float]]] = Field(None, max_length=MAX_QUERIES)
     k: int = Field(10, ge=1, le=10_000)
     where: Optional[str] = None
     columns: Optional[list[str]] = None
@@ -128,7 +129,7 @@ class BodyLimit:
         await response({"type": "http"}, None, send)
 
 
-def create_app(db: Database, *, token: str | None = None, max_request_bytes: int = 64 << 20,
+def create_app(db: Database, *, token: str | None = None, max_request_bytes: int = 16 << 20,
                public_docs: bool = False, unsafe_filters: bool = False) -> FastAPI:
     """The FastAPI application serving ``db``.
 
@@ -198,6 +199,7 @@ def create_app(db: Database, *, token: str | None = None, max_request_bytes: int
             raise errors.SchemaError(f"metadata column name(s) {', '.join(map(repr, taken))} are taken: 'id' and "
                                      "'vector' are the key and vector columns (id_type sets the key's type), and "
                                      "names starting with '_' are reserved")
+        check_columns(len(body.columns) + 2)
         fields += [pa.field(name, _type(kind)) for name, kind in body.columns.items()]
         return table_description(db.create_table(body.name, schema=pa.schema(fields), metric=body.metric,
                                      exist_ok=body.exist_ok))
@@ -231,6 +233,7 @@ def create_app(db: Database, *, token: str | None = None, max_request_bytes: int
         table = db.open_table(name)
         if (body.vector is None) == (body.vectors is None):
             raise InvalidArgumentError("give vector (one query) or vectors (several), exactly one of them")
+        check_search((len(body.vectors), 0) if body.vectors is not None else (1,), body.k)
         with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, which search() refuses by name
             query = np.asarray(body.vector if body.vector is not None else body.vectors, dtype=np.float32)
         result = table.search(query, k=body.k, where=predicate(body.where), columns=body.columns, exact=body.exact,

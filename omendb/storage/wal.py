@@ -158,9 +158,12 @@ class WalWriter:
     def __init__(self, path: str | os.PathLike, *, fsync: bool = True) -> None:
         self.path = Path(path)
         self.fsync = fsync
-        if not self.path.exists():
-            _create(self.path)
-        self._fd = os.open(self.path, os.O_WRONLY)
+        try:
+            if not self.path.exists():
+                _create(self.path)
+            self._fd = os.open(self.path, os.O_WRONLY)
+        except OSError as exc:
+            raise storage_error(exc, "starting a write-ahead log file", self.path) from None
         self._pending: PendingRecord | None = None
         self._size = os.fstat(self._fd).st_size
 
@@ -237,8 +240,11 @@ def _create(path: Path) -> None:
     try:
         _pwrite_all(fd, [memoryview(_header_bytes())], 0)
         os.fsync(fd)
-    finally:
+    except BaseException:
         os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
     os.rename(tmp, path)
     fsync_dir(path.parent)
 
@@ -382,9 +388,11 @@ def scan_wal(path: str | os.PathLike, *, last: bool = True, expected_first: int 
     while offset < len(data):
         record, reason, torn, quiet = _read_record(data, view, offset, expected, last)
         if record is None:
+            later = _records_after(data, offset, expected)
+            if torn and later:  # a torn record is the last one written: this one is not
+                reason, torn, quiet = f"{reason}, with acknowledged records after it", False, False
             scan.problem = WalProblem(offset, reason, torn, quiet, expected, "" if torn else _peek_rows(data, offset))
-            if not torn:
-                scan.later = _verifiable_after(data, offset)
+            scan.later = None if torn else later
             return scan
         scan.records.append(record)
         expected = record.seq + 1
@@ -448,29 +456,36 @@ def _peek_rows(data: bytes, offset: int) -> str:
     return f"{table.num_rows} row(s) to {action} ({table.column_names[0]} {', '.join(map(repr, ids))}{more})"
 
 
-def _verifiable_after(data: bytes, offset: int) -> list[WalRecord]:
-    """Records after damaged bytes that still verify, found by their magic, in rising seq.
+def _records_after(data: bytes, offset: int, expected: int | None) -> list[WalRecord]:
+    """The records that follow damaged bytes at ``offset``: a run of consecutive, verified
+    records (seqs after ``expected``, the damaged record's own) that ends at the end of
+    the file or at a torn tail. Empty when there is none.
 
     Record-like bytes inside a payload (a user's blob may hold anything) are not taken
-    for records: the search skips every verified record whole, and the damaged record
-    too when its header still checks out (then its extent is known).
+    for records: such bytes are followed by the rest of their payload, never by the end
+    of the file, and the damaged record is skipped whole when its header checks out.
     """
-    found: list[WalRecord] = []
     view = memoryview(data)
     start = offset + 1
     if len(data) - offset >= RECORD_HEADER.size:
         magic, kind, flags, check, seq, length, _ = RECORD_HEADER.unpack_from(data, offset)
         if magic == RECORD_MAGIC and flags & FLAG_HEADER_CHECK and check == _header_check(kind, flags, seq, length):
             start = offset + RECORD_HEADER.size + length
-    start = data.find(RECORD_MAGIC, start)
-    while start >= 0 and len(data) - start >= RECORD_HEADER.size:
-        record, _, _, _ = _read_record(data, view, start, None, False)
-        if record is None or (found and record.seq <= found[-1].seq):
-            start = data.find(RECORD_MAGIC, start + 1)
-            continue
-        found.append(record)
-        start = data.find(RECORD_MAGIC, start + RECORD_HEADER.size + record.size)
-    return found
+    candidate = data.find(RECORD_MAGIC, start)
+    while candidate >= 0 and len(data) - candidate >= RECORD_HEADER.size:
+        record = _read_record(data, view, candidate, None, False)[0]
+        if record is not None and (expected is None or record.seq > expected):
+            run, position = [record], candidate + RECORD_HEADER.size + record.size
+            while position < len(data):
+                following, _, torn, _ = _read_record(data, view, position, run[-1].seq + 1, True)
+                if following is None:
+                    break
+                run.append(following)
+                position += RECORD_HEADER.size + following.size
+            if position >= len(data) or torn:
+                return run
+        candidate = data.find(RECORD_MAGIC, candidate + 1)
+    return []
 
 
 def read_wal(path: str | os.PathLike, *, repair: bool = True, last: bool = True,

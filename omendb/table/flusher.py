@@ -96,19 +96,27 @@ class Flusher:
         """Take the memtable and the WAL out of service (caller holds the write lock)."""
         core, log = self._core, self._log
         wal_dir = core.directory / WAL
-        old_paths = log_files(wal_dir)
-        try:
-            # Records of a log file that is not the last are all acknowledged: make them
-            # durable before the next file exists (formats/wal.md, "torn tail or damage").
-            log.wal.sync()
-            new_wal = WalWriter(wal_dir / wal_file_name(log.seq + 1), fsync=log.fsync)
-        except OSError as exc:  # nothing changed: the memtable and the log stay in service
-            raise storage_error(exc, "starting a new write-ahead log file", wal_dir) from None
-        sealed = SealedMemtable(core.state.memtable, log.seq, old_paths)
+        next_name = wal_file_name(log.seq + 1)
+        if log.wal.path.name == next_name:
+            # The open log file holds no record yet (a file started by a seal that a crash
+            # kept from publishing, reused on open): the sealed rows are all in older files,
+            # and this one simply goes on taking the next records.
+            sealed = SealedMemtable(core.state.memtable, log.seq,
+                                    [p for p in log_files(wal_dir) if p.name != next_name])
+        else:
+            try:
+                # Records of a log file that is not the last are all acknowledged: make them
+                # durable before the next file exists (formats/wal.md, "torn tail or damage").
+                log.wal.sync()
+                new_wal = WalWriter(wal_dir / next_name, fsync=log.fsync)
+            except OSError as exc:  # nothing changed: the memtable and the log stay in service
+                raise storage_error(exc, "starting a new write-ahead log file", wal_dir) from None
+            sealed = SealedMemtable(core.state.memtable, log.seq, [p for p in log_files(wal_dir)
+                                                                   if p.name != next_name])
+            log.wal.close()
+            log.wal = new_wal
         with core.changing():
             core.swap(sealed=sealed, memtable=core.new_memtable())
-        log.wal.close()
-        log.wal = new_wal
         return sealed
 
     def _flush_sealed(self, sealed: SealedMemtable) -> None:
@@ -236,9 +244,11 @@ class Flusher:
             self._after_publish(new_handle is not None)
 
     def _remove_wal_files(self, paths: list[Path]) -> None:
+        live = None if self._log.wal is None else self._log.wal.path
         try:
             for path in paths:
-                remove_gradually(path)  # (a log commit meanwhile never waits long for it)
+                if path != live:  # (never the file taking writes)
+                    remove_gradually(path)  # (a log commit meanwhile never waits long for it)
             fsync_dir(self._core.directory / WAL)
         except FileNotFoundError:  # the table was dropped meanwhile
             pass

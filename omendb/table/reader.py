@@ -298,7 +298,7 @@ class TableReader:
         except OverflowError:
             raise SchemaError(f"ids must be {id_type} values for table {name!r}: an id is too large "
                               "for 64 bits") from None
-        except (TypeError, pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+        except (TypeError, UnicodeEncodeError, pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
             raise SchemaError(f"ids must be {id_type} values for table {name!r}: {exc}") from None
 
     def state_token(self) -> tuple:

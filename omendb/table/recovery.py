@@ -25,7 +25,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import CorruptFileError, MissingVersionError, WalDamageError
+from ..errors import CorruptFileError, MissingVersionError, WalDamageError, storage_error
 from ..storage.fileio import fsync_dir
 from ..storage.manifest import Manifest, ManifestStore
 from ..storage.wal import RecordKind, WalRecord, first_seq_of, read_wal, scan_wal
@@ -119,10 +119,14 @@ def salvage_log(table_dir: Path, manifest: Manifest) -> SalvagedLog:
     wal_dir = table_dir / WAL
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
     folder = table_dir / SALVAGE / stamp
-    (folder / WAL).mkdir(parents=True)
     files = log_files(wal_dir)
-    for path in files:
-        shutil.copy2(path, folder / WAL / path.name)
+    try:
+        (folder / WAL).mkdir(parents=True)
+        for path in files:
+            shutil.copy2(path, folder / WAL / path.name)
+    except OSError as exc:  # (a full disk): nothing was changed yet; leave no half copy behind
+        shutil.rmtree(folder, ignore_errors=True)
+        raise storage_error(exc, "copying the log aside before salvaging it", folder) from None
     referenced = referenced_files(table_dir)
     seg_dir = table_dir / SEGMENTS
     moved = [n for n in (os.listdir(seg_dir) if seg_dir.is_dir() else [])

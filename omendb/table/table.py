@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import pyarrow as pa
 
 from ..api import Table
-from ..errors import (MissingFileError, MissingVersionError, ReadOnlyError, SchemaError,
+from ..errors import (CorruptFileError, MissingFileError, MissingVersionError, ReadOnlyError, SchemaError,
                       VersionNotFoundError, storage_error)
 from ..index.hnsw import HnswConfig
 from ..query.snapshot import Snapshot
@@ -402,7 +402,15 @@ class LocalTable(Table):
 
 
 def _latest_manifest(name: str, directory: Path) -> Manifest:
-    manifest = ManifestStore(directory / MANIFESTS).latest()
+    try:
+        manifest = ManifestStore(directory / MANIFESTS).latest()
+    except MissingFileError:
+        raise
+    except CorruptFileError as exc:
+        raise CorruptFileError(
+            f"{exc}. It is table {name!r}'s newest version: restore the file from a backup, or move it out of "
+            f"{directory / MANIFESTS} to open the table at the version before it (the writes that version "
+            "published are then lost; `omendb salvage` keeps those still in the log)") from None
     if manifest is None:
         raise SchemaError(f"{directory}: table {name!r} has no manifest")
     return manifest

@@ -7,7 +7,7 @@ import os
 import time
 from typing import Any
 
-from ..errors import InvalidArgumentError, VersionNotFoundError
+from ..errors import InvalidArgumentError, TableNotFoundError, VersionNotFoundError
 from ..storage.fileio import fsync_dir, remove_gradually
 from ..storage.layout import MANIFESTS, SEGMENTS
 from ..storage.manifest import Manifest
@@ -49,7 +49,10 @@ class Follower:
         self._listed_at = time.monotonic()
 
     def _manifests_mtime(self) -> int:
-        return os.stat(self._core.directory / MANIFESTS).st_mtime_ns
+        try:
+            return os.stat(self._core.directory / MANIFESTS).st_mtime_ns
+        except FileNotFoundError:
+            raise TableNotFoundError(f"table {self._core.name!r} was dropped ({self._core.directory} is gone)") from None
 
     def before_read(self) -> None:
         now = time.monotonic()
