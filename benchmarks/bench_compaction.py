@@ -37,32 +37,23 @@ Results: benchmarks/results/compaction.json and compaction.md (``--quick``: comp
 
 from __future__ import annotations
 
-import argparse
-import datetime as _dt
 import gc
-import json
-import os
-import platform
-import shlex
 import shutil
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
-from _machine import cpu_model, fs_type, git_revision, machine_section, package_version  # noqa: E402  (benchmarks/ is on sys.path)
-from _common import dir_bytes, f2, f3, lat_summary, load_dataset, now_ns, thread_pools, yes  # noqa: E402  (benchmarks/ is on sys.path)
+from _harness import (THREAD_ENV, WARMUP, Run, add_run_args, dataset_schema, dir_bytes, exact_topk, f2, f3,
+                      f4, float32_table, lat_summary, load_dataset, machine_info, machine_section, mib, now_ns,
+                      package_version, parser, recall_at_k, run_defaults, time_each, title, yes)
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "pypi-minilm-100k"
 TABLE = "pypi"
 K = 10
 M = 16
 EF_CONSTRUCTION = 200
 MIN_ROWS = 1000
-WARMUP = 20
 ADD_BATCH = 1_000
 P99_TARGET = 2.0
 #: CompactionPolicy().min_segments: the flush that starts the first background merge in part 4
@@ -71,53 +62,24 @@ INDEX_TIMEOUT_S = 1800.0
 
 
 # ============================================================================ helpers
-def exact_topk(X: np.ndarray, Q: np.ndarray, k: int, block: int = 100) -> np.ndarray:
-    """Exact top-k row positions by cosine (rows and queries normalised), ties -> lower position."""
-    Xn = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-30)
-    Qn = Q / np.maximum(np.linalg.norm(Q, axis=1, keepdims=True), 1e-30)
-    out = np.empty((Q.shape[0], k), dtype=np.int64)
-    for s in range(0, Q.shape[0], block):
-        scores = Qn[s:s + block] @ Xn.T
-        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        ps = np.take_along_axis(scores, part, axis=1)
-        for i in range(part.shape[0]):
-            o = np.lexsort((part[i], -ps[i]))
-            out[s + i] = part[i][o]
-    return out
+def recall(found: list[list[int]], qidx, gt: np.ndarray) -> float | None:
+    """recall@10 of answers ``found`` to the queries ``qidx`` (None without answers)."""
+    return recall_at_k(found, gt[np.asarray(qidx, dtype=np.int64)], K)
 
 
-def recall(found: list[list[int]], qidx: np.ndarray, gt: np.ndarray) -> float | None:
-    if not found:
-        return None
-    hits = sum(len(set(f[:K]) & set(gt[qi].tolist())) for f, qi in zip(found, qidx))
-    return hits / (K * len(found))
-
-
-def machine_info(workdir: Path) -> dict:
+def machine(workdir: Path) -> dict:
     import psutil
-    import pyarrow as pa
-    import omendb
 
-    git = git_revision(Path(omendb.__file__).resolve().parent, "omendb")
-    try:
-        import faiss
+    def libraries() -> dict:
+        try:
+            import faiss
 
-        omp = faiss.omp_get_max_threads()
-    except Exception:
-        omp = None
-    return {
-        "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "platform": platform.platform(), "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "memory_gib": round(psutil.virtual_memory().total / (1 << 30), 1),
-        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
-        "python": platform.python_version(), "numpy": np.__version__, "pyarrow": pa.__version__,
-        "faiss": package_version("faiss"), "faiss_omp_threads": omp, "psutil": psutil.__version__,
-        "omendb": omendb.__version__, "omendb_git": git, "omendb_path": str(Path(omendb.__file__).resolve().parent),
-        "workdir": str(workdir), "workdir_fs": fs_type(workdir), "thread_pools": thread_pools(),
-        "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                                           "OMP_WAIT_POLICY") if k in os.environ},
-    }
+            omp = faiss.omp_get_max_threads()
+        except Exception:
+            omp = None
+        return {"faiss": package_version("faiss"), "faiss_omp_threads": omp, "psutil": psutil.__version__}
+
+    return machine_info(workdir, libraries, env=THREAD_ENV + ("OMP_WAIT_POLICY",), pools=True)
 
 
 def exact_scan_rows() -> int:
@@ -159,21 +121,10 @@ def build_segmented(path: Path, data, segments: int) -> dict:
 
 
 # ============================================================================ 1. search while compacting
-def search_pass(tbl, Q: np.ndarray, passes: int):
-    lat, found, qidx = [], [], []
-    gc.collect()
-    gc.disable()
-    try:
-        for _ in range(passes):
-            for i, q in enumerate(Q):
-                t0 = now_ns()
-                r = tbl.search(q, k=K, columns=["id"])
-                lat.append(now_ns() - t0)
-                found.append(r)
-                qidx.append(i)
-    finally:
-        gc.enable()
-    return lat, [r["id"].to_pylist() for r in found], np.asarray(qidx)
+def search_pass(tbl, Q: np.ndarray, passes: int, warmup: int = 0):
+    """``passes`` passes of single-query searches over ``Q``: (latencies, found ids, query index of each)."""
+    results, lat = time_each(lambda q: tbl.search(q, k=K, columns=["id"]), Q, warmup, passes)
+    return lat, [r["id"].to_pylist() for r in results], np.tile(np.arange(len(Q)), passes)
 
 
 def bench_during(path: Path, Q: np.ndarray, gt: np.ndarray, idle_passes: int) -> dict:
@@ -183,9 +134,7 @@ def bench_during(path: Path, Q: np.ndarray, gt: np.ndarray, idle_passes: int) ->
     try:
         tbl = db.open_table(TABLE)
         before = tbl.stats()
-        for q in Q[:WARMUP]:
-            tbl.search(q, k=K, columns=["id"])
-        lat, found, qidx = search_pass(tbl, Q, idle_passes)
+        lat, found, qidx = search_pass(tbl, Q, idle_passes, WARMUP)
         idle = {**lat_summary(lat), "recall": recall(found, qidx, gt),
                 "short": sum(len(f) < K for f in found)}
         print(f"  idle ({before['segments']} segments): p50 {idle['p50_ms']:.3f} ms p99 {idle['p99_ms']:.3f} ms "
@@ -228,7 +177,7 @@ def bench_during(path: Path, Q: np.ndarray, gt: np.ndarray, idle_passes: int) ->
             box.setdefault("error", f"compact() still running after {INDEX_TIMEOUT_S:.0f} s")
             box.setdefault("seconds", (now_ns() - t_start) / 1e9)
         found = [r["id"].to_pylist() for r in res]
-        during = {**lat_summary(lat), "recall": recall(found, np.asarray(qs), gt),
+        during = {**lat_summary(lat), "recall": recall(found, qs, gt),
                   "short": sum(len(f) < K for f in found), "compact_s": box.get("seconds"),
                   "compact_result": box.get("result"), "error": box.get("error"),
                   "searches_per_s": len(lat) / box["seconds"] if box.get("seconds") else None}
@@ -421,12 +370,9 @@ def bench_to_indexed(workdir: Path, data, size_mib: int, flushes: int, poll_s: f
 
 # ============================================================================ main
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="dataset folder (default: %(default)s)")
-    p.add_argument("--quick", action="store_true", help="20K rows, 200 queries, small memtables: a sanity check")
-    p.add_argument("--rows", type=int, help="base rows (default 100,000; --quick 20,000)")
-    p.add_argument("--queries", type=int, help="queries per search pass (default 1,000; --quick 200)")
+    p = parser(__doc__)
+    add_run_args(p, "compaction", quick="20K rows, 200 queries, small memtables: a sanity check",
+                 queries="queries per search pass (default 1,000; --quick 200)")
     p.add_argument("--segments", type=int, help="segments of the table to compact (default 10; --quick 4, so each "
                    "holds 5,000 rows: omendb scans segments of <= 4,096 rows exactly even when indexed)")
     p.add_argument("--idle-passes", type=int, default=3, help="passes over the queries when idle (default %(default)s)")
@@ -434,15 +380,8 @@ def parse_args(argv=None):
                    help="memtable sizes in MiB for part 4 (default 8,32,64; --quick 4,8,16)")
     p.add_argument("--flushes", type=int, default=5, help="flushes per size in part 4 (default %(default)s)")
     p.add_argument("--poll-ms", type=float, default=10.0, help="stats() poll interval in part 4 (default %(default)s)")
-    p.add_argument("--out", type=Path, help="results path without suffix (default benchmarks/results/compaction, "
-                   "--quick: compaction-quick)")
-    p.add_argument("--workdir", type=Path, help="where databases are written (default: a fresh temp dir, removed)")
-    p.add_argument("--keep", action="store_true", help="keep the work dir")
     args = p.parse_args(argv)
-    if args.rows is None:
-        args.rows = 20_000 if args.quick else 100_000
-    if args.queries is None:
-        args.queries = 200 if args.quick else 1_000
+    run_defaults(args)
     if args.sizes is None:
         args.sizes = [4, 8, 16] if args.quick else [8, 32, 64]
     if args.segments is None:
@@ -456,21 +395,14 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    wall0 = time.time()
-    command = " ".join(shlex.quote(c) for c in [sys.executable, *sys.argv])
-    out = args.out or (REPO / "benchmarks" / "results" / ("compaction-quick" if args.quick else "compaction"))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    own_workdir = args.workdir is None
-    workdir = Path(tempfile.mkdtemp(prefix="omendb-bench-compaction-")) if own_workdir else args.workdir
-    workdir.mkdir(parents=True, exist_ok=True)
-    res: dict = {"command": command, "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
-    res["machine"] = machine_info(workdir)
-    try:
+    with Run(args, "compaction", machine) as run:
+        res, workdir = run.res, run.workdir
         print(f"loading {args.rows:,} rows, {args.queries:,} queries from {args.data}", flush=True)
-        data, X, Q, dim = load_dataset(args.data, args.rows, args.queries)
+        base, X, Q, dim, _ = load_dataset(args.data, args.rows, args.queries)
+        data = float32_table(base, X, dataset_schema(dim))
         res["dim"] = dim
-        gt = data["id"].to_numpy()[exact_topk(X, Q, K)]
-        del X
+        gt = data["id"].to_numpy()[exact_topk(X, Q, K, normalize=True)]
+        del X, base
 
         print(f"0. building a table of {args.segments} indexed segments", flush=True)
         pristine = workdir / "pristine"
@@ -518,33 +450,16 @@ def main(argv=None) -> int:
                           "merge_rows_per_s": {("indexed" if r["build_indexes"] else "merge_only"): r["rows_per_s"]
                                                for r in res["throughput"]},
                           "disk_ratio": res["disk"]["ratio"]}
-        res["wall_s"] = time.time() - wall0
-        res["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
-        out.with_suffix(".json").write_text(json.dumps(res, indent=1, default=str))
-        write_markdown(res, out.with_suffix(".md"))
-        print(f"\nwrote {out.with_suffix('.json')} and {out.with_suffix('.md')}\n", flush=True)
-        print(out.with_suffix(".md").read_text())
-    finally:
-        if own_workdir and not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
+        run.finish(markdown)
     return 0
 
 
 # ============================================================================ report
-def f4(x) -> str:
-    return "—" if x is None else f"{x:.4f}"
-
-
-def mib(x) -> str:
-    return "—" if x is None else f"{x / (1 << 20):,.1f}"
-
-
-def write_markdown(res: dict, path: Path) -> None:
+def markdown(res: dict) -> str:
     a, s, b = res["args"], res["summary"], res["build"]
     dur = res["during"]
     idle, during, after = dur["idle"], dur["during"], dur["after"]
-    L = [f"# omendb compaction benchmark{' (--quick)' if a['quick'] else ''}", "",
-         f"`{res['command']}`", "",
+    L = title("omendb compaction benchmark", a["quick"], res["command"]) + [
          f"{a['rows']:,} rows x {res['dim']} dims (pypi-minilm-100k, float32), cosine, k={K}, "
          f"`HnswConfig(m={M}, ef_construction={EF_CONSTRUCTION}, min_rows={MIN_ROWS})`, default ef_search. "
          f"The table to compact: {b['stats']['segments']} segments of {b['rows_per_segment']:,} rows (explicit "
@@ -634,15 +549,8 @@ def write_markdown(res: dict, path: Path) -> None:
     m = res["machine"]
     libraries = (f"Python {m['python']}, numpy {m['numpy']}, pyarrow {m['pyarrow']}, faiss {m['faiss']} "
                  f"({m['faiss_omp_threads']} OpenMP threads), psutil {m['psutil']}")
-    L += machine_section(m, res["wall_s"], libraries)
-    if m.get("thread_pools"):
-        L.append("- thread pools: " + ", ".join(" ".join(x for x in (p["internal_api"], p.get("version"),
-                                                                     f"x{p['num_threads']}") if x)
-                                                for p in m["thread_pools"]))
-    if m["env"]:
-        L.append(f"- env: {m['env']}")
-    L.append("")
-    path.write_text("\n".join(L))
+    L += machine_section(m, res["wall_s"], libraries) + [""]
+    return "\n".join(L)
 
 
 if __name__ == "__main__":

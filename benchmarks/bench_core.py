@@ -30,12 +30,9 @@ Results: benchmarks/results/core.json and core.md (``--quick``: core-quick.*; ``
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import gc
 import json
 import os
-import platform
-import shlex
 import shutil
 import subprocess
 import sys
@@ -45,16 +42,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-import psutil
+import psutil  # imported up front, as it always was: the RSS probe's baseline is "after imports"
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 import omendb
-from _machine import cpu_model, fs_type, git_revision  # noqa: E402  (benchmarks/ is on sys.path)
-from _common import now_ns  # noqa: E402  (benchmarks/ is on sys.path)
+from _harness import (RESULTS, alternating_rounds, command_line, dataset_schema, dir_bytes,
+                      float32_table, lat_summary, load_dataset, machine_info as harness_machine_info,
+                      machine_section, memory_mib, now_ns, num, package_version, parser, pct, read_gt,
+                      recall_at_k, timed, write_report, yes)
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "pypi-minilm-100k"
 TABLE = "pypi"
 K = 10
 #: NumPy chunked batch path: the same score-block budget omendb's flat scan uses.
@@ -62,60 +59,16 @@ CHUNK_BYTES = 64 << 20
 
 
 # ----------------------------------------------------------------------------- helpers
-def pct(samples_ns, q: float) -> float:
-    """Percentile of nanosecond samples, in milliseconds."""
-    return float(np.percentile(np.asarray(samples_ns, dtype=np.float64), q)) / 1e6
-
-
-def proc_status() -> dict[str, int]:
-    """RssAnon / RssFile / RssShmem / VmRSS from /proc/self/status, in bytes."""
-    out = {}
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
-                out[key] = int(value.split()[0]) * 1024
-    return out
-
-
-def memory_snapshot() -> dict[str, float]:
-    status = proc_status()
-    mib = 1 << 20
-    return {
-        "rss_mib": psutil.Process().memory_info().rss / mib,
-        "rss_anon_mib": status.get("RssAnon", 0) / mib,
-        "rss_file_mib": status.get("RssFile", 0) / mib,
-    }
-
-
-def dir_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+#: thread variables this report records (both sides share them)
+ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",
+       "NUMEXPR_MAX_THREADS")
 
 
 def machine_info(workdir: Path) -> dict:
-    info = {
-        "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "host": platform.node(),
-        "platform": platform.platform(),
-        "cpu_model": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "memory_gib": round(psutil.virtual_memory().total / (1 << 30), 1),
-        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "pyarrow": pa.__version__,
-        "numexpr": _version("numexpr"),
-        "psutil": psutil.__version__,
-        "omendb": omendb.__version__,
-        "omendb_git": git_revision(Path(omendb.__file__).resolve().parent),
-        "omendb_path": str(Path(omendb.__file__).resolve().parent),
-        "workdir": str(workdir),
-        "workdir_fs": fs_type(workdir),
-        "env": {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
-                                                "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS", "NUMEXPR_MAX_THREADS")
-                if os.environ.get(k) is not None},
-    }
+    """The harness' machine facts plus numexpr's threads and the BLAS pools (threadpoolctl) when present."""
+    info = harness_machine_info(workdir, lambda: {"numexpr": package_version("numexpr"),
+                                                   "psutil": psutil.__version__},
+                                env=ENV, host=True)
     try:
         import numexpr
         info["numexpr_threads"] = numexpr.get_num_threads()
@@ -128,13 +81,6 @@ def machine_info(workdir: Path) -> dict:
     except Exception:  # pragma: no cover - threadpoolctl is optional
         pass
     return info
-
-
-def _version(module: str) -> str | None:
-    try:
-        return __import__(module).__version__
-    except Exception:
-        return None
 
 
 def open_kwargs(build_indexes: bool) -> dict:
@@ -179,33 +125,6 @@ def builder_threads() -> list[str]:
 
 
 # ----------------------------------------------------------------------------- data
-def vectors_f32(column: pa.ChunkedArray, dim: int) -> np.ndarray:
-    flat = column.combine_chunks().flatten()
-    return np.asarray(flat.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
-
-
-def load_data(data: Path, rows: int, n_queries: int):
-    """Base rows as an Arrow table with float32 vectors (sharing memory with X), X, Q, query ids."""
-    base = pq.read_table(data / "base.parquet")
-    if rows > base.num_rows:
-        raise SystemExit(f"--rows {rows} > {base.num_rows} rows in {data / 'base.parquet'}")
-    base = base.slice(0, rows)
-    dim = base.schema.field("vector").type.list_size
-    X = vectors_f32(base["vector"], dim)
-    vec = pa.FixedSizeListArray.from_arrays(pa.array(X.reshape(-1)), dim)  # zero copy view of X
-    table = pa.table({"id": base["id"].combine_chunks(), "name": base["name"].combine_chunks(),
-                      "summary": base["summary"].combine_chunks(), "vector": vec})
-    queries = pq.read_table(data / "queries.parquet").slice(0, n_queries)
-    Q = np.ascontiguousarray(vectors_f32(queries["vector"], dim))
-    return table, X, Q, queries["id"].to_numpy(), dim
-
-
-def omendb_schema(dim: int) -> pa.Schema:
-    return pa.schema([pa.field("id", pa.int64(), nullable=False), pa.field("name", pa.string()),
-                      pa.field("summary", pa.string()),
-                      pa.field("vector", pa.list_(pa.float32(), dim), nullable=False)])
-
-
 def ipc_stream(table: pa.Table) -> pa.Buffer:
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
@@ -339,7 +258,7 @@ def double_write_ingest(table: pa.Table, batch: int, directory: Path, segment_by
 
 def omendb_ingest(table: pa.Table, batch: int, db_dir: Path, dim: int, kwargs: dict) -> dict:
     db = omendb.open(db_dir, **kwargs)  # fsync=True, default memtable size
-    tbl = db.create_table(TABLE, schema=omendb_schema(dim), metric="cosine")
+    tbl = db.create_table(TABLE, schema=dataset_schema(dim), metric="cosine")
     add_ns = []
     gc.collect()
     for start in range(0, table.num_rows, batch):
@@ -423,9 +342,8 @@ def bench_single(tbl, X: np.ndarray, Q: np.ndarray, k: int, warmup: int) -> dict
         omen_id_ns.append(t2 - t1)
         np_ns.append(t3 - t2)
         agree += len(set(res.column("id").to_pylist()) & set(ref.tolist()))
-    out = {"queries": n}
-    for name, samples in (("omendb", omen_ns), ("omendb_id_only", omen_id_ns), ("numpy", np_ns)):
-        out[name] = {"p50_ms": pct(samples, 50), "p99_ms": pct(samples, 99), "mean_ms": float(np.mean(samples)) / 1e6}
+    out = {"queries": n, "omendb": lat_summary(omen_ns, brief=True),
+           "omendb_id_only": lat_summary(omen_id_ns, brief=True), "numpy": lat_summary(np_ns, brief=True)}
     out["ratio_p50"] = out["omendb"]["p50_ms"] / out["numpy"]["p50_ms"]
     out["ratio_p99"] = out["omendb"]["p99_ms"] / out["numpy"]["p99_ms"]
     out["ratio_p50_id_only"] = out["omendb_id_only"]["p50_ms"] / out["numpy"]["p50_ms"]
@@ -439,25 +357,20 @@ def bench_batch(tbl, X: np.ndarray, Q: np.ndarray, k: int, repeats: int) -> tupl
     # warm-up (small) so first-call effects do not land in the timings
     tbl.search(Q[:8], k=k, exact=True)
     np_batch_block(X, Q[:8], k)
-    times = {"omendb": [], "numpy_plain": [], "numpy_chunked": []}
-    omen_ids = ref_ids = None
-    for _ in range(repeats):
-        gc.collect()
-        t0 = now_ns()
-        res = tbl.search(Q, k=k, exact=True)
-        times["omendb"].append(now_ns() - t0)
-        omen_ids = result_ids(res, nq, k)
-        del res
-        gc.collect()
-        t0 = now_ns()
-        ref_ids = np_batch_block(X, Q, k)
-        times["numpy_plain"].append(now_ns() - t0)
-        gc.collect()
-        t0 = now_ns()
-        chunked = np_batch_chunked(X, Q, k, chunk_rows)
-        times["numpy_chunked"].append(now_ns() - t0)
+
+    def omendb_side(_round: int) -> tuple[int, np.ndarray]:
+        ns, res = timed(lambda: tbl.search(Q, k=k, exact=True))
+        return ns, result_ids(res, nq, k)  # the result table is dropped before the next side
+
+    # repeats x (omendb, NumPy plain, NumPy chunked), a gc.collect() before each
+    rounds = alternating_rounds({"omendb": omendb_side,
+                                 "numpy_plain": lambda _: timed(lambda: np_batch_block(X, Q, k)),
+                                 "numpy_chunked": lambda _: timed(lambda: np_batch_chunked(X, Q, k, chunk_rows))},
+                                repeats)
+    omen_ids, ref_ids, chunked = (rounds[-1][name][1] for name in ("omendb", "numpy_plain", "numpy_chunked"))
     out = {"queries": nq, "repeats": repeats, "numpy_chunk_queries": chunk_rows}
-    for name, samples in times.items():
+    for name in ("omendb", "numpy_plain", "numpy_chunked"):
+        samples = [r[name][0] for r in rounds]
         out[name] = {"median_s": float(np.median(samples)) / 1e9, "min_s": min(samples) / 1e9,
                      "all_s": [s / 1e9 for s in samples]}
     best_np = min(out["numpy_plain"]["median_s"], out["numpy_chunked"]["median_s"])
@@ -468,18 +381,11 @@ def bench_batch(tbl, X: np.ndarray, Q: np.ndarray, k: int, repeats: int) -> tupl
     return out, omen_ids, ref_ids
 
 
-def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int) -> float:
-    hits = sum(len(set(f[:k].tolist()) & set(t[:k].tolist())) for f, t in zip(found, truth))
-    return hits / (found.shape[0] * k)
-
-
 def bench_recall(data: Path, query_ids: np.ndarray, rows: int, total_rows: int, omen_ids: np.ndarray,
                  numpy_ids: np.ndarray, k: int) -> dict:
     out = {"queries": int(omen_ids.shape[0]), "k": k}
     if rows == total_rows:
-        gt = pq.read_table(data / "gt.parquet")
-        gt_qid = gt["query_id"].to_numpy()
-        neighbors = np.asarray(gt["neighbors"].combine_chunks().flatten().to_numpy()).reshape(gt.num_rows, -1)
+        gt_qid, neighbors = read_gt(data)
         by_qid = {int(q): i for i, q in enumerate(gt_qid)}
         truth = neighbors[[by_qid[int(q)] for q in query_ids]]
         out["truth"] = "gt.parquet"
@@ -506,7 +412,7 @@ def rss_probe(db_dir: str, query_file: str, preimport: str | None, kwargs: dict)
         except ImportError:
             pass
     gc.collect()
-    out = {"preimported": preimport or "", "after_imports": memory_snapshot()}
+    out = {"preimported": preimport or "", "after_imports": memory_mib()}
     seen = top_modules()
     t0 = now_ns()
     db = omendb.open(db_dir, **kwargs)
@@ -514,19 +420,19 @@ def rss_probe(db_dir: str, query_file: str, preimport: str | None, kwargs: dict)
     out["open_kwargs"] = kwargs
     out["open_ms"] = (now_ns() - t0) / 1e6
     out["rows"] = tbl.count()
-    out["after_open"] = memory_snapshot()
+    out["after_open"] = memory_mib()
     out["modules_imported_by_open"] = sorted(top_modules() - seen)
     seen = top_modules()
     t0 = now_ns()
     tbl.search(q[0], k=K, exact=True)
     out["first_search_ms"] = (now_ns() - t0) / 1e6
-    out["after_first_search"] = memory_snapshot()
+    out["after_first_search"] = memory_mib()
     out["modules_imported_by_first_search"] = sorted(top_modules() - seen)
     out["index_builder_threads_after_first_search"] = builder_threads()
     t0 = now_ns()
     tbl.search(q[1 % len(q)], k=K, exact=True)
     out["second_search_ms"] = (now_ns() - t0) / 1e6
-    out["after_second_search"] = memory_snapshot()
+    out["after_second_search"] = memory_mib()
     db.close()
     print(json.dumps(out))
 
@@ -564,14 +470,6 @@ def bench_rss(db_dir: Path, Q: np.ndarray, rows: int, dim: int, kwargs: dict) ->
 
 
 # ----------------------------------------------------------------------------- report
-def fmt(x: float, digits: int = 3) -> str:
-    return f"{x:,.{digits}f}"
-
-
-def verdict(ok: bool) -> str:
-    return "yes" if ok else "**no**"
-
-
 def blas_text(machine: dict) -> str:
     libs = machine.get("blas") or []
     return ", ".join(f"{b.get('internal_api')} {b.get('version')} ({b.get('architecture')}, "
@@ -597,60 +495,60 @@ def markdown(res: dict) -> str:
         "",
         "| benchmark | omendb | raw bound / NumPy | ratio | target | met |",
         "| --- | ---: | ---: | ---: | ---: | :---: |",
-        f"| durable ingest, rows/s (adds; each returns durable) | {fmt(ing['omendb']['rows_per_s'], 0)} | "
-        f"{fmt(raw['rows_per_s'], 0)} | {fmt(ing['ratio'], 3)}x | >= 0.5x | {verdict(ing['ratio'] >= 0.5)} |",
-        f"| durable ingest incl. final close/flush, rows/s | {fmt(ing['omendb']['rows_per_s_with_close'], 0)} | "
-        f"{fmt(raw['rows_per_s'], 0)} | {fmt(ing['ratio_with_close'], 2)}x | | |",
+        f"| durable ingest, rows/s (adds; each returns durable) | {num(ing['omendb']['rows_per_s'], 0)} | "
+        f"{num(raw['rows_per_s'], 0)} | {num(ing['ratio'], 3)}x | >= 0.5x | {yes(ing['ratio'] >= 0.5)} |",
+        f"| durable ingest incl. final close/flush, rows/s | {num(ing['omendb']['rows_per_s_with_close'], 0)} | "
+        f"{num(raw['rows_per_s'], 0)} | {num(ing['ratio_with_close'], 2)}x | | |",
     ]
     double = ing.get("double_write")
     if double:
         lines += [
-            f"| double-write reference (below) vs raw bound, rows/s | {fmt(double['rows_per_s'], 0)} | "
-            f"{fmt(raw['rows_per_s'], 0)} | {fmt(ing['double_write_vs_raw'], 3)}x | | |",
-            f"| durable ingest vs double-write reference, rows/s | {fmt(ing['omendb']['rows_per_s'], 0)} | "
-            f"{fmt(double['rows_per_s'], 0)} | {fmt(ing['ratio_vs_double_write'], 3)}x | | |",
+            f"| double-write reference (below) vs raw bound, rows/s | {num(double['rows_per_s'], 0)} | "
+            f"{num(raw['rows_per_s'], 0)} | {num(ing['double_write_vs_raw'], 3)}x | | |",
+            f"| durable ingest vs double-write reference, rows/s | {num(ing['omendb']['rows_per_s'], 0)} | "
+            f"{num(double['rows_per_s'], 0)} | {num(ing['ratio_vs_double_write'], 3)}x | | |",
         ]
     lines += [
-        f"| exact single query p50, ms | {fmt(single['omendb']['p50_ms'])} | {fmt(single['numpy']['p50_ms'])} | "
-        f"{fmt(single['ratio_p50'], 2)}x | <= 1.3x | {verdict(single['ratio_p50'] <= 1.3)} |",
-        f"| exact single query p99, ms | {fmt(single['omendb']['p99_ms'])} | {fmt(single['numpy']['p99_ms'])} | "
-        f"{fmt(single['ratio_p99'], 2)}x | | |",
-        f"| exact single query p50, `columns=['id']`, ms | {fmt(single['omendb_id_only']['p50_ms'])} | "
-        f"{fmt(single['numpy']['p50_ms'])} | {fmt(single['ratio_p50_id_only'], 2)}x | | |",
-        f"| batch of {batch['queries']} queries, s (median) | {fmt(batch['omendb']['median_s'])} | "
-        f"plain {fmt(batch['numpy_plain']['median_s'])} / chunked {fmt(batch['numpy_chunked']['median_s'])} | "
-        f"{fmt(batch['ratio_vs_best_numpy'], 2)}x (vs plain {fmt(batch['ratio_vs_plain'], 2)}x) | <= 1.2x | "
-        f"{verdict(batch['ratio_vs_best_numpy'] <= 1.2)} |",
-        f"| recall@10, exact ({rec['queries']} queries) | {fmt(rec['recall_omendb'], 4)} | "
-        f"{fmt(rec['recall_numpy'], 4)} | | ~1.0 | {verdict(rec['recall_omendb'] >= 0.999)} |",
+        f"| exact single query p50, ms | {num(single['omendb']['p50_ms'])} | {num(single['numpy']['p50_ms'])} | "
+        f"{num(single['ratio_p50'], 2)}x | <= 1.3x | {yes(single['ratio_p50'] <= 1.3)} |",
+        f"| exact single query p99, ms | {num(single['omendb']['p99_ms'])} | {num(single['numpy']['p99_ms'])} | "
+        f"{num(single['ratio_p99'], 2)}x | | |",
+        f"| exact single query p50, `columns=['id']`, ms | {num(single['omendb_id_only']['p50_ms'])} | "
+        f"{num(single['numpy']['p50_ms'])} | {num(single['ratio_p50_id_only'], 2)}x | | |",
+        f"| batch of {batch['queries']} queries, s (median) | {num(batch['omendb']['median_s'])} | "
+        f"plain {num(batch['numpy_plain']['median_s'])} / chunked {num(batch['numpy_chunked']['median_s'])} | "
+        f"{num(batch['ratio_vs_best_numpy'], 2)}x (vs plain {num(batch['ratio_vs_plain'], 2)}x) | <= 1.2x | "
+        f"{yes(batch['ratio_vs_best_numpy'] <= 1.2)} |",
+        f"| recall@10, exact ({rec['queries']} queries) | {num(rec['recall_omendb'], 4)} | "
+        f"{num(rec['recall_numpy'], 4)} | | ~1.0 | {yes(rec['recall_omendb'] >= 0.999)} |",
         "",
         f"Raw bound: each batch's Arrow IPC stream ({raw['bytes'] / raw['batches'] / 1024:,.0f} KiB/batch) "
         f"appended to a plain file + `os.fsync`. "
-        + (f"A warm-up round (raw {fmt(ing['warmup']['raw']['rows_per_s'], 0)}, omendb "
-           f"{fmt(ing['warmup']['omendb']['rows_per_s'], 0)} rows/s, add max {fmt(ing['warmup']['omendb']['add_max_ms'], 1)} ms; "
-           f"double-write {fmt(ing['warmup']['double_write']['rows_per_s'], 0)} rows/s: a process's first pass "
+        + (f"A warm-up round (raw {num(ing['warmup']['raw']['rows_per_s'], 0)}, omendb "
+           f"{num(ing['warmup']['omendb']['rows_per_s'], 0)} rows/s, add max {num(ing['warmup']['omendb']['add_max_ms'], 1)} ms; "
+           f"double-write {num(ing['warmup']['double_write']['rows_per_s'], 0)} rows/s: a process's first pass "
            f"faults its memory in slowly on this VM), then two timed rounds, each raw, omendb, double-write; "
            if "warmup" in ing else "Two passes per side, alternated; ")
         + f"each side's faster timed pass is reported (raw "
-        f"{' / '.join(fmt(p['rows_per_s'], 0) for p in ing['raw_passes'])} rows/s, omendb "
-        f"{' / '.join(fmt(p['rows_per_s'], 0) for p in ing.get('omendb_passes', [ing['omendb']]))} rows/s). "
-        f"Raw including IPC encoding {fmt(raw['rows_per_s_with_encode'], 0)} rows/s. "
+        f"{' / '.join(num(p['rows_per_s'], 0) for p in ing['raw_passes'])} rows/s, omendb "
+        f"{' / '.join(num(p['rows_per_s'], 0) for p in ing.get('omendb_passes', [ing['omendb']]))} rows/s). "
+        f"Raw including IPC encoding {num(raw['rows_per_s_with_encode'], 0)} rows/s. "
         + (f"Double-write reference: the raw writer while one background thread writes the same bytes again, "
            f"{double['segment_bytes'] >> 20} MiB (omendb's default memtable) to a new file + `fdatasync` at a time "
            f"({double['segment_files']} file(s)), the I/O of a log-then-segment store with no work of its own "
            f"(written plainly: omendb paces its segment write-back between log commits, so it can beat this); timed "
-           f"like the adds (log writes only), passes {' / '.join(fmt(p['rows_per_s'], 0) for p in ing['double_write_passes'])} "
-           f"rows/s, {fmt(double['rows_per_s_with_close'], 0)} rows/s including the wait for its last file. "
+           f"like the adds (log writes only), passes {' / '.join(num(p['rows_per_s'], 0) for p in ing['double_write_passes'])} "
+           f"rows/s, {num(double['rows_per_s_with_close'], 0)} rows/s including the wait for its last file. "
            if double else "")
-        + f"omendb add latency p50 {fmt(ing['omendb']['add_p50_ms'], 2)} ms, p99 {fmt(ing['omendb']['add_p99_ms'], 2)} ms, "
-        f"max {fmt(ing['omendb']['add_max_ms'], 1)} ms; final close {fmt(ing['omendb']['seconds_close'], 2)} s; "
+        + f"omendb add latency p50 {num(ing['omendb']['add_p50_ms'], 2)} ms, p99 {num(ing['omendb']['add_p99_ms'], 2)} ms, "
+        f"max {num(ing['omendb']['add_max_ms'], 1)} ms; final close {num(ing['omendb']['seconds_close'], 2)} s; "
         f"{ing['omendb']['segments_before_close']} segment(s) before close; table on disk "
         f"{ing['omendb']['table_bytes_on_disk'] / (1 << 20):,.1f} MiB.",
         "",
-        f"Search runs on the table after close + reopen (first search after reopen: {fmt(single['first_search_after_reopen_ms'], 1)} ms). "
+        f"Search runs on the table after close + reopen (first search after reopen: {num(single['first_search_after_reopen_ms'], 1)} ms). "
         f"NumPy side: `X @ q` / `Q @ X.T` on the same float32 vectors in memory, argpartition + sort of the top {K}; "
         f"chunked = {batch['numpy_chunk_queries']} queries per block (64 MiB score block, as omendb). "
-        f"Single-query overlap omendb vs NumPy: {fmt(single['overlap_with_numpy_at10'], 4)}.",
+        f"Single-query overlap omendb vs NumPy: {num(single['overlap_with_numpy_at10'], 4)}.",
         "",
         "## Memory of a fresh process opening the table (MiB)",
         "",
@@ -662,59 +560,44 @@ def markdown(res: dict) -> str:
     for stage in ("after_imports", "after_open", "after_first_search", "after_second_search"):
         s = rss[stage]
         d = rss.get(stage + "_delta", {"rss_mib": 0.0, "rss_anon_mib": 0.0, "rss_file_mib": 0.0})
-        lines.append(f"| {stage.replace('_', ' ')} | {fmt(s['rss_mib'], 1)} | {fmt(s['rss_anon_mib'], 1)} | "
-                     f"{fmt(s['rss_file_mib'], 1)} | {fmt(d['rss_mib'], 1)} | {fmt(d['rss_anon_mib'], 1)} | "
-                     f"{fmt(d['rss_file_mib'], 1)} |")
+        lines.append(f"| {stage.replace('_', ' ')} | {num(s['rss_mib'], 1)} | {num(s['rss_anon_mib'], 1)} | "
+                     f"{num(s['rss_file_mib'], 1)} | {num(d['rss_mib'], 1)} | {num(d['rss_anon_mib'], 1)} | "
+                     f"{num(d['rss_file_mib'], 1)} |")
     pre = rss["pandas_preimported"]
     lines += [
         "",
-        f"Open: {fmt(rss['open_ms'], 1)} ms; first search: {fmt(rss['first_search_ms'], 1)} ms "
-        f"(maps the segments and verifies their CRC-32); second search: {fmt(rss['second_search_ms'], 1)} ms. "
+        f"Open: {num(rss['open_ms'], 1)} ms; first search: {num(rss['first_search_ms'], 1)} ms "
+        f"(maps the segments and verifies their CRC-32); second search: {num(rss['second_search_ms'], 1)} ms. "
         f"Modules first imported by open: {', '.join(rss['modules_imported_by_open']) or 'none'}; "
         f"by the first search: {', '.join(rss['modules_imported_by_first_search']) or 'none'}.",
         "",
         f"Same probe with pandas imported before the baseline (isolates the table's own memory): "
-        f"RssAnon delta after open {fmt(pre['after_open_delta']['rss_anon_mib'], 1)} MiB, after first search "
-        f"{fmt(pre['after_first_search_delta']['rss_anon_mib'], 1)} MiB, RssFile delta after first search "
-        f"{fmt(pre['after_first_search_delta']['rss_file_mib'], 1)} MiB "
-        f"(vectors: {fmt(rss['vector_mib'], 1)} MiB).",
+        f"RssAnon delta after open {num(pre['after_open_delta']['rss_anon_mib'], 1)} MiB, after first search "
+        f"{num(pre['after_first_search_delta']['rss_anon_mib'], 1)} MiB, RssFile delta after first search "
+        f"{num(pre['after_first_search_delta']['rss_file_mib'], 1)} MiB "
+        f"(vectors: {num(rss['vector_mib'], 1)} MiB).",
     ]
     default = rss.get("default_open")
     if default:
         lines += [
             "",
             f"Same probe with plain `omendb.open(path)` (every default, background index builder on): RssAnon delta "
-            f"after open {fmt(default['after_open_delta']['rss_anon_mib'], 1)} MiB, after first search "
-            f"{fmt(default['after_first_search_delta']['rss_anon_mib'], 1)} MiB, after second search "
-            f"{fmt(default['after_second_search_delta']['rss_anon_mib'], 1)} MiB; builder threads alive after the "
+            f"after open {num(default['after_open_delta']['rss_anon_mib'], 1)} MiB, after first search "
+            f"{num(default['after_first_search_delta']['rss_anon_mib'], 1)} MiB, after second search "
+            f"{num(default['after_second_search_delta']['rss_anon_mib'], 1)} MiB; builder threads alive after the "
             f"first search: {len(default['index_builder_threads_after_first_search'])}.",
         ]
-    lines += [
-        "",
-        "## Machine",
-        "",
-        f"- date (UTC): {m['date_utc']}",
-        f"- CPU: {m['cpu_model']}, cpu_count {m['cpu_count']} (affinity {m['cpu_affinity']}), RAM {m['memory_gib']} GiB",
-        f"- {m['platform']}",
-        f"- Python {m['python']}, numpy {m['numpy']}, pyarrow {m['pyarrow']}, numexpr {m['numexpr']} "
-        f"({m.get('numexpr_threads')} threads), psutil {m['psutil']}",
-        f"- BLAS: {blas_text(m)}",
-        f"- omendb {m['omendb']} (git {m['omendb_git']}, {m['omendb_path']})",
-        f"- workdir {m['workdir']} ({m['workdir_fs']}); page cache not dropped",
-        f"- env: {m['env'] or '(no BLAS/thread variables set)'}",
-        f"- load average at start {m['loadavg_at_start']}, at end {res['loadavg_at_end']} "
-        "(anything above ~0 means other work shared the CPUs)",
-        f"- wall time of the run: {fmt(res['wall_seconds'], 1)} s",
-        "",
-    ]
+    libraries = (f"Python {m['python']}, numpy {m['numpy']}, pyarrow {m['pyarrow']}, numexpr {m['numexpr']} "
+                 f"({m.get('numexpr_threads')} threads), psutil {m['psutil']}")
+    lines += ["", *machine_section({**m, "loadavg_at_end": res["loadavg_at_end"]}, res["wall_seconds"], libraries, [
+        f"- BLAS: {blas_text(m)}", *([] if m["env"] else ["- env: (no BLAS/thread variables set)"]),
+        "- page cache not dropped; a load average above ~0 means other work shared the CPUs"]), ""]
     return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- main
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="dataset folder (default: %(default)s)")
+    p = parser(__doc__)
     p.add_argument("--quick", action="store_true", help="20,000 rows, fewer queries: a fast sanity run")
     p.add_argument("--rows", type=int, help="base rows to use (default 100000, --quick 20000)")
     p.add_argument("--batch-rows", type=int, default=1000, help="rows per add() (default %(default)s)")
@@ -724,7 +607,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=5, help="untimed single queries first (default %(default)s)")
     p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()),
                    help="parent of the temporary database folder (default %(default)s)")
-    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results",
+    p.add_argument("--out", type=Path, default=RESULTS,
                    help="results folder (default benchmarks/results)")
     p.add_argument("--name", help="result file stem (default core, --quick core-quick)")
     p.add_argument("--keep", action="store_true", help="keep the temporary database folder")
@@ -750,12 +633,14 @@ def main(argv=None) -> int:
         return 0
     started = time.perf_counter()
     data = args.data.resolve()
-    command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
+    command = command_line()
     n_queries = max(args.single_queries, args.batch_queries)
     kwargs = open_kwargs(args.build_indexes)
     print(f"loading {data} ({args.rows:,} rows, {n_queries} queries)", flush=True)
     total_rows = pq.ParquetFile(data / "base.parquet").metadata.num_rows
-    table, X, Q, query_ids, dim = load_data(data, args.rows, n_queries)
+    base, X, Q, dim, query_ids = load_dataset(data, args.rows, n_queries)
+    table = float32_table(base, X)  # vectors sharing memory with X
+    del base
 
     tmp = Path(tempfile.mkdtemp(prefix="omendb-bench-", dir=args.workdir))
     results: dict = {"command": command, "cwd": os.getcwd(), "machine": machine_info(tmp),
@@ -854,13 +739,10 @@ def main(argv=None) -> int:
     results["wall_seconds"] = time.perf_counter() - started
     results["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     args.out.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = args.out / f"{args.name}.json", args.out / f"{args.name}.md"
-    json_path.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    text = markdown(results)
-    md_path.write_text(text)
+    text = write_report(args.out / args.name, results, markdown, indent=2)
     print()
     print(text)
-    print(f"wrote {json_path} and {md_path}")
+    print(f"wrote {args.out / args.name}.json and {args.out / args.name}.md")
     return 0
 
 

@@ -44,26 +44,23 @@ parts under the peer venv's python (``--role peer-*``), where omendb and faiss a
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import gc
 import json
 import math
 import os
-import platform
-import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from _machine import cpu_model, fs_type, git_revision, machine_section, package_version  # noqa: E402  (benchmarks/ is on sys.path)
-from _common import f3, load_vectors, now_ns  # noqa: E402  (benchmarks/ is on sys.path)
+from _harness import (THREAD_ENV, WARMUP, Run, Side, add_run_args, alternating_rounds, arrow_ids,
+                      dataset_schema, dir_bytes, ef_sweep, exact_topk, f3, f4, fastest_at_recall, ground_truth,
+                      load_dataset, machine_info, machine_section, measure, memory_mib, mib, now_ns, p50_at_recall,
+                      package_version, pad_ids, parser, pct, run_child, run_defaults, time_each, title,
+                      venv_versions)
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "pypi-minilm-100k"
 TABLE = "pypi"
 K = 10
 M = 16
@@ -77,139 +74,19 @@ FILTER_THRESHOLDS = (1, 10, 50, None)
 RECALL_TARGET = 0.95
 P50_TARGET = 1.3
 BUILD_TARGET = 1.2
-WARMUP = 20
 #: LanceDB IVF_PQ sweep: (nprobes, refine_factor); refine_factor None = no re-ranking.
 PQ_SWEEP_FULL = ((16, None), (8, 10), (16, 10), (32, 10), (64, 10), (16, 30), (32, 30), (64, 30))
 PQ_SWEEP_QUICK = ((16, None), (8, 10), (32, 10), (32, 30))
 #: LanceDB IVF_HNSW_SQ refine factors swept with every ef (SQ codes need re-ranking for high recall).
 SQ_REFINE = (None, 2)
+#: limit of each subprocess (peer run, RSS probe)
+PROBE_TIMEOUT_S = 4 * 3600
 
 
 # ============================================================================ helpers
-def pct(samples_ns, q: float) -> float:
-    """Percentile of nanosecond samples, in milliseconds."""
-    return float(np.percentile(np.asarray(samples_ns, dtype=np.float64), q)) / 1e6
-
-
-def proc_status() -> dict[str, int]:
-    """VmRSS / RssAnon / RssFile / RssShmem / VmHWM from /proc/self/status, in bytes."""
-    out = {}
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                if key in ("VmRSS", "RssAnon", "RssFile", "RssShmem", "VmHWM"):
-                    out[key] = int(value.split()[0]) * 1024
-    except OSError:
-        pass
-    return out
-
-
-def mem_mib() -> dict[str, float]:
-    s = proc_status()
-    mib = float(1 << 20)
-    return {"rss_mib": s.get("VmRSS", 0) / mib, "rss_anon_mib": s.get("RssAnon", 0) / mib,
-            "rss_file_mib": s.get("RssFile", 0) / mib, "peak_rss_mib": s.get("VmHWM", 0) / mib}
-
-
-def dir_bytes(path: Path, pattern: str = "*") -> int:
-    return sum(p.stat().st_size for p in Path(path).rglob(pattern) if p.is_file())
-
-
-def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int = K) -> float:
-    """Mean |found[:k] & truth[:k]| / k over queries (found rows may hold -1 padding)."""
-    hits = 0
-    for f, t in zip(found, truth):
-        hits += len(set(int(x) for x in f[:k] if x >= 0) & set(int(x) for x in t[:k]))
-    return hits / (k * len(truth))
-
-
-def pad_ids(rows: list[np.ndarray], k: int = K) -> np.ndarray:
-    out = np.full((len(rows), k), -1, dtype=np.int64)
-    for i, r in enumerate(rows):
-        r = np.asarray(r, dtype=np.int64)[:k]
-        out[i, :r.size] = r
-    return out
-
-
-def time_queries(run, Q: np.ndarray, warmup: int = WARMUP):
-    """Call ``run(q)`` for every query, timing each call alone.
-
-    ``run`` returns an opaque result; ids are extracted by the caller afterwards, so
-    result conversion is not timed. Returns (results, latencies_ns).
-    """
-    for q in Q[:warmup]:
-        run(q)
-    results, lat = [], np.empty(len(Q), dtype=np.int64)
-    gc.collect()
-    gc.disable()
-    try:
-        for i, q in enumerate(Q):
-            t0 = now_ns()
-            r = run(q)
-            lat[i] = now_ns() - t0
-            results.append(r)
-    finally:
-        gc.enable()
-    return results, lat
-
-
-def p50_at_recall(points: list[tuple[float, float]], target: float) -> float | None:
-    """p50 where a recall/p50 curve (points in ef order) reaches ``target``: linear between
-    the last point below it and the first at or above it (that point's p50 if it is the first).
-
-    Comparing two systems here, rather than at one ef, compares what a user asking for a
-    recall gets from each, whatever recall each system's graph gives at a given ef.
-    """
-    previous = None
-    for recall, p50 in points:
-        if recall >= target:
-            if previous is None:
-                return p50
-            low_recall, low_p50 = previous
-            return low_p50 + (p50 - low_p50) * (target - low_recall) / (recall - low_recall)
-        previous = (recall, p50)
-    return None
-
-
-def lat_summary(lat_ns) -> dict[str, float]:
-    return {"p50_ms": pct(lat_ns, 50), "p99_ms": pct(lat_ns, 99), "mean_ms": float(np.mean(lat_ns)) / 1e6}
-
-
-def load_dataset(data: Path, rows: int, n_queries: int):
-    """(base Arrow table sliced to ``rows`` with float16 vectors as stored, X float32, Q float32, dim)."""
-    import pyarrow.parquet as pq
-
-    base = pq.read_table(data / "base.parquet")
-    if rows > base.num_rows:
-        raise SystemExit(f"--rows {rows} > {base.num_rows} rows in {data / 'base.parquet'}")
-    base = base.slice(0, rows).combine_chunks()
-    dim = base.schema.field("vector").type.list_size
-    X = load_vectors(base["vector"], dim)
-    queries = pq.read_table(data / "queries.parquet")
-    if n_queries > queries.num_rows:
-        raise SystemExit(f"--queries {n_queries} > {queries.num_rows} rows in {data / 'queries.parquet'}")
-    Q = np.ascontiguousarray(load_vectors(queries.slice(0, n_queries)["vector"], dim))
-    return base, X, Q, dim
-
-
-def exact_topk(X: np.ndarray, Q: np.ndarray, k: int, allowed: np.ndarray | None = None,
-               block: int = 100) -> np.ndarray:
-    """Exact top-k row ids by inner product (ties -> lower id), optionally among ``allowed`` rows."""
-    rows = np.arange(X.shape[0]) if allowed is None else np.flatnonzero(allowed)
-    Xa = X[rows]
-    out = np.empty((Q.shape[0], min(k, rows.size)), dtype=np.int64)
-    for s in range(0, Q.shape[0], block):
-        scores = Q[s:s + block] @ Xa.T
-        kk = out.shape[1]
-        part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk] if kk < rows.size else \
-            np.broadcast_to(np.arange(rows.size), scores.shape)
-        ps = np.take_along_axis(scores, part, axis=1)
-        pid = rows[part]
-        for i in range(part.shape[0]):
-            o = np.lexsort((pid[i], -ps[i]))  # score descending, then lower id
-            out[s + i] = pid[i][o]
-    return out
+def faiss_ids(results) -> np.ndarray:
+    """Ids of ``index.search(q[None], k)`` results (faiss, omendb's index layer)."""
+    return np.stack([r[1][0] for r in results])
 
 
 # ============================================================================ peers (peer venv)
@@ -244,10 +121,8 @@ def peer_lancedb(args, X, Q, base, gt, workdir: Path) -> dict:
                     b = b.refine_factor(refine)
                 return b.select(["id", "_distance"]).to_arrow()
 
-            res, lat = time_queries(run, Q)
-            ids = pad_ids([r["id"].to_numpy() for r in res])
-            row = {"index": index_label, **cfg, "recall": recall_at_k(ids, gt), **lat_summary(lat),
-                   "short_queries": int((ids < 0).any(axis=1).sum())}
+            point, _ = measure(Side(run, Q, arrow_ids, short=True), gt)
+            row = {"index": index_label, **cfg, **point}
             out["configs"].append(row)
             print(f"  lancedb {index_label} {cfg}: recall {row['recall']:.4f} p50 {row['p50_ms']:.3f} ms "
                   f"p99 {row['p99_ms']:.3f} ms", flush=True)
@@ -266,7 +141,7 @@ def peer_lancedb(args, X, Q, base, gt, workdir: Path) -> dict:
     # lance needs ef >= k * refine_factor
     search_sweep("IVF_HNSW_SQ", [{"ef": ef, "nprobes": 1, "refine_factor": rf} for rf in SQ_REFINE for ef in efs
                                  if ef >= K * (rf or 1)])
-    out["rss_after_hnsw_sq_sweep"] = mem_mib()
+    out["rss_after_hnsw_sq_sweep"] = memory_mib(peak=True)
 
     # --- IVF_PQ (replaces the HNSW index on the column)
     partitions = max(8, int(round(math.sqrt(n))))
@@ -326,7 +201,7 @@ def peer_chroma(args, X, Q, base, gt, workdir: Path) -> dict:
     out["hnsw"] = hnsw
     out["count"] = col.count()
     print(f"  chroma: {out['count']} rows added + indexed in {out['build_s']:.2f} s (batches of {batch})", flush=True)
-    out["rss_after_build"] = mem_mib()
+    out["rss_after_build"] = memory_mib(peak=True)
     del col, client
     # Chroma applies a changed ef_search only when a process loads the collection: searching
     # in this process after modify() keeps the old ef (checked: recall does not move). So each
@@ -362,10 +237,9 @@ def peer_chroma_ef(args) -> dict:
     def run(q):
         return col.query(query_embeddings=[q], n_results=K, include=["distances"])
 
-    res, lat = time_queries(run, Q)
-    found = pad_ids([np.array([int(x) for x in r["ids"][0]], dtype=np.int64) for r in res])
-    return {"index": "hnsw", "ef": args.ef, "recall": recall_at_k(found, gt), **lat_summary(lat),
-            "short_queries": int((found < 0).any(axis=1).sum()),
+    point, _ = measure(Side(run, Q, lambda res: pad_ids([[int(x) for x in r["ids"][0]] for r in res]), short=True),
+                       gt)
+    return {"index": "hnsw", "ef": args.ef, **point,
             "ef_search_config": (col.configuration_json or {}).get("hnsw", {}).get("ef_search")}
 
 
@@ -379,7 +253,7 @@ def peer_rss(system: str, workdir: Path, q: np.ndarray) -> dict:
         import chromadb
         from chromadb.config import Settings
     gc.collect()
-    stages = {"after_imports": mem_mib()}
+    stages = {"after_imports": memory_mib(peak=True)}
     t0 = now_ns()
     if system == "lancedb":
         tbl = lancedb.connect(str(workdir / "lancedb")).open_table(TABLE)
@@ -390,15 +264,15 @@ def peer_rss(system: str, workdir: Path, q: np.ndarray) -> dict:
         col = client.get_collection(TABLE)
         search = lambda: col.query(query_embeddings=[q], n_results=K, include=["distances"])  # noqa: E731
     open_s = (now_ns() - t0) / 1e9
-    stages["after_open"] = mem_mib()
+    stages["after_open"] = memory_mib(peak=True)
     t0 = now_ns()
     search()
     first_s = (now_ns() - t0) / 1e9
-    stages["after_first_search"] = mem_mib()
+    stages["after_first_search"] = memory_mib(peak=True)
     t0 = now_ns()
     search()
     second_s = (now_ns() - t0) / 1e9
-    stages["after_second_search"] = mem_mib()
+    stages["after_second_search"] = memory_mib(peak=True)
     return {"stages": stages, "open_s": open_s, "first_search_s": first_s, "second_search_s": second_s,
             "note": "lancedb: the IVF_PQ index (nprobes 32, refine 10) is the one left on the table"
             if system == "lancedb" else "chroma: hnsw"}
@@ -416,7 +290,7 @@ def run_peer_role(args) -> None:
     elif args.role == "peer-chroma-ef":
         result = peer_chroma_ef(args)
     else:
-        base, X, Q, _ = load_dataset(Path(args.data), args.rows, args.queries)
+        base, X, Q, _, _ = load_dataset(Path(args.data), args.rows, args.queries)
         gt = np.load(workdir / "gt10.npy")
         fn = peer_lancedb if args.system == "lancedb" else peer_chroma
         t0 = time.time()
@@ -426,14 +300,6 @@ def run_peer_role(args) -> None:
 
 
 # ============================================================================ omendb + faiss (main venv)
-def omendb_schema(dim: int):
-    import pyarrow as pa
-
-    return pa.schema([pa.field("id", pa.int64(), nullable=False), pa.field("name", pa.string()),
-                      pa.field("summary", pa.string()), pa.field("bucket", pa.int64()),
-                      pa.field("vector", pa.list_(pa.float32(), dim), nullable=False)])
-
-
 def bench_omendb_build(base, dim: int, workdir: Path, batch: int = 10_000):
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -443,7 +309,8 @@ def bench_omendb_build(base, dim: int, workdir: Path, batch: int = 10_000):
     shutil.rmtree(path, ignore_errors=True)
     db = omendb.open(path, fsync=False, memtable_bytes=1 << 30)
     config = omendb.HnswConfig(m=M, ef_construction=EF_CONSTRUCTION, min_rows=1000)
-    tbl = db.create_table(TABLE, schema=omendb_schema(dim), metric="cosine", index=config)
+    tbl = db.create_table(TABLE, schema=dataset_schema(dim, pa.field("bucket", pa.int64())), metric="cosine",
+                          index=config)
     data = base.select(["id", "name", "summary"]).append_column(
         "bucket", pc.remainder(base["id"], pa.scalar(100, pa.int64()))).append_column("vector", base["vector"])
     t0 = now_ns()
@@ -488,15 +355,17 @@ def bench_index_memory(tbl, Q: np.ndarray, ef: int = 64, block: int = 100, round
     loads = {"omendb (file mapping)": handles[0].hnsw(),
              "faiss in-memory load": HnswIndex(faiss.read_index(str(path)), "cosine")}
     Q2 = Q[:, None, :]
-    lat: dict[str, list[int]] = {name: [] for name in loads}
+
+    def block_of(index):  # round i: the i-th block of queries (cycling)
+        return lambda i: time_each(lambda q2: index.search(q2, K, ef), Q2[(i * block) % len(Q2):][:block],
+                                   warmup=5)[1]
+
     names = list(loads)
-    for i in range(rounds * len(names)):
-        start = (i * block) % len(Q2)
-        for name in (names if i % 2 == 0 else names[::-1]):
-            _, latencies = time_queries(lambda q2: loads[name].search(q2, K, ef), Q2[start:start + block], warmup=5)
-            lat[name].extend(latencies.tolist())
+    runs = alternating_rounds({name: block_of(index) for name, index in loads.items()}, rounds * len(names),
+                              reverse_odd=True, collect=False)
+    lat = {name: np.concatenate([r[name] for r in runs]) for name in names}
     out = {"ef": ef, "queries_each": len(lat[names[0]]),
-           "p50_ms": {name: float(np.percentile(v, 50)) / 1e6 for name, v in lat.items()}}
+           "p50_ms": {name: pct(v, 50) for name, v in lat.items()}}
     print("  " + ", ".join(f"{n}: p50 {v:.3f} ms" for n, v in out["p50_ms"].items()), flush=True)
     return out
 
@@ -518,34 +387,27 @@ def faiss_build(X: np.ndarray):
 
 def sweep(tbl, findex, layer, Q: np.ndarray, gt: np.ndarray, efs) -> list[dict]:
     """Per ef: omendb table.search, omendb index layer, raw faiss — one after the other."""
-    import faiss
+    Q2 = Q[:, None, :]
 
-    rows = []
-    for ef in efs:
-        res, lat = time_queries(lambda q: tbl.search(q, k=K, ef=ef, columns=["id"]), Q)
-        o_ids = pad_ids([r["id"].to_numpy() for r in res])
-        om = {"recall": recall_at_k(o_ids, gt), **lat_summary(lat),
-              "short_queries": int((o_ids < 0).any(axis=1).sum())}
-        lay = None
-        if layer is not None:
-            Q2 = Q[:, None, :]
-            res, lat = time_queries(lambda q2: layer.search(q2, K, ef), Q2)
-            l_ids = np.stack([r[1][0] for r in res])
-            lay = {"recall": recall_at_k(l_ids, gt), **lat_summary(lat)}
+    def faiss_side(ef):
         findex.hnsw.efSearch = ef
-        Q2 = Q[:, None, :]
-        res, lat = time_queries(lambda q2: findex.search(q2, K), Q2)
-        f_ids = np.stack([r[1][0] for r in res])
-        fa = {"recall": recall_at_k(f_ids, gt), **lat_summary(lat)}
-        row = {"ef": ef, "omendb": om, "index_layer": lay, "faiss": fa,
-               "p50_ratio": om["p50_ms"] / fa["p50_ms"], "p99_ratio": om["p99_ms"] / fa["p99_ms"],
-               "same_results_as_faiss": float(np.mean([len(set(a) & set(b)) / K for a, b in zip(o_ids, f_ids)]))}
-        rows.append(row)
+        return Side(lambda q2: findex.search(q2, K), Q2, faiss_ids)
+
+    def row(ef, p: dict, ids: dict) -> dict:
+        om, lay, fa = p["omendb"], p["index_layer"], p["faiss"]
+        r = {"ef": ef, **p, "p50_ratio": om["p50_ms"] / fa["p50_ms"], "p99_ratio": om["p99_ms"] / fa["p99_ms"],
+             "same_results_as_faiss": float(np.mean([len(set(a) & set(b)) / K
+                                                     for a, b in zip(ids["omendb"], ids["faiss"])]))}
         print(f"  ef={ef:4d}  omendb recall {om['recall']:.4f} p50 {om['p50_ms']:.3f} p99 {om['p99_ms']:.3f} | "
               + (f"layer p50 {lay['p50_ms']:.3f} | " if lay else "")
               + f"faiss recall {fa['recall']:.4f} p50 {fa['p50_ms']:.3f} p99 {fa['p99_ms']:.3f} | "
-              f"ratio p50 {row['p50_ratio']:.2f}x", flush=True)
-    return rows
+              f"ratio p50 {r['p50_ratio']:.2f}x", flush=True)
+        return r
+
+    return ef_sweep(efs, {
+        "omendb": lambda ef: Side(lambda q: tbl.search(q, k=K, ef=ef, columns=["id"]), Q, arrow_ids, short=True),
+        "index_layer": lambda ef: None if layer is None else Side(lambda q2: layer.search(q2, K, ef), Q2, faiss_ids),
+        "faiss": faiss_side}, gt, row=row)
 
 
 def bench_filtered(tbl, findex, X: np.ndarray, Q: np.ndarray, ids: np.ndarray, ef: int) -> list[dict]:
@@ -556,18 +418,18 @@ def bench_filtered(tbl, findex, X: np.ndarray, Q: np.ndarray, ids: np.ndarray, e
     for t in FILTER_THRESHOLDS:
         where = None if t is None else f"bucket < {t}"
         allowed = None if t is None else bucket < t
-        truth_pos = exact_topk(X, Q, K, allowed)
-        truth = ids[truth_pos]
+        truth = ids[exact_topk(X, Q, K, allowed)]
         n_allowed = int(X.shape[0] if allowed is None else allowed.sum())
-        res, lat = time_queries(lambda q: tbl.search(q, k=K, ef=ef, where=where, columns=["id", "bucket"]), Q)
-        got = [r["id"].to_numpy() for r in res]
-        violations = sum(int((r["bucket"].to_numpy() >= t).sum()) for r in res) if t is not None else 0
         want = min(K, n_allowed)
-        short = sum(1 for g in got if len(g) < want)
-        o_ids = pad_ids(got)
+
+        def checks(res, t=t, want=want) -> dict:
+            return {"violating_rows": sum(int((r["bucket"].to_numpy() >= t).sum()) for r in res) if t is not None
+                    else 0, "short_queries": sum(1 for r in res if r.num_rows < want)}
+
+        omendb_point, _ = measure(Side(lambda q: tbl.search(q, k=K, ef=ef, where=where, columns=["id", "bucket"]), Q,
+                                       arrow_ids, extra=checks), truth)
         row = {"where": where, "allowed_rows": n_allowed, "allowed_fraction": n_allowed / X.shape[0],
-               "omendb": {"recall": recall_at_k(o_ids, truth), **lat_summary(lat),
-                          "violating_rows": violations, "short_queries": short}}
+               "omendb": omendb_point}
         # raw faiss reference: the same graph walk restricted by a bitmap selector
         findex.hnsw.efSearch = ef
         if allowed is None:
@@ -576,18 +438,15 @@ def bench_filtered(tbl, findex, X: np.ndarray, Q: np.ndarray, ids: np.ndarray, e
             bits = np.packbits(allowed, bitorder="little")
             sel = faiss.IDSelectorBitmap(allowed.size, faiss.swig_ptr(bits))
             params = faiss.SearchParametersHNSW(efSearch=ef, sel=sel)
-        Q2 = Q[:, None, :]
-        res, lat = time_queries(lambda q2: findex.search(q2, K, params=params), Q2)
-        f_ids = np.stack([r[1][0] for r in res])
-        row["faiss_selector"] = {"recall": recall_at_k(f_ids, truth), **lat_summary(lat),
-                                 "short_queries": int((f_ids < 0).any(axis=1).sum())}
+        row["faiss_selector"], _ = measure(Side(lambda q2: findex.search(q2, K, params=params), Q[:, None, :],
+                                                faiss_ids, short=True), truth)
         if allowed is not None:
             del sel, bits
         out.append(row)
-        print(f"  where={where!s:12s} allowed {n_allowed:6d}: omendb recall {row['omendb']['recall']:.4f} "
-              f"p50 {row['omendb']['p50_ms']:.3f} ms violations {violations} short {short} | faiss+selector "
-              f"recall {row['faiss_selector']['recall']:.4f} p50 {row['faiss_selector']['p50_ms']:.3f} ms",
-              flush=True)
+        o, f = row["omendb"], row["faiss_selector"]
+        print(f"  where={where!s:12s} allowed {n_allowed:6d}: omendb recall {o['recall']:.4f} "
+              f"p50 {o['p50_ms']:.3f} ms violations {o['violating_rows']} short {o['short_queries']} | faiss+selector "
+              f"recall {f['recall']:.4f} p50 {f['p50_ms']:.3f} ms", flush=True)
     return out
 
 
@@ -598,22 +457,22 @@ def rss_probe_role(args) -> None:
     import omendb
 
     gc.collect()
-    stages = {"after_imports": mem_mib()}
+    stages = {"after_imports": memory_mib(peak=True)}
     t0 = now_ns()
     db = omendb.open(workdir / "omendb")
     tbl = db.open_table(TABLE)
     open_s = (now_ns() - t0) / 1e9
-    stages["after_open"] = mem_mib()
+    stages["after_open"] = memory_mib(peak=True)
     modules = set(sys.modules)
     t0 = now_ns()
     tbl.search(q, k=K, columns=["id"])
     first_s = (now_ns() - t0) / 1e9
-    stages["after_first_search"] = mem_mib()
+    stages["after_first_search"] = memory_mib(peak=True)
     imported = sorted({m.split(".")[0] for m in set(sys.modules) - modules})
     t0 = now_ns()
     tbl.search(q, k=K, columns=["id"])
     second_s = (now_ns() - t0) / 1e9
-    stages["after_second_search"] = mem_mib()
+    stages["after_second_search"] = memory_mib(peak=True)
     stats = tbl.stats()
     db.close()
     Path(args.result).write_text(json.dumps({"stages": stages, "open_s": open_s, "first_search_s": first_s,
@@ -621,71 +480,19 @@ def rss_probe_role(args) -> None:
                                              "imported_by_first_search": imported}, indent=1))
 
 
-def run_child(cmd: list[str], result: Path, env: dict | None = None, timeout: float = 4 * 3600) -> dict:
-    result.unlink(missing_ok=True)
-    print(f"$ {' '.join(shlex.quote(c) for c in cmd)}", flush=True)
-    proc = subprocess.run(cmd, env=env, timeout=timeout)
-    if proc.returncode != 0 or not result.exists():
-        return {"error": f"exit code {proc.returncode}"}
-    return json.loads(result.read_text())
-
-
-def peer_versions(python: str) -> dict:
-    code = ("import json, importlib.metadata as m\n"
-            "out = {}\n"
-            "for p in ('lancedb', 'pylance', 'chromadb', 'pyarrow', 'numpy', 'pandas', 'psutil'):\n"
-            "    try: out[p] = m.version(p)\n"
-            "    except Exception: out[p] = None\n"
-            "import platform; out['python'] = platform.python_version(); print(json.dumps(out))")
-    try:
-        return json.loads(subprocess.run([python, "-c", code], capture_output=True, text=True, check=True).stdout)
-    except Exception as exc:
-        return {"error": str(exc)}
-
-
-def machine_info(workdir: Path) -> dict:
+def machine(workdir: Path) -> dict:
     import faiss
     import psutil
-    import pyarrow as pa
-    import omendb
 
-    git = git_revision(Path(omendb.__file__).resolve().parent, "omendb")
-    info = {
-        "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "platform": platform.platform(), "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "memory_gib": round(psutil.virtual_memory().total / (1 << 30), 1),
-        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
-        "python": platform.python_version(), "numpy": np.__version__, "pyarrow": pa.__version__,
-        "faiss": faiss.__version__, "faiss_omp_threads": faiss.omp_get_max_threads(),
-        "duckdb": package_version("duckdb"), "psutil": psutil.__version__,
-        "omendb": omendb.__version__, "omendb_git": git, "omendb_path": str(Path(omendb.__file__).resolve().parent),
-        "workdir": str(workdir), "workdir_fs": fs_type(workdir),
-        "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                                           "LANCE_CPU_THREADS", "RAYON_NUM_THREADS") if k in os.environ},
-    }
-    return info
+    return machine_info(workdir, lambda: {"faiss": faiss.__version__, "faiss_omp_threads": faiss.omp_get_max_threads(),
+                                          "duckdb": package_version("duckdb"), "psutil": psutil.__version__},
+                        env=THREAD_ENV + ("LANCE_CPU_THREADS", "RAYON_NUM_THREADS"))
 
 
 # ============================================================================ report
-def f4(x) -> str:
-    return "—" if x is None else f"{x:.4f}"
-
-
-def mib(x) -> str:
-    return "—" if x is None else f"{x / (1 << 20):,.1f}"
-
-
-def best_at_recall(rows: list[dict], recall: float):
-    """Fastest (by p50) config reaching ``recall``; rows are flat dicts with recall/p50_ms."""
-    ok = [r for r in rows if r.get("recall", 0) >= recall]
-    return min(ok, key=lambda r: r["p50_ms"]) if ok else None
-
-
-def write_markdown(res: dict, path: Path) -> None:
+def markdown(res: dict) -> str:
     a = res["args"]
-    L = [f"# omendb HNSW benchmark{' (--quick)' if a['quick'] else ''}", "",
-         f"`{res['command']}`", "",
+    L = title("omendb HNSW benchmark", a["quick"], res["command"]) + [
          f"{a['rows']:,} rows x {res['dim']} dims (pypi-minilm-100k, float16 on disk -> float32), cosine, "
          f"k={K}; {a['queries']:,} single queries (each timed alone, {WARMUP} warm-up calls per config); "
          f"ground truth: {res['ground_truth']}. HNSW m={M}, ef_construction={EF_CONSTRUCTION}.", ""]
@@ -782,10 +589,10 @@ def write_markdown(res: dict, path: Path) -> None:
               f"({', '.join(f'{k} {v}' for k, v in res.get('peer_versions', {}).items() if v)}).", "",
               "| system | index | params | build s | recall@10 | p50 ms | p99 ms |",
               "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
-        best_rows = [("omendb", "HNSW (faiss)", best_at_recall(
+        best_rows = [("omendb", "HNSW (faiss)", fastest_at_recall(
             [{"recall": r["omendb"]["recall"], "p50_ms": r["omendb"]["p50_ms"], "p99_ms": r["omendb"]["p99_ms"],
               "ef": r["ef"]} for r in res["sweep"]], RECALL_TARGET), b["build_s"]),
-                     ("faiss", "IndexHNSWFlat", best_at_recall(
+                     ("faiss", "IndexHNSWFlat", fastest_at_recall(
             [{"recall": r["faiss"]["recall"], "p50_ms": r["faiss"]["p50_ms"], "p99_ms": r["faiss"]["p99_ms"],
               "ef": r["ef"]} for r in res["sweep"]], RECALL_TARGET), res["faiss"]["build_s"])]
         for name, p in peers.items():
@@ -803,10 +610,10 @@ def write_markdown(res: dict, path: Path) -> None:
             if name == "lancedb":
                 for idx in ("IVF_HNSW_SQ", "IVF_PQ"):
                     bs = p["ivf_hnsw_sq"]["build_s"] if idx == "IVF_HNSW_SQ" else p["ivf_pq"]["build_s"]
-                    best_rows.append((name, idx, best_at_recall([r for r in p["configs"] if r["index"] == idx],
+                    best_rows.append((name, idx, fastest_at_recall([r for r in p["configs"] if r["index"] == idx],
                                                                 RECALL_TARGET), bs))
             else:
-                best_rows.append((name, "hnsw", best_at_recall(p["configs"], RECALL_TARGET), p["build_s"]))
+                best_rows.append((name, "hnsw", fastest_at_recall(p["configs"], RECALL_TARGET), p["build_s"]))
         L += ["", f"Fastest configuration reaching recall@10 >= {RECALL_TARGET}:", "",
               "| system | index | params | build s | recall@10 | p50 ms | p99 ms |",
               "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
@@ -838,33 +645,23 @@ def write_markdown(res: dict, path: Path) -> None:
     m = res["machine"]
     libraries = (f"Python {m['python']}, numpy {m['numpy']}, pyarrow {m['pyarrow']}, faiss {m['faiss']} "
                  f"({m['faiss_omp_threads']} OpenMP threads), duckdb {m['duckdb']}, psutil {m['psutil']}")
-    L += machine_section(m, res["wall_s"], libraries)
-    if res.get("peer_python"):
-        L.append(f"- peers: {res['peer_python']}: {json.dumps(res.get('peer_versions', {}))}")
-    if m["env"]:
-        L.append(f"- env: {m['env']}")
-    L.append("")
-    path.write_text("\n".join(L))
+    peers_line = [f"- peers: {res['peer_python']}: {json.dumps(res.get('peer_versions', {}))}"] \
+        if res.get("peer_python") else []
+    L += machine_section(m, res["wall_s"], libraries, peers_line) + [""]
+    return "\n".join(L)
 
 
 # ============================================================================ main
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="dataset folder (default: %(default)s)")
-    p.add_argument("--quick", action="store_true", help="20K rows, 200 queries, 4 ef values: a sanity check")
-    p.add_argument("--rows", type=int, help="base rows to use (default 100,000; --quick 20,000)")
-    p.add_argument("--queries", type=int, help="queries to time (default 1,000; --quick 200)")
+    p = parser(__doc__)
+    add_run_args(p, "hnsw", quick="20K rows, 200 queries, 4 ef values: a sanity check",
+                 queries="queries to time (default 1,000; --quick 200)")
     p.add_argument("--efs", type=lambda s: [int(x) for x in s.split(",")],
                    help=f"ef values, comma-separated (default {','.join(map(str, FULL_EFS))}; "
                         f"--quick {','.join(map(str, QUICK_EFS))})")
     p.add_argument("--peer-python", help="python of a venv with lancedb + chromadb "
                    "(benchmarks/requirements-peers.txt); peers are skipped without it")
     p.add_argument("--peers", default="lancedb,chroma", help="peers to run (default: %(default)s)")
-    p.add_argument("--out", type=Path, help="results path without suffix (default benchmarks/results/hnsw, "
-                   "--quick: hnsw-quick)")
-    p.add_argument("--workdir", type=Path, help="where databases are written (default: a fresh temp dir, removed)")
-    p.add_argument("--keep", action="store_true", help="keep the work dir")
     # internal: subprocess roles
     p.add_argument("--role", choices=["main", "rss-probe", "peer", "peer-rss", "peer-chroma-ef"], default="main",
                    help=argparse.SUPPRESS)
@@ -872,10 +669,7 @@ def parse_args(argv=None):
     p.add_argument("--system", choices=["lancedb", "chroma"], help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.rows is None:
-        args.rows = 20_000 if args.quick else 100_000
-    if args.queries is None:
-        args.queries = 200 if args.quick else 1_000
+    run_defaults(args)
     if args.efs is None:
         args.efs = list(QUICK_EFS if args.quick else FULL_EFS)
     if any(ef < K for ef in args.efs):
@@ -894,38 +688,15 @@ def main(argv=None) -> int:
 
     import faiss  # noqa: F401  (fail early, before any work, if the main venv lacks it)
 
-    wall0 = time.time()
-    command = " ".join(shlex.quote(c) for c in [sys.executable, *sys.argv])
-    out = args.out or (REPO / "benchmarks" / "results" / ("hnsw-quick" if args.quick else "hnsw"))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    own_workdir = args.workdir is None
-    workdir = Path(tempfile.mkdtemp(prefix="omendb-bench-hnsw-")) if own_workdir else args.workdir
-    workdir.mkdir(parents=True, exist_ok=True)
-    res: dict = {"command": command, "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                                              if k not in ("role", "system", "result", "ef")}}
-    res["machine"] = machine_info(workdir)
-    try:
+    with Run(args, "hnsw", machine, skip_args=("role", "system", "result", "ef")) as run:
+        res, workdir = run.res, run.workdir
         print(f"loading {args.rows:,} rows, {args.queries:,} queries from {args.data}", flush=True)
-        base, X, Q, dim = load_dataset(args.data, args.rows, args.queries)
+        base, X, Q, dim, _ = load_dataset(args.data, args.rows, args.queries)
         ids = base["id"].to_numpy()
         res["dim"] = dim
         if not np.array_equal(ids, np.arange(args.rows)):
             raise SystemExit("base.parquet ids are expected to be 0..N-1 in file order")
-        gt_path = args.data / "gt.parquet"
-        if args.rows == 100_000 and gt_path.exists():
-            import pyarrow.parquet as pq
-
-            g = pq.read_table(gt_path)
-            qid = g["query_id"].to_numpy()
-            nb = np.asarray(g["neighbors"].combine_chunks().flatten().to_numpy()).reshape(len(qid), -1)
-            order = np.argsort(qid)
-            gt = np.ascontiguousarray(nb[order][:args.queries, :K])
-            res["ground_truth"] = "gt.parquet (exact top-100 by cosine over all 100,000 rows)"
-        else:
-            t0 = time.time()
-            gt = exact_topk(X, Q, K)
-            res["ground_truth"] = (f"exact top-10 by brute-force NumPy over the {args.rows:,}-row subset "
-                                   f"({time.time() - t0:.1f} s)")
+        gt, res["ground_truth"] = ground_truth(args.data, X, Q, K, args.rows)
         np.save(workdir / "gt10.npy", gt)
         np.save(workdir / "queries.npy", Q)
 
@@ -975,14 +746,15 @@ def main(argv=None) -> int:
         print("omendb: RSS of a fresh process (open + first search)", flush=True)
         res["rss_probe"] = run_child([sys.executable, str(Path(__file__).resolve()), "--role", "rss-probe",
                                       "--workdir", str(workdir), "--result", str(workdir / "rss.json")],
-                                     workdir / "rss.json")
+                                     workdir / "rss.json", timeout=PROBE_TIMEOUT_S)
 
         # ---- 3. peers, one at a time
         if args.peer_python:
             del X
             gc.collect()
             res["peer_python"] = args.peer_python
-            res["peer_versions"] = peer_versions(args.peer_python)
+            res["peer_versions"] = venv_versions(args.peer_python, ("lancedb", "pylance", "chromadb", "pyarrow",
+                                                                    "numpy", "pandas", "psutil"))
             res["peers"] = {}
             env = dict(os.environ, ANONYMIZED_TELEMETRY="False", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
             common = ["--data", str(args.data), "--rows", str(args.rows), "--queries", str(args.queries),
@@ -992,12 +764,13 @@ def main(argv=None) -> int:
                 result = workdir / f"peer-{system}.json"
                 t0 = time.time()
                 r = run_child([args.peer_python, str(Path(__file__).resolve()), "--role", "peer", "--system", system,
-                               "--result", str(result), *common], result, env=env)
+                               "--result", str(result), *common], result, env=env,
+                              timeout=PROBE_TIMEOUT_S)
                 if "error" not in r:
                     r["rss_probe"] = run_child(
                         [args.peer_python, str(Path(__file__).resolve()), "--role", "peer-rss", "--system", system,
                          "--result", str(workdir / f"peer-{system}-rss.json"), *common],
-                        workdir / f"peer-{system}-rss.json", env=env)
+                        workdir / f"peer-{system}-rss.json", env=env, timeout=PROBE_TIMEOUT_S)
                 print(f"  {system} done in {time.time() - t0:.0f} s", flush=True)
                 res["peers"][system] = r
                 shutil.rmtree(workdir / system, ignore_errors=True)
@@ -1021,15 +794,7 @@ def main(argv=None) -> int:
             "filter_violations": sum(r["omendb"]["violating_rows"] for r in res["filtered"]),
             "filter_short_queries": sum(r["omendb"]["short_queries"] for r in res["filtered"]),
         }
-        res["wall_s"] = time.time() - wall0
-        res["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
-        out.with_suffix(".json").write_text(json.dumps(res, indent=1, default=str))
-        write_markdown(res, out.with_suffix(".md"))
-        print(f"\nwrote {out.with_suffix('.json')} and {out.with_suffix('.md')}\n", flush=True)
-        print(out.with_suffix(".md").read_text())
-    finally:
-        if own_workdir and not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
+        run.finish(markdown)
     return 0
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -37,17 +36,14 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-import omendb
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import RESULTS, md_table, parser, write_report  # noqa: E402
+from bench_core import machine_info  # noqa: E402  (bench_core's machine description)
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "pypi-minilm-100k"
 TABLE = "pypi"
 K = 10
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_core import machine_info  # noqa: E402  (shared machine description)
 
 
 # ----------------------------------------------------------------------------- data
@@ -207,12 +203,11 @@ def markdown(results: dict) -> str:
              f"({data['bytes'] / mib:,.0f} MiB, pypi-minilm-100k repeated with new ids and jittered copies), "
              f"durable batches of {results['batch_size']:,} rows, then `omendb compact` (merge + HNSW) and searches "
              f"in a read-only process. {results['machine']['cpu_count']} CPUs, {results['machine']['cpu_model']}, "
-             f"omendb {results['machine']['omendb_git']}, {results['machine']['date_utc']}.", "",
-             "| | " + " | ".join(r["format"] for r in runs) + " |",
-             "| --- | " + " | ".join("---" for _ in runs) + " |"]
+             f"omendb {results['machine']['omendb_git']}, {results['machine']['date_utc']}.", ""]
+    rows = []
 
     def row(label: str, cell) -> None:
-        lines.append(f"| {label} | " + " | ".join(cell(r) for r in runs) + " |")
+        rows.append([label, *(cell(r) for r in runs)])
 
     row("ingest rows/s", lambda r: f"{r['ingest']['rows_per_s']:,.0f}")
     row("ingest peak RSS", lambda r: f"{r['ingest']['peak_rss_mib']:,.0f} MiB"
@@ -228,6 +223,7 @@ def markdown(results: dict) -> str:
     row("bytes on disk: segments", lambda r: f"{r['bytes']['segments'] / mib:,.0f} MiB")
     row("bytes on disk: HNSW indexes", lambda r: f"{r['bytes']['indexes'] / mib:,.0f} MiB")
     row("bytes on disk: total", lambda r: f"{r['bytes']['total'] / mib:,.0f} MiB")
+    lines += md_table(["", *(r["format"] for r in runs)], "l" * (len(runs) + 1), rows)
     lines += ["", f"Exact p50 over {runs[0]['search']['exact_queries']} queries, indexed over "
                   f"{runs[0]['search']['indexed_queries']}; recall over the exact ones. Peak RSS is the process's "
                   "own high-water mark (`VmHWM`), memory-mapped segment pages included. "
@@ -240,9 +236,7 @@ def markdown(results: dict) -> str:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="dataset folder (default: %(default)s)")
+    p = parser(__doc__)
     p.add_argument("--quick", action="store_true", help="30,000 rows, fewer queries: a sanity run")
     p.add_argument("--rows", type=int, help="rows in the Parquet file (default 1,000,000; --quick 30,000)")
     p.add_argument("--batch-size", type=int, default=10_000, help="rows per ingest batch (default %(default)s)")
@@ -250,7 +244,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--exact-queries", type=int, help="exact searches timed (default 30, --quick 10)")
     p.add_argument("--indexed-queries", type=int, help="indexed searches timed (default 300, --quick 50)")
     p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()), help="where the temp folder goes")
-    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results", help="results folder")
+    p.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     p.add_argument("--name", help="result file stem (default ingest, --quick ingest-quick)")
     p.add_argument("--keep", action="store_true", help="keep the Parquet file and databases")
     args = p.parse_args(argv)
@@ -278,8 +272,7 @@ def main(argv=None) -> dict:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.name}.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.out / f"{args.name}.md").write_text(markdown(results))
+    write_report(args.out / args.name, results, markdown, indent=2)
     print(f"results: {args.out / (args.name + '.json')}, {args.out / (args.name + '.md')}")
     return results
 

@@ -39,12 +39,9 @@ Results: benchmarks/results/server.json and server.md (``--quick``: server-quick
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import gc
 import http.client
 import json
 import os
-import platform
 import resource
 import shlex
 import shutil
@@ -52,22 +49,19 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
-from _machine import cpu_model, fs_type, git_revision, machine_section, package_version  # noqa: E402  (benchmarks/ is on sys.path)
-from _common import f2, f3, lat_summary, load_dataset, now_ns, thread_pools, yes  # noqa: E402  (benchmarks/ is on sys.path)
+from _harness import (THREAD_ENV, WARMUP, Run, add_run_args, alternating_rounds, dataset_schema, f2, f3,
+                      float32_table, lat_summary, load_dataset, machine_info, machine_section, now_ns,
+                      package_version, parser, run_defaults, time_interleaved, title, yes)
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "pypi-minilm-100k"
 TABLE = "pypi"
 K = 10
 M = 16
 EF_CONSTRUCTION = 200
-WARMUP = 20
 ADD_BATCH = 1_000
 #: payload variants of part 1: (label, columns)
 PAYLOADS = (("id", ["id"]), ("id,name,summary", ["id", "name", "summary"]))
@@ -93,26 +87,12 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-def machine_info(workdir: Path) -> dict:
+def machine(workdir: Path) -> dict:
     import psutil
-    import pyarrow as pa
-    import omendb
 
-    git = git_revision(Path(omendb.__file__).resolve().parent, "omendb")
-    return {
-        "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "platform": platform.platform(), "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "memory_gib": round(psutil.virtual_memory().total / (1 << 30), 1),
-        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
-        "python": platform.python_version(), "numpy": np.__version__, "pyarrow": pa.__version__,
-        "faiss": package_version("faiss"), "fastapi": package_version("fastapi"), "uvicorn": package_version("uvicorn"),
-        "psutil": psutil.__version__,
-        "omendb": omendb.__version__, "omendb_git": git, "omendb_path": str(Path(omendb.__file__).resolve().parent),
-        "workdir": str(workdir), "workdir_fs": fs_type(workdir), "thread_pools": thread_pools(),
-        "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                                           "OMP_WAIT_POLICY") if k in os.environ},
-    }
+    return machine_info(workdir, lambda: {"faiss": package_version("faiss"), "fastapi": package_version("fastapi"),
+                                          "uvicorn": package_version("uvicorn"), "psutil": psutil.__version__},
+                        env=THREAD_ENV + ("OMP_WAIT_POLICY",), pools=True)
 
 
 # ============================================================================ the server subprocess
@@ -253,35 +233,18 @@ def bench_latency(emb_tbl, rem_tbl, http_search: HttpSearch, Q: np.ndarray) -> l
             "flight": lambda q, c=columns: rem_tbl.search(q, k=K, columns=c),
             "http": lambda q, c=columns: http_search(q, c),
         }
-        names = list(modes)
-        for q in Q[:WARMUP]:
-            for name in names:
-                modes[name](q)
-        lat = {name: np.empty(len(Q), dtype=np.int64) for name in names}
-        results: dict[str, list] = {name: [] for name in names}
-        gc.collect()
-        gc.disable()
-        try:
-            for i, q in enumerate(Q):
-                order = names[i % 3:] + names[:i % 3]
-                for name in order:
-                    t0 = now_ns()
-                    r = modes[name](q)
-                    lat[name][i] = now_ns() - t0
-                    results[name].append(r)
-        finally:
-            gc.enable()
+        results, lat = time_interleaved(modes, Q)
         ids = {"embedded": [r["id"].to_pylist() for r in results["embedded"]],
                "flight": [r["id"].to_pylist() for r in results["flight"]],
                "http": [[row["id"] for row in r] for r in results["http"]]}
         row = {"payload": label, "columns": columns}
-        for name in names:
+        for name in modes:
             row[name] = lat_summary(lat[name])
         for name in ("flight", "http"):
             row[name]["same_ids_as_embedded"] = float(np.mean([a == b for a, b in zip(ids[name], ids["embedded"])]))
             row[name]["p50_overhead_ms"] = row[name]["p50_ms"] - row["embedded"]["p50_ms"]
             row[name]["p99_overhead_ms"] = row[name]["p99_ms"] - row["embedded"]["p99_ms"]
-        row["short_results"] = {name: int(sum(len(x) < K for x in ids[name])) for name in names}
+        row["short_results"] = {name: int(sum(len(x) < K for x in ids[name])) for name in modes}
         out.append(row)
         print(f"  payload {label:16s} p50/p99 ms: embedded {row['embedded']['p50_ms']:.3f}/"
               f"{row['embedded']['p99_ms']:.3f}  flight {row['flight']['p50_ms']:.3f}/{row['flight']['p99_ms']:.3f}"
@@ -338,21 +301,21 @@ def ingest_flight(rdb, name: str, schema, batches) -> dict:
 
 def bench_ingest(rdb, workdir: Path, data, rounds: int) -> dict:
     batches = ingest_batches(data)
-    out: dict = {"rounds": [], "batch_rows": ADD_BATCH, "rows": data.num_rows}
-    for r in range(rounds):
-        order = ["embedded", "flight"] if r % 2 == 0 else ["flight", "embedded"]
-        row: dict = {"order": order}
-        for side in order:
-            gc.collect()
-            if side == "embedded":
-                row[side] = ingest_embedded(workdir / "ingest-embedded", data.schema, batches)
-            else:
-                row[side] = ingest_flight(rdb, f"ingest_{r + 1}", data.schema, batches)
-            print(f"  round {r + 1} {side:8s}: {row[side]['rows_per_s']:,.0f} rows/s "
-                  f"(batch p50 {row[side]['batch']['p50_ms']:.2f} ms, p99 {row[side]['batch']['p99_ms']:.2f} ms; "
-                  f"count {row[side]['count']:,})", flush=True)
+    def reported(side: str, run):
+        def timed(r: int) -> dict:
+            res = run(r)
+            print(f"  round {r + 1} {side:8s}: {res['rows_per_s']:,.0f} rows/s "
+                  f"(batch p50 {res['batch']['p50_ms']:.2f} ms, p99 {res['batch']['p99_ms']:.2f} ms; "
+                  f"count {res['count']:,})", flush=True)
+            return res
+        return timed
+
+    out: dict = {"rounds": alternating_rounds({
+        "embedded": reported("embedded", lambda r: ingest_embedded(workdir / "ingest-embedded", data.schema, batches)),
+        "flight": reported("flight", lambda r: ingest_flight(rdb, f"ingest_{r + 1}", data.schema, batches)),
+    }, rounds, reverse_odd=True), "batch_rows": ADD_BATCH, "rows": data.num_rows}
+    for row in out["rounds"]:
         row["ratio"] = row["flight"]["rows_per_s"] / row["embedded"]["rows_per_s"]
-        out["rounds"].append(row)
     for side in ("embedded", "flight"):
         rows = sum(r[side]["rows"] for r in out["rounds"])
         secs = sum(r[side]["seconds"] for r in out["rounds"])
@@ -538,12 +501,9 @@ def bench_load(server: ServerProcess, token: str | None, Q: np.ndarray, pool, wo
 
 # ============================================================================ main
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="dataset folder (default: %(default)s)")
-    p.add_argument("--quick", action="store_true", help="20K rows, 200 queries, 4 x 5 s load: a sanity check")
-    p.add_argument("--rows", type=int, help="base rows (default 100,000; --quick 20,000)")
-    p.add_argument("--queries", type=int, help="single queries timed per mode and payload (default 1,000; --quick 200)")
+    p = parser(__doc__)
+    add_run_args(p, "server", quick="20K rows, 200 queries, 4 x 5 s load: a sanity check",
+                 queries="single queries timed per mode and payload (default 1,000; --quick 200)")
     p.add_argument("--ingest-rounds", type=int, default=2,
                    help="ingest rounds, order alternating embedded/flight (default %(default)s)")
     p.add_argument("--load-workers", type=int, help="load-test clients (default 8; --quick 4)")
@@ -556,18 +516,11 @@ def parse_args(argv=None):
     p.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
                    help="extra environment variable for the server process only, e.g. OPENBLAS_NUM_THREADS=1 "
                         "(repeatable; recorded in the results)")
-    p.add_argument("--out", type=Path, help="results path without suffix (default benchmarks/results/server, "
-                   "--quick: server-quick)")
-    p.add_argument("--workdir", type=Path, help="where databases are written (default: a fresh temp dir, removed)")
-    p.add_argument("--keep", action="store_true", help="keep the work dir")
     p.add_argument("--role", choices=["main", "load-worker"], default="main", help=argparse.SUPPRESS)
     p.add_argument("--spec", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.rows is None:
-        args.rows = 20_000 if args.quick else 100_000
-    if args.queries is None:
-        args.queries = 200 if args.quick else 1_000
+    run_defaults(args)
     if args.load_workers is None:
         args.load_workers = 4 if args.quick else 8
     if args.load_seconds is None:
@@ -584,25 +537,23 @@ def main(argv=None) -> int:
     if args.role == "load-worker":
         load_worker_role(args)
         return 0
+    with Run(args, "server", machine, skip_args=("role", "spec", "result")) as run:
+        run_server_parts(args, run)
+    return 0
 
+
+def run_server_parts(args, run: Run) -> None:
     import omendb
 
-    wall0 = time.time()
-    command = " ".join(shlex.quote(c) for c in [sys.executable, *sys.argv])
-    out = args.out or (REPO / "benchmarks" / "results" / ("server-quick" if args.quick else "server"))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    own_workdir = args.workdir is None
-    workdir = Path(tempfile.mkdtemp(prefix="omendb-bench-server-")) if own_workdir else args.workdir
-    workdir.mkdir(parents=True, exist_ok=True)
+    res, workdir = run.res, run.workdir
     token = os.urandom(16).hex() if args.token else None
-    res: dict = {"command": command, "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                                              if k not in ("role", "spec", "result")}}
-    res["machine"] = machine_info(workdir)
     server = None
     emb_db = None
     try:
         print(f"loading {args.rows:,} rows, {args.queries:,} queries from {args.data}", flush=True)
-        data, X, Q, dim = load_dataset(args.data, args.rows, args.queries)
+        base, X, Q, dim, _ = load_dataset(args.data, args.rows, args.queries)
+        data = float32_table(base, X, dataset_schema(dim))
+        del base
         res["dim"] = dim
 
         # ---- the searched table: one indexed segment, then an identical copy for the embedded side
@@ -684,12 +635,7 @@ def main(argv=None) -> int:
             "stop_ok": bool(st.get("stopped")) and st.get("exit_code") == 0 and res["reopen"]["count_ok"]
             and res["reopen"]["memtable_rows_replayed"] == 0,
         }
-        res["wall_s"] = time.time() - wall0
-        res["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
-        out.with_suffix(".json").write_text(json.dumps(res, indent=1, default=str))
-        write_markdown(res, out.with_suffix(".md"))
-        print(f"\nwrote {out.with_suffix('.json')} and {out.with_suffix('.md')}\n", flush=True)
-        print(out.with_suffix(".md").read_text())
+        run.finish(markdown)
     finally:
         if emb_db is not None:
             emb_db.close()
@@ -697,18 +643,14 @@ def main(argv=None) -> int:
             info = server.stop()
             print(f"server stopped after an error: exit code {info.get('exit_code')} {info.get('error', '')}",
                   flush=True)
-        if own_workdir and not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-    return 0
 
 
 # ============================================================================ report
-def write_markdown(res: dict, path: Path) -> None:
+def markdown(res: dict) -> str:
     a = res["args"]
     s = res["summary"]
     b = res["build"]
-    L = [f"# omendb server benchmark{' (--quick)' if a['quick'] else ''}", "",
-         f"`{res['command']}`", "",
+    L = title("omendb server benchmark", a["quick"], res["command"]) + [
          f"{a['rows']:,} rows x {res['dim']} dims (pypi-minilm-100k, float32), cosine, k={K}. Server: "
          f"`{res['server']['command']}` (a subprocess on loopback, started in {res['server']['ready_s']:.2f} s, "
          f"{'with' if a['token'] else 'without'} a bearer token).", ""]
@@ -793,15 +735,8 @@ def write_markdown(res: dict, path: Path) -> None:
     m = res["machine"]
     libraries = (f"Python {m['python']}, numpy {m['numpy']}, pyarrow {m['pyarrow']} (Flight), faiss {m['faiss']}, "
                  f"fastapi {m['fastapi']}, uvicorn {m['uvicorn']}, psutil {m['psutil']}")
-    L += machine_section(m, res["wall_s"], libraries)
-    if m.get("thread_pools"):
-        L.append("- thread pools: " + ", ".join(" ".join(x for x in (p["internal_api"], p.get("version"),
-                                                                     f"x{p['num_threads']}") if x)
-                                                for p in m["thread_pools"]))
-    if m["env"]:
-        L.append(f"- env: {m['env']}")
-    L.append("")
-    path.write_text("\n".join(L))
+    L += machine_section(m, res["wall_s"], libraries) + [""]
+    return "\n".join(L)
 
 
 if __name__ == "__main__":

@@ -44,34 +44,29 @@ the vss venv's python (``--role vss``), where omendb (and DuckDB 2.x) are absent
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import gc
 import glob
 import json
 import os
 import platform
 import re
-import shlex
 import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from _machine import cpu_model, fs_type, git_revision, machine_section, package_version  # noqa: E402  (benchmarks/ is on sys.path)
-from _common import f3, load_vectors, now_ns  # noqa: E402  (benchmarks/ is on sys.path)
+from _harness import (WARMUP, Run, Side, add_run_args, arrow_ids, dataset_schema, ef_sweep, f3, f4,
+                      fastest_at_recall, float32_vectors, ground_truth, lat_summary, load_dataset, machine_info,
+                      machine_section, now_ns, package_version, pad_ids, parser, recall_at_k, run_child,
+                      run_defaults, time_each, time_repeated, title, venv_versions)
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "pypi-minilm-100k"
 TABLE = "pypi"
 K = 10
 M = 16
 EF_CONSTRUCTION = 200
 FULL_EFS = (16, 32, 64, 128, 256)
 QUICK_EFS = (16, 32, 64, 128)
-WARMUP = 20
 #: targets
 SQL_OVERHEAD_TARGET_MS = 1.0
 VSS_SPEEDUP_TARGET = 3.0
@@ -97,29 +92,9 @@ TOPN_WINDOW_OPT = "top_n_window_elimination"
 
 
 # ============================================================================ helpers (both venvs)
-def pct(samples_ns, q: float) -> float:
-    """Percentile of nanosecond samples, in milliseconds."""
-    return float(np.percentile(np.asarray(samples_ns, dtype=np.float64), q)) / 1e6
-
-
-def lat_summary(lat_ns) -> dict[str, float]:
-    return {"p50_ms": pct(lat_ns, 50), "p99_ms": pct(lat_ns, 99), "mean_ms": float(np.mean(lat_ns)) / 1e6}
-
-
-def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int = K) -> float:
-    """Mean |found[:k] & truth[:k]| / k over queries (found rows may hold -1 padding)."""
-    hits = 0
-    for f, t in zip(found, truth):
-        hits += len(set(int(x) for x in f[:k] if x >= 0) & set(int(x) for x in t[:k]))
-    return hits / (k * len(truth))
-
-
-def pad_ids(rows, k: int = K) -> np.ndarray:
-    out = np.full((len(rows), k), -1, dtype=np.int64)
-    for i, r in enumerate(rows):
-        r = np.asarray(r, dtype=np.int64)[:k]
-        out[i, :r.size] = r
-    return out
+def row_ids(results) -> np.ndarray:
+    """Ids of ``fetchall()`` answers (the id first in every row), padded to k with -1."""
+    return pad_ids([[r[0] for r in x] for x in results])
 
 
 def group_pairs(pairs, n_queries: int) -> tuple[np.ndarray, bool]:
@@ -131,83 +106,9 @@ def group_pairs(pairs, n_queries: int) -> tuple[np.ndarray, bool]:
     return pad_ids([[rid for _, rid in p] for p in per]), ordered
 
 
-def time_queries(run, items, warmup: int = WARMUP):
-    """Call ``run(item)`` for every item, timing each call alone (after ``warmup`` untimed calls).
-
-    ``run`` returns an opaque result; ids are extracted by the caller afterwards, so
-    result conversion beyond what ``run`` does is not timed. Returns (results, latencies_ns).
-    """
-    for item in items[:warmup]:
-        run(item)
-    results, lat = [], np.empty(len(items), dtype=np.int64)
-    gc.collect()
-    gc.disable()
-    try:
-        for i, item in enumerate(items):
-            t0 = now_ns()
-            r = run(item)
-            lat[i] = now_ns() - t0
-            results.append(r)
-    finally:
-        gc.enable()
-    return results, lat
-
-
-def time_batch(run, reps: int = BATCH_REPS, slow_s: float = SLOW_BATCH_S):
-    """Time ``run()``: the first call is a warm-up unless it took > ``slow_s`` (then it is the only one).
-
-    Returns (last result, {"seconds": median, "min_s", "runs_s": [...]})."""
-    gc.collect()
-    t0 = now_ns()
-    result = run()
-    first = (now_ns() - t0) / 1e9
-    runs = [first]
-    if first <= slow_s:
-        runs = []
-        for _ in range(reps):
-            gc.collect()
-            t0 = now_ns()
-            result = run()
-            runs.append((now_ns() - t0) / 1e9)
-    return result, {"seconds": float(np.median(runs)), "min_s": float(min(runs)), "runs_s": runs, "first_s": first}
-
-
-def load_dataset(data: Path, rows: int, n_queries: int, columns=None):
-    """(base Arrow table sliced to ``rows`` with float16 vectors as stored, X float32, Q float32, dim)."""
-    import pyarrow.parquet as pq
-
-    base = pq.read_table(data / "base.parquet", columns=columns)
-    if rows > base.num_rows:
-        raise SystemExit(f"--rows {rows} > {base.num_rows} rows in {data / 'base.parquet'}")
-    base = base.slice(0, rows).combine_chunks()
-    dim = base.schema.field("vector").type.list_size
-    X = load_vectors(base["vector"], dim)
-    queries = pq.read_table(data / "queries.parquet", columns=["id", "vector"])
-    if n_queries > queries.num_rows:
-        raise SystemExit(f"--queries {n_queries} > {queries.num_rows} rows in {data / 'queries.parquet'}")
-    Q = np.ascontiguousarray(load_vectors(queries.slice(0, n_queries)["vector"], dim))
-    return base, X, Q, dim
-
-
-def exact_topk(X: np.ndarray, Q: np.ndarray, k: int, block: int = 100) -> np.ndarray:
-    """Exact top-k row positions by inner product (ties -> lower position)."""
-    out = np.empty((Q.shape[0], k), dtype=np.int64)
-    for s in range(0, Q.shape[0], block):
-        scores = Q[s:s + block] @ X.T
-        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        ps = np.take_along_axis(scores, part, axis=1)
-        for i in range(part.shape[0]):
-            o = np.lexsort((part[i], -ps[i]))  # score descending, then lower id
-            out[s + i] = part[i][o]
-    return out
-
-
-def float32_vectors(X: np.ndarray):
-    """A ``fixed_size_list<float32, dim>`` Arrow array of ``X`` (DuckDB cannot scan float16)."""
-    import pyarrow as pa
-
-    return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(X, dtype=np.float32).reshape(-1)),
-                                             X.shape[1])
+def time_batch(run):
+    """``run()`` timed :data:`BATCH_REPS` times after a warm-up (once if slower than :data:`SLOW_BATCH_S`)."""
+    return time_repeated(run, BATCH_REPS, SLOW_BATCH_S)
 
 
 def plan_operators(plan_text: str) -> list[str]:
@@ -252,7 +153,7 @@ def vss_role(args) -> dict:
     gt = np.load(workdir / "gt10.npy")
     n_q, dim = Q.shape
     t0 = time.time()
-    base, X, _, dim2 = load_dataset(Path(args.data), args.rows, 1, columns=["id", "vector"])
+    base, X, _, dim2, _ = load_dataset(Path(args.data), args.rows, 1, columns=["id", "vector"])
     assert dim2 == dim
     out: dict = {"system": "duckdb-vss", "duckdb": duckdb.__version__, "python": platform.python_version(),
                  "numpy": np.__version__, "pyarrow": pa.__version__, "load_parquet_s": time.time() - t0}
@@ -328,49 +229,45 @@ def vss_role(args) -> dict:
     out["plan_by_var"] = plan
     out["by_var_uses_index"] = "HNSW_INDEX_SCAN" in plan
 
-    out["configs"] = []
-    for ef in args.efs:
-        con.execute(f"SET hnsw_ef_search = {int(ef)}")
-        row: dict = {"ef": ef}
-        # (a) the reference form: the query vector as a bound parameter
-        res, lat = time_queries(lambda q: con.execute(sql, [q.tolist()]).fetchall(), Q)
-        found = pad_ids([[r[0] for r in x] for x in res])
-        row["param"] = {"recall": recall_at_k(found, gt), **lat_summary(lat)}
-        # (b) the query vector as an SQL literal
-        res, lat = time_queries(lambda q: con.execute(VSS_LITERAL.format(vec=vec_literal(q), dim=dim, k=K)).fetchall(), Q)
-        found = pad_ids([[r[0] for r in x] for x in res])
-        row["literal"] = {"recall": recall_at_k(found, gt), **lat_summary(lat)}
-        # (c) by variable: SET VARIABLE from the queries temp table by id, then the kNN statement
-        def run_var(i):
-            con.execute(set_qv, [int(i)])
-            return con.execute(by_var).fetchall()
+    def run_var(i):  # by variable: SET VARIABLE from the queries temp table by id, then the kNN statement
+        con.execute(set_qv, [int(i)])
+        return con.execute(by_var).fetchall()
 
-        res, lat = time_queries(run_var, np.arange(n_q))
-        found = pad_ids([[r[0] for r in x] for x in res])
-        row["by_var"] = {"recall": recall_at_k(found, gt), **lat_summary(lat), "uses_index": out["by_var_uses_index"]}
+    def config(ef, points: dict, _ids) -> dict:
         # batched LATERAL through HNSW_INDEX_JOIN
         con.execute(f"SET disabled_optimizers = '{TOPN_WINDOW_OPT}'")
         res, tb = time_batch(lambda: con.execute(lateral).fetchall())
         con.execute("RESET disabled_optimizers")
         ids, ordered = group_pairs(res, n_q)
-        row["lateral_index_join"] = {**tb, "queries_per_s": n_q / tb["seconds"], "recall": recall_at_k(ids, gt),
-                                     "rows": len(res), "sorted": ordered,
-                                     "uses_index": out["lateral_index_join_fires"]}
-        out["configs"].append(row)
+        row = {"ef": ef, **points,
+               "lateral_index_join": {**tb, "queries_per_s": n_q / tb["seconds"], "recall": recall_at_k(ids, gt),
+                                      "rows": len(res), "sorted": ordered,
+                                      "uses_index": out["lateral_index_join_fires"]}}
         print(f"  vss ef={ef:4d}: recall {row['param']['recall']:.4f} | p50 param {row['param']['p50_ms']:.3f} ms, "
               f"literal {row['literal']['p50_ms']:.3f} ms, by variable {row['by_var']['p50_ms']:.3f} ms | "
               f"batched index join {tb['seconds']:.3f} s (recall {row['lateral_index_join']['recall']:.4f})",
               flush=True)
+        return row
+
+    out["configs"] = ef_sweep(args.efs, {
+        # the reference form: the query vector as a bound parameter
+        "param": lambda ef: Side(lambda q: con.execute(sql, [q.tolist()]).fetchall(), Q, row_ids),
+        # the query vector as an SQL literal
+        "literal": lambda ef: Side(lambda q: con.execute(VSS_LITERAL.format(vec=vec_literal(q), dim=dim, k=K))
+                                   .fetchall(), Q, row_ids),
+        "by_var": lambda ef: Side(run_var, np.arange(n_q), row_ids,
+                                  extra=lambda _: {"uses_index": out["by_var_uses_index"]}),
+    }, gt, setup=lambda ef: con.execute(f"SET hnsw_ef_search = {int(ef)}"), row=config)
     con.execute("RESET hnsw_ef_search")
     # what binding one FLOAT[dim] parameter costs in this DuckDB client
-    _, lat = time_queries(lambda q: con.execute(f"SELECT ?::FLOAT[{dim}]", [q.tolist()]).fetchall(), Q)
-    out["bind_vector_param"] = lat_summary(lat)
-    _, lat = time_queries(lambda q: con.execute(f"SELECT [{vec_literal(q)}]::FLOAT[{dim}]").fetchall(), Q)
-    out["parse_vector_literal"] = lat_summary(lat)
-    _, lat = time_queries(lambda q: con.execute("SELECT 1").fetchall(), Q)
-    out["select_1"] = lat_summary(lat)
-    _, lat = time_queries(lambda i: con.execute(set_qv, [int(i)]).fetchall(), np.arange(n_q))
-    out["set_variable"] = lat_summary(lat)
+    _, lat = time_each(lambda q: con.execute(f"SELECT ?::FLOAT[{dim}]", [q.tolist()]).fetchall(), Q)
+    out["bind_vector_param"] = lat_summary(lat, brief=True)
+    _, lat = time_each(lambda q: con.execute(f"SELECT [{vec_literal(q)}]::FLOAT[{dim}]").fetchall(), Q)
+    out["parse_vector_literal"] = lat_summary(lat, brief=True)
+    _, lat = time_each(lambda q: con.execute("SELECT 1").fetchall(), Q)
+    out["select_1"] = lat_summary(lat, brief=True)
+    _, lat = time_each(lambda i: con.execute(set_qv, [int(i)]).fetchall(), np.arange(n_q))
+    out["set_variable"] = lat_summary(lat, brief=True)
     con.execute("SET hnsw_ef_search = 64")
     out["explain_analyze_single"] = explain(con, sql, [Q[0].tolist()], analyze=True)
     con.close()
@@ -378,14 +275,6 @@ def vss_role(args) -> dict:
 
 
 # ============================================================================ omendb (main venv)
-def omendb_schema(dim: int):
-    import pyarrow as pa
-
-    return pa.schema([pa.field("id", pa.int64(), nullable=False), pa.field("name", pa.string()),
-                      pa.field("summary", pa.string()),
-                      pa.field("vector", pa.list_(pa.float32(), dim), nullable=False)])
-
-
 def build_omendb(base, dim: int, workdir: Path, batch: int = 10_000):
     import omendb
 
@@ -393,7 +282,7 @@ def build_omendb(base, dim: int, workdir: Path, batch: int = 10_000):
     shutil.rmtree(path, ignore_errors=True)
     db = omendb.open(path, fsync=False, memtable_bytes=1 << 30, compaction=False)
     config = omendb.HnswConfig(m=M, ef_construction=EF_CONSTRUCTION, min_rows=1000)
-    tbl = db.create_table(TABLE, schema=omendb_schema(dim), metric="cosine", index=config)
+    tbl = db.create_table(TABLE, schema=dataset_schema(dim), metric="cosine", index=config)
     data = base.select(["id", "name", "summary", "vector"])
     t0 = now_ns()
     for s in range(0, data.num_rows, batch):
@@ -427,28 +316,28 @@ def create_queries_table(run_sql, Q: np.ndarray) -> None:
 def bench_omendb_single(db, tbl, Q, gt, efs, default_ef) -> dict:
     """Python API vs SQL, at the default ef and over the sweep."""
     dim = Q.shape[1]
-    out = {"default_ef": default_ef, "rows": []}
-    for ef in [None, *efs]:
-        ef_sql = "" if ef is None else f", ef := {int(ef)}"
-        sql = OMEN_SQL.format(t=TABLE, dim=dim, k=K, ef=ef_sql)
-        res, lat_py = time_queries(lambda q: tbl.search(q, k=K, columns=["id"], ef=ef), Q)
-        py_ids = pad_ids([r["id"].to_numpy() for r in res])
-        res, lat_sql = time_queries(lambda q: db.sql(sql, params=[q.tolist()]).fetchall(), Q)
-        sql_ids = pad_ids([[r[0] for r in x] for x in res])
-        sql_sorted = all(all(a[1] <= b[1] for a, b in zip(x, x[1:])) for x in res)
-        row = {"ef": ef, "ef_effective": default_ef if ef is None else ef, "sql": sql,
-               "python": {"recall": recall_at_k(py_ids, gt), **lat_summary(lat_py),
-                          "short_queries": int((py_ids < 0).any(axis=1).sum())},
-               "sql_api": {"recall": recall_at_k(sql_ids, gt), **lat_summary(lat_sql), "sorted": sql_sorted,
-                           "short_queries": int((sql_ids < 0).any(axis=1).sum())},
-               "same_ids": float(np.mean([len(set(a) & set(b)) / K for a, b in zip(py_ids, sql_ids)]))}
-        row["sql_minus_python_p50_ms"] = row["sql_api"]["p50_ms"] - row["python"]["p50_ms"]
-        out["rows"].append(row)
+
+    def sql_of(ef) -> str:
+        return OMEN_SQL.format(t=TABLE, dim=dim, k=K, ef="" if ef is None else f", ef := {int(ef)}")
+
+    def sql_side(ef) -> Side:
+        sql = sql_of(ef)
+        return Side(lambda q: db.sql(sql, params=[q.tolist()]).fetchall(), Q, row_ids, short=True,
+                    extra=lambda res: {"sorted": all(all(a[1] <= b[1] for a, b in zip(x, x[1:])) for x in res)})
+
+    def row(ef, p: dict, ids: dict) -> dict:
+        r = {"ef": ef, "ef_effective": default_ef if ef is None else ef, "sql": sql_of(ef), **p,
+             "same_ids": float(np.mean([len(set(a) & set(b)) / K for a, b in zip(ids["python"], ids["sql_api"])])),
+             "sql_minus_python_p50_ms": p["sql_api"]["p50_ms"] - p["python"]["p50_ms"]}
         label = f"default ({default_ef})" if ef is None else str(ef)
-        print(f"  ef={label:>12s}  python recall {row['python']['recall']:.4f} p50 {row['python']['p50_ms']:.3f} ms | "
-              f"SQL recall {row['sql_api']['recall']:.4f} p50 {row['sql_api']['p50_ms']:.3f} ms p99 "
-              f"{row['sql_api']['p99_ms']:.3f} ms | SQL - python {row['sql_minus_python_p50_ms']:.3f} ms", flush=True)
-    return out
+        print(f"  ef={label:>12s}  python recall {r['python']['recall']:.4f} p50 {r['python']['p50_ms']:.3f} ms | "
+              f"SQL recall {r['sql_api']['recall']:.4f} p50 {r['sql_api']['p50_ms']:.3f} ms p99 "
+              f"{r['sql_api']['p99_ms']:.3f} ms | SQL - python {r['sql_minus_python_p50_ms']:.3f} ms", flush=True)
+        return r
+
+    return {"default_ef": default_ef, "rows": ef_sweep([None, *efs], {
+        "python": lambda ef: Side(lambda q: tbl.search(q, k=K, columns=["id"], ef=ef), Q, arrow_ids, short=True),
+        "sql_api": sql_side}, gt, row=row)}
 
 
 def bench_omendb_batch(db, tbl, Q, gt, efs) -> list[dict]:
@@ -512,8 +401,8 @@ def design_floor(con, Q, sql: str) -> list[dict]:
         ("design floor: con.execute(same)", "floor con.execute",
          lambda q: con.execute(fixed_sql, [q.tolist()]).fetchall()),
     ]:
-        _, lat = time_queries(fn, Q)
-        rows.append({"label": label, "key": key, **lat_summary(lat)})
+        _, lat = time_each(fn, Q)
+        rows.append({"label": label, "key": key, **lat_summary(lat, brief=True)})
         print(f"  {label}: p50 {rows[-1]['p50_ms']:.3f} ms", flush=True)
     return rows
 
@@ -562,14 +451,14 @@ def bench_breakdown(db, tbl, Q, gt, default_ef) -> dict:
     out: dict = {"pieces": []}
     for label, key, fn, items in pieces:
         try:
-            res, lat = time_queries(fn, items)
+            res, lat = time_each(fn, items)
         except Exception as exc:  # internal names (omen_knn_rows, omen_scan__T) may move: report, go on
             out["pieces"].append({"label": label, "key": key, "error": f"{type(exc).__name__}: {exc}"[:300]})
             print(f"  {label}: failed ({type(exc).__name__})", flush=True)
             continue
-        row = {"label": label, "key": key, **lat_summary(lat)}
+        row = {"label": label, "key": key, **lat_summary(lat, brief=True)}
         if key in ("db.sql blob", "db.sql literal", "db.sql by id", "db.sql by variable", "con.execute"):
-            row["recall"] = recall_at_k(pad_ids([[r[0] for r in x] for x in res]), gt)
+            row["recall"] = recall_at_k(row_ids(res), gt)
         out["pieces"].append(row)
         print(f"  {label}: p50 {row['p50_ms']:.3f} ms, p99 {row['p99_ms']:.3f} ms", flush=True)
     out["pieces"] += design_floor(con, Q, sql)
@@ -582,16 +471,16 @@ def bench_breakdown(db, tbl, Q, gt, default_ef) -> dict:
             with one_blas_thread():
                 pass
 
-        _, lat = time_queries(pin, Q)
+        _, lat = time_each(pin, Q)
         extra.append({"label": "omendb.blas.one_blas_thread() enter + exit (run by every UDF call)",
-                      "key": "one_blas_thread", **lat_summary(lat)})
+                      "key": "one_blas_thread", **lat_summary(lat, brief=True)})
     except Exception as exc:
         extra.append({"label": "one_blas_thread", "key": "one_blas_thread", "error": str(exc)[:300]})
     try:
         snap = tbl.snapshot()  # internal: what the UDF searches
-        _, lat = time_queries(lambda q: snap.knn_rows(q[None, :], K, where=None, ef=None, exact=False), Q)
+        _, lat = time_each(lambda q: snap.knn_rows(q[None, :], K, where=None, ef=None, exact=False), Q)
         extra.append({"label": "Snapshot.knn_rows(q, 10) (the UDF's search call, internal API)",
-                      "key": "snapshot.knn_rows", **lat_summary(lat)})
+                      "key": "snapshot.knn_rows", **lat_summary(lat, brief=True)})
     except Exception as exc:
         extra.append({"label": "Snapshot.knn_rows", "key": "snapshot.knn_rows", "error": str(exc)[:300]})
     for row in extra:
@@ -611,61 +500,12 @@ def bench_breakdown(db, tbl, Q, gt, default_ef) -> dict:
     return out
 
 
-def run_child(cmd: list[str], result: Path, timeout: float = 6 * 3600) -> dict:
-    result.unlink(missing_ok=True)
-    print(f"$ {' '.join(shlex.quote(c) for c in cmd)}", flush=True)
-    try:
-        proc = subprocess.run(cmd, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s"}
-    if proc.returncode != 0 or not result.exists():
-        return {"error": f"exit code {proc.returncode}"}
-    return json.loads(result.read_text())
-
-
-def vss_versions(python: str) -> dict:
-    code = ("import json, importlib.metadata as m\n"
-            "out = {}\n"
-            "for p in ('duckdb', 'duckdb-extension-vss', 'pyarrow', 'numpy'):\n"
-            "    try: out[p] = m.version(p)\n"
-            "    except Exception: out[p] = None\n"
-            "import platform; out['python'] = platform.python_version(); print(json.dumps(out))")
-    try:
-        return json.loads(subprocess.run([python, "-c", code], capture_output=True, text=True, check=True).stdout)
-    except Exception as exc:
-        return {"error": str(exc)}
-
-
-def machine_info(workdir: Path) -> dict:
-    import pyarrow as pa
-    import omendb
-
-    git = git_revision(Path(omendb.__file__).resolve().parent, "omendb", "sql")
-    try:
-        import psutil
-
-        mem = round(psutil.virtual_memory().total / (1 << 30), 1)
-    except Exception:
-        mem = None
-    return {
-        "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "platform": platform.platform(), "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "memory_gib": mem, "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
-        "python": platform.python_version(), "numpy": np.__version__, "pyarrow": pa.__version__,
-        "duckdb": package_version("duckdb"), "faiss": package_version("faiss"), "threadpoolctl": package_version("threadpoolctl"),
-        "omendb": omendb.__version__, "omendb_git": git, "omendb_path": str(Path(omendb.__file__).resolve().parent),
-        "workdir": str(workdir), "workdir_fs": fs_type(workdir),
-        "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-                if k in os.environ},
-    }
+def machine(workdir: Path) -> dict:
+    return machine_info(workdir, lambda: {"duckdb": package_version("duckdb"), "faiss": package_version("faiss"),
+                                          "threadpoolctl": package_version("threadpoolctl")}, watched=("omendb", "sql"))
 
 
 # ============================================================================ summary + report
-def f4(x) -> str:
-    return "—" if x is None else f"{x:.4f}"
-
-
 def ratio(x) -> str:
     return "—" if x is None else f"{x:.2f}x"
 
@@ -680,8 +520,7 @@ def summarize(res: dict) -> dict:
     vss = res.get("vss")
     if vss and "configs" in vss:
         def best(form: str, recall: float):
-            ok = [c for c in vss["configs"] if c[form]["recall"] >= recall - 1e-9]
-            return min(ok, key=lambda c: c[form]["p50_ms"]) if ok else None
+            return fastest_at_recall(vss["configs"], recall, point=lambda c: c[form], slack=1e-9)
 
         b = best("param", s["sql_recall"])
         s["vss_match_ef"] = b["ef"] if b else None
@@ -702,10 +541,9 @@ def summarize(res: dict) -> dict:
             s["by_var_speedup"] = b2["by_var"]["p50_ms"] / by_var["p50_ms"]
         # engine cost per query from the batched forms: omendb LATERAL (default ef) vs vss HNSW_INDEX_JOIN
         lat0 = res["omendb"]["batch"][0]["lateral"]
-        b3 = [c for c in vss["configs"] if c["lateral_index_join"]["recall"] >= lat0["recall"] - 1e-9
-              and c["lateral_index_join"]["uses_index"]]
-        if b3:
-            c = min(b3, key=lambda c: c["lateral_index_join"]["seconds"])
+        c = fastest_at_recall([c for c in vss["configs"] if c["lateral_index_join"]["uses_index"]], lat0["recall"],
+                              point=lambda c: c["lateral_index_join"], slack=1e-9, key="seconds")
+        if c:
             s["batch_vss_ef"] = c["ef"]
             s["batch_vss_s"] = c["lateral_index_join"]["seconds"]
             s["batch_omendb_s"] = lat0["seconds"]
@@ -723,15 +561,14 @@ def summarize(res: dict) -> dict:
     return s
 
 
-def write_markdown(res: dict, path: Path) -> None:
+def markdown(res: dict) -> str:
     a = res["args"]
     s = res["summary"]
     om = res["omendb"]
     b = om["build"]
     dim = res["dim"]
     default_ef = om["single"]["default_ef"]
-    L = [f"# omendb SQL benchmark{' (--quick)' if a['quick'] else ''}", "",
-         f"`{res['command']}`", "",
+    L = title("omendb SQL benchmark", a["quick"], res["command"]) + [
          f"{a['rows']:,} rows x {dim} dims (pypi-minilm-100k, float16 on disk -> float32), cosine, k={K}; "
          f"{a['queries']:,} queries (single queries each timed alone after {WARMUP} warm-up calls; the batched "
          f"forms answer all {a['queries']:,} in one call, median of {BATCH_REPS} after a warm-up); ground truth: "
@@ -875,39 +712,26 @@ def write_markdown(res: dict, path: Path) -> None:
     m = res["machine"]
     libraries = (f"Python {m['python']}, numpy {m['numpy']}, pyarrow {m['pyarrow']}, duckdb {m['duckdb']}, "
                  f"faiss {m['faiss']}, threadpoolctl {m['threadpoolctl']}")
-    L += machine_section(m, res["wall_s"], libraries)
-    if res.get("vss_python"):
-        L.append(f"- vss: {res['vss_python']}: {json.dumps(res.get('vss_versions', {}))}")
-    if m["env"]:
-        L.append(f"- env: {m['env']}")
-    L.append("")
-    path.write_text("\n".join(L))
+    vss_line = [f"- vss: {res['vss_python']}: {json.dumps(res.get('vss_versions', {}))}"] \
+        if res.get("vss_python") else []
+    L += machine_section(m, res["wall_s"], libraries, vss_line) + [""]
+    return "\n".join(L)
 
 
 # ============================================================================ main
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="dataset folder (default: %(default)s)")
-    p.add_argument("--quick", action="store_true", help="20K rows, 200 queries, 4 ef values: a sanity check")
-    p.add_argument("--rows", type=int, help="base rows to use (default 100,000; --quick 20,000)")
-    p.add_argument("--queries", type=int, help="queries, single and batched (default 1,000; --quick 200)")
+    p = parser(__doc__)
+    add_run_args(p, "sql", quick="20K rows, 200 queries, 4 ef values: a sanity check",
+                 queries="queries, single and batched (default 1,000; --quick 200)")
     p.add_argument("--efs", type=lambda s: [int(x) for x in s.split(",")],
                    help=f"ef values, comma-separated (default {','.join(map(str, FULL_EFS))}; "
                         f"--quick {','.join(map(str, QUICK_EFS))})")
     p.add_argument("--vss-python", help="python of a venv with duckdb + duckdb-extension-vss "
                    "(benchmarks/requirements-vss.txt); vss is skipped without it")
-    p.add_argument("--out", type=Path, help="results path without suffix (default benchmarks/results/sql, "
-                   "--quick: sql-quick)")
-    p.add_argument("--workdir", type=Path, help="where databases are written (default: a fresh temp dir, removed)")
-    p.add_argument("--keep", action="store_true", help="keep the work dir")
     p.add_argument("--role", choices=["main", "vss"], default="main", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.rows is None:
-        args.rows = 20_000 if args.quick else 100_000
-    if args.queries is None:
-        args.queries = 200 if args.quick else 1_000
+    run_defaults(args)
     if args.efs is None:
         args.efs = list(QUICK_EFS if args.quick else FULL_EFS)
     if any(ef < K for ef in args.efs):
@@ -922,36 +746,14 @@ def main(argv=None) -> int:
         Path(args.result).write_text(json.dumps(out, indent=1, default=str))
         return 0
 
-    wall0 = time.time()
-    command = " ".join(shlex.quote(c) for c in [sys.executable, *sys.argv])
-    out = args.out or (REPO / "benchmarks" / "results" / ("sql-quick" if args.quick else "sql"))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    own_workdir = args.workdir is None
-    workdir = Path(tempfile.mkdtemp(prefix="omendb-bench-sql-")) if own_workdir else args.workdir
-    workdir.mkdir(parents=True, exist_ok=True)
-    res: dict = {"command": command, "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                                              if k not in ("role", "result")}}
-    res["machine"] = machine_info(workdir)
-    try:
+    with Run(args, "sql", machine, skip_args=("role", "result")) as run:
+        res, workdir = run.res, run.workdir
         print(f"loading {args.rows:,} rows, {args.queries:,} queries from {args.data}", flush=True)
-        base, X, Q, dim = load_dataset(args.data, args.rows, args.queries)
+        base, X, Q, dim, _ = load_dataset(args.data, args.rows, args.queries)
         res["dim"] = dim
         if not np.array_equal(base["id"].to_numpy(), np.arange(args.rows)):
             raise SystemExit("base.parquet ids are expected to be 0..N-1 in file order")
-        gt_path = args.data / "gt.parquet"
-        if args.rows == 100_000 and gt_path.exists():
-            import pyarrow.parquet as pq
-
-            g = pq.read_table(gt_path)
-            qid = g["query_id"].to_numpy()
-            nb = np.asarray(g["neighbors"].combine_chunks().flatten().to_numpy()).reshape(len(qid), -1)
-            gt = np.ascontiguousarray(nb[np.argsort(qid)][:args.queries, :K])
-            res["ground_truth"] = "gt.parquet (exact top-100 by cosine over all 100,000 rows)"
-        else:
-            t0 = time.time()
-            gt = exact_topk(X, Q, K)
-            res["ground_truth"] = (f"exact top-10 by brute-force NumPy over the {args.rows:,}-row subset "
-                                   f"({time.time() - t0:.1f} s)")
+        gt, res["ground_truth"] = ground_truth(args.data, X, Q, K, args.rows)
         np.save(workdir / "gt10.npy", gt)
         np.save(workdir / "queries.npy", Q)
         del X
@@ -981,28 +783,21 @@ def main(argv=None) -> int:
         # ---- vss in its own venv
         if args.vss_python:
             res["vss_python"] = args.vss_python
-            res["vss_versions"] = vss_versions(args.vss_python)
+            res["vss_versions"] = venv_versions(args.vss_python, ("duckdb", "duckdb-extension-vss", "pyarrow", "numpy"))
             print("DuckDB vss (subprocess)", flush=True)
             result = workdir / "vss.json"
             t0 = time.time()
             res["vss"] = run_child([args.vss_python, str(Path(__file__).resolve()), "--role", "vss",
                                     "--result", str(result), "--data", str(args.data), "--rows", str(args.rows),
                                     "--queries", str(args.queries), "--efs", ",".join(map(str, args.efs)),
-                                    "--workdir", str(workdir)] + (["--quick"] if args.quick else []), result)
+                                    "--workdir", str(workdir)] + (["--quick"] if args.quick else []), result,
+                                   timeout=6 * 3600)
             print(f"  vss done in {time.time() - t0:.0f} s", flush=True)
         else:
             print("vss skipped (no --vss-python)", flush=True)
 
         res["summary"] = summarize(res)
-        res["wall_s"] = time.time() - wall0
-        res["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
-        out.with_suffix(".json").write_text(json.dumps(res, indent=1, default=str))
-        write_markdown(res, out.with_suffix(".md"))
-        print(f"\nwrote {out.with_suffix('.json')} and {out.with_suffix('.md')}\n", flush=True)
-        print(out.with_suffix(".md").read_text())
-    finally:
-        if own_workdir and not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
+        run.finish(markdown)
     return 0
 
 
