@@ -465,14 +465,14 @@ def bench_breakdown(db, tbl, Q, gt, default_ef) -> dict:
     # pieces inside the UDF, from Python
     extra = []
     try:
-        from omendb.blas import one_blas_thread
+        from omendb.index.blas import one_blas_thread
 
         def pin(_q):
             with one_blas_thread():
                 pass
 
         _, lat = time_each(pin, Q)
-        extra.append({"label": "omendb.blas.one_blas_thread() enter + exit (run by every UDF call)",
+        extra.append({"label": "omendb.index.blas.one_blas_thread() enter + exit (run by every UDF call)",
                       "key": "one_blas_thread", **lat_summary(lat, brief=True)})
     except Exception as exc:
         extra.append({"label": "one_blas_thread", "key": "one_blas_thread", "error": str(exc)[:300]})
