@@ -335,8 +335,8 @@ def bench_omendb_build(base, dim: int, workdir: Path, batch: int = 10_000):
 def index_layer(tbl):
     """omendb's HnswIndex of the table's single segment (internal API; None if it moved)."""
     try:
-        parts = [p for p in tbl._snapshot_parts(exact=False) if p.index is not None]
-        return parts[0].index if len(parts) == 1 else None
+        indexes = [h.hnsw() for h in tbl.core.state.segments if h.entry.index_file is not None]
+        return indexes[0] if len(indexes) == 1 else None
     except Exception:
         return None
 
@@ -348,7 +348,7 @@ def bench_index_memory(tbl, Q: np.ndarray, ef: int = 64, block: int = 100, round
     import faiss
     from omendb.index.hnsw import HnswIndex
 
-    handles = tbl._segments
+    handles = tbl.core.state.segments
     if len(handles) != 1 or handles[0].entry.index_file is None:
         return None
     path = handles[0].directory / handles[0].entry.index_file
