@@ -21,7 +21,7 @@ from .errors import (ArgumentTypeError, AuthenticationError, BackgroundTaskError
                      MissingDependencyError, MissingFileError, MissingVersionError, NotADatabaseError, OmenError,
                      ReadOnlyError, SchemaError, SourceError, StorageError, TableExistsError, TableLockedError,
                      TableNotFoundError, VersionNotFoundError, WalDamageError)
-from .index.hnsw import HnswConfig
+from .index.configs import HnswConfig, HnswFlat, HnswSq
 from .remote import connect, connect_async
 from .table import CompactionPolicy, TableOptions
 
@@ -29,7 +29,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "open", "connect", "connect_async", "duckdb_connect", "salvage", "Database", "Table", "TableOptions",
-    "HnswConfig", "CompactionPolicy", "__version__",
+    "HnswSq", "HnswFlat", "HnswConfig", "CompactionPolicy", "__version__",
     "OmenError", "SchemaError", "DimensionError", "InvalidVectorError", "DuplicateKeyError",
     "TableNotFoundError", "TableExistsError", "InvalidNameError", "FilterError", "CorruptFileError",
     "FormatVersionError", "NotADatabaseError", "ReadOnlyError", "ClosedError", "TableLockedError",

@@ -73,7 +73,7 @@ class Table(ABC):
     # ----------------------------------------------------------------- reads
     @abstractmethod
     def search(self, q: Any, k: int = 10, *, where: str | None = None, columns: Sequence[str] | None = None,
-               exact: bool = False, ef: int | None = None) -> pa.Table:
+               exact: bool = False, ef: int | None = None, recall: float | None = None) -> pa.Table:
         """Nearest neighbours of ``q`` (1-D: one query; 2-D: several, with ``_query``)."""
 
     @abstractmethod

@@ -21,7 +21,7 @@ from .convert import to_arrow_table
 from .errors import (ClosedError, CorruptFileError, FormatVersionError, InvalidArgumentError, InvalidNameError,
                      MissingDependencyError, NotADatabaseError, ReadOnlyError, TableExistsError, TableLockedError,
                      TableNotFoundError, describe, storage_error)
-from .index.hnsw import HnswConfig
+from .index.configs import IndexConfig, check_index_config
 from .shorthand import ShorthandMixin
 from .storage.fileio import atomic_write, fsync_dir
 from .storage.layout import LOCK, MANIFESTS
@@ -176,7 +176,7 @@ class Database(ShorthandMixin):
         vector_column: str = "vector",
         format: str = "arrow",
         exist_ok: bool = False,
-        index: HnswConfig | None = None,
+        index: IndexConfig | None = None,
     ) -> LocalTable:
         """Create a table, from ``data`` (schema inferred) or empty (``dim`` or ``schema``).
 
@@ -193,7 +193,8 @@ class Database(ShorthandMixin):
                 default) or ``"lance"`` (Lance v2 files, needs pylance; decoded into
                 memory when first searched).
             exist_ok: return the existing table instead of raising ``TableExistsError``.
-            index: HNSW parameters (default ``HnswConfig()``); change them later with
+            index: the index config: :class:`omendb.HnswSq` (default: quantized graphs,
+                exact re-ranking) or :class:`omendb.HnswFlat`; change it later with
                 ``Table.create_index``.
         """
         self._check_writable()
@@ -217,6 +218,8 @@ class Database(ShorthandMixin):
                 raise TableExistsError(
                     f"{target} exists but holds no omendb table (no manifests); omendb leaves it alone: "
                     "remove or rename it, or choose another table name")
+            if index is not None:
+                check_index_config(index)
             table_schema, auto_ids = new_table_schema(data, dim, schema, id_column, vector_column)
             manifest = new_table_manifest(table_schema, id_column=id_column, vector_column=vector_column,
                                           metric=metric, auto_ids=auto_ids, index=index, format=format)

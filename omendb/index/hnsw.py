@@ -1,11 +1,14 @@
 """HNSW graphs over one segment's vectors, built and searched with faiss.
 
-Each segment gets its own ``faiss.IndexHNSWFlat``; row ``i`` of the segment is id ``i``
-in the graph. Cosine tables index unit-normalised copies with inner product; ``dot``
-uses inner product and ``l2`` squared Euclidean, so faiss' scores convert to omendb's
-distances (smaller is closer) exactly as the exact scan computes them.
+Each segment gets its own graph; row ``i`` of the segment is id ``i`` in it. The graph
+stores 8-bit scalar-quantized codes (``faiss.IndexHNSWSQ``, the default) or float32
+vectors (``faiss.IndexHNSWFlat``). Cosine tables index unit-normalised rows with inner
+product; ``dot`` uses inner product and ``l2`` squared Euclidean.
 
-Filtering (deleted rows, ``where``) happens inside the graph walk with an
+A quantized walk ranks by code distances; its best candidates are then re-scored
+from the segment's own float32 vectors, which the caller hands in (the index holds no
+second copy), so distances are exact either way and computed as the flat scan
+computes them. Filtering (deleted rows, ``where``) happens inside the walk with an
 ``IDSelectorBitmap``, so a filtered search still returns ``k`` rows when ``k`` match
 (the caller falls back to the exact scan in the rare case the walk finds fewer).
 """
@@ -15,67 +18,26 @@ from __future__ import annotations
 import math
 import os
 import shutil
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import faiss
 import numpy as np
 
-from ..errors import CorruptFileError, DiskFullError, InvalidArgumentError, StorageError, storage_error
+from ..errors import CorruptFileError, DiskFullError, StorageError, storage_error
 from ..storage.fileio import publish_written, verify_file
+from .configs import MAX_EF, HnswConfig, HnswFlat, HnswSq
 
-__all__ = ["HnswConfig", "HnswIndex", "BuildCancelled", "build_hnsw", "build_threads", "load_hnsw", "MAX_EF"]
-
-#: The largest candidate list a search may ask for (``ef``).
-MAX_EF = 100_000
+__all__ = ["HnswIndex", "BuildCancelled", "build_hnsw", "extend_hnsw", "build_threads", "load_hnsw", "MAX_EF",
+           "HnswConfig", "RERANK_FACTOR", "TRAIN_ROWS"]
 
 _FAISS_METRIC = {"l2": faiss.METRIC_L2, "cosine": faiss.METRIC_INNER_PRODUCT, "dot": faiss.METRIC_INNER_PRODUCT}
 
-
-@dataclass(frozen=True)
-class HnswConfig:
-    """Parameters of the per-segment HNSW indexes (faiss ``IndexHNSWFlat``).
-
-    Attributes:
-        m: graph degree (links per node; layer 0 has ``2*m``). Higher ``m`` gives
-            better recall at a given ``ef`` and handles hard data better, at the cost
-            of a larger index (about ``8*m`` bytes per row on top of the vectors) and
-            slower builds. 16 is a good default for 100-1000 dimensions.
-        ef_construction: candidate list size while building. Higher builds a better
-            graph, linearly slower. 200 builds near-best graphs; 64-100 builds ~2x
-            faster for a small recall loss.
-        ef_search: default candidate list size at query time (``search(ef=...)``
-            overrides it per call). It must be >= ``k``; raising it trades latency for
-            recall. 64 gives recall@10 >= 0.95 on 384-d sentence embeddings (see
-            ``benchmarks/``).
-        min_rows: segments with fewer rows are searched by the exact scan, which is
-            as fast as the graph at that size and needs no build.
-    """
-
-    m: int = 16
-    ef_construction: int = 200
-    ef_search: int = 64
-    min_rows: int = 10_000
-
-    def __post_init__(self) -> None:
-        for name, (low, high) in _LIMITS.items():
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-                raise InvalidArgumentError(f"HnswConfig.{name} must be an integer from {low} to {high:,}, "
-                                           f"got {value!r}")
-
-    def build_params(self) -> dict[str, int]:
-        """The parameters that shape a built graph (an index is stale if they change)."""
-        return {"m": self.m, "ef_construction": self.ef_construction}
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-#: Accepted range of each parameter: beyond these a graph costs memory and time out of
-#: all proportion (faiss itself overflows on some).
-_LIMITS = {"m": (2, 256), "ef_construction": (1, 4096), "ef_search": (1, MAX_EF), "min_rows": (0, 1 << 40)}
+#: A quantized walk hands over this many candidates per wanted row (at most ``ef``) for
+#: exact re-scoring.
+RERANK_FACTOR = 4
+#: Rows a quantizer learns its ranges from (a sample of the segment).
+TRAIN_ROWS = 65_536
 
 
 def _prepare(vectors: np.ndarray, norms: np.ndarray | None, metric: str) -> np.ndarray:
@@ -102,6 +64,8 @@ class HnswIndex:
     def __init__(self, index: faiss.Index, metric: str) -> None:
         self._index = index
         self.metric = metric
+        #: True for a graph over codes: its candidates need the segment's vectors to re-score.
+        self.quantized = isinstance(index, faiss.IndexHNSWSQ)
         self._params: dict[int, faiss.SearchParametersHNSW] = {}  # unfiltered, per ef: read-only, shareable
 
     @property
@@ -122,14 +86,21 @@ class HnswIndex:
         params.sel = faiss.IDSelectorBitmap(allowed.size, faiss.swig_ptr(bits))
         return params, (bits, params.sel)
 
-    def search(self, queries: np.ndarray, k: int, ef: int,
-               allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Approximate top-``k``: ``(distances, positions)`` (Q, k) float32 / int64, missing slots inf / -1.
+    def search(self, queries: np.ndarray, k: int, ef: int, allowed: np.ndarray | None = None, *,
+               vectors: np.ndarray | None = None, norms: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k``: ``(distances, positions)`` (Q, k) float32 / int64, missing slots inf / -1.
 
-        A query's missing slots (fewer than ``k`` rows reachable or allowed) are its last ones.
+        ``vectors``/``norms``: the segment's rows and norms, which a quantized graph
+        needs to re-score its candidates exactly. A query's missing slots (fewer than
+        ``k`` rows reachable or allowed) are its last ones.
         """
         if queries.dtype != np.float32 or not queries.flags.c_contiguous:
             queries = np.ascontiguousarray(queries, dtype=np.float32)
+        wanted = k
+        if self.quantized:
+            if vectors is None or norms is None:
+                raise ValueError("a quantized graph re-scores from the segment's vectors: pass vectors and norms")
+            k = min(max(k, min(ef, RERANK_FACTOR * k)), max(self.rows, k))
         # A candidate list longer than the graph finds nothing more.
         params, _keep_alive = self._search_params(min(max(ef, k), max(self.rows, k)), allowed)
         n = queries.shape[0]
@@ -139,6 +110,8 @@ class HnswIndex:
         # search feels those microseconds, so call the wrapped method directly.
         self._index.search_c(n, faiss.swig_ptr(queries), k, faiss.swig_ptr(scores), faiss.swig_ptr(positions),
                              params)
+        if self.quantized:
+            return _rescore(vectors, norms, queries, positions, wanted, self.metric)
         # Cosine: the stored rows are unit length, so an inner-product walk ranks them the
         # same for any positive scaling of the query; dividing the k scores by the query's
         # norm afterwards is cheaper than normalising the query first.
@@ -179,6 +152,20 @@ class HnswIndex:
         if len(positions) and positions[-1] < 0:  # missing slots come last
             scores[positions < 0] = np.inf
 
+    def add(self, vectors: np.ndarray, norms: np.ndarray | None, should_stop: Callable[[], bool] = lambda: False,
+            chunk_rows: int = 8_192) -> None:
+        """Insert rows after the ones the graph holds (ids continue from :attr:`rows`).
+
+        Only for a graph built or loaded into memory (:func:`extend_hnsw`), never a
+        memory-mapped one.
+        """
+        faiss.omp_set_num_threads(build_threads())
+        for start in range(0, vectors.shape[0], chunk_rows):
+            if should_stop():
+                raise BuildCancelled()
+            stop = start + chunk_rows
+            self._index.add(_prepare(vectors[start:stop], None if norms is None else norms[start:stop], self.metric))
+
     def save(self, path: Path) -> tuple[int, int]:
         """Write atomically (temp, fsync, rename, fsync dir); returns (bytes, crc32)."""
         tmp = path.with_name(f".{path.name}.tmp")
@@ -192,6 +179,36 @@ class HnswIndex:
             if not shutil.disk_usage(path.parent).free:
                 raise DiskFullError(f"{path}: no space left on the device while writing an index") from None
             raise StorageError(f"{path}: writing an index failed: {exc}") from None
+
+
+def _rescore(vectors: np.ndarray, norms: np.ndarray, queries: np.ndarray, candidates: np.ndarray, k: int,
+             metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """The exact top-``k`` among each query's ``candidates`` (Q, c; -1 = none), by the
+    segment's float32 vectors: distances as the flat scan defines them."""
+    n, width = candidates.shape
+    valid = candidates >= 0
+    rows = np.where(valid, candidates, 0)
+    gathered = vectors[rows.reshape(-1)].reshape(n, width, -1)
+    if metric == "l2":
+        diff = gathered.astype(np.float64) - queries.astype(np.float64)[:, None, :]
+        dist = np.einsum("qcd,qcd->qc", diff, diff)
+    else:
+        dots = np.einsum("qcd,qd->qc", gathered, queries)
+        if metric == "dot":
+            dist = -dots.astype(np.float64)
+        else:
+            qnorm = np.sqrt(np.einsum("ij,ij->i", queries, queries))
+            denom = np.maximum(norms[rows] * qnorm[:, None], np.float32(1e-30))
+            dist = np.clip(1.0 - dots / denom, 0.0, 2.0)
+    dist = np.where(valid, dist, np.inf)
+    order = np.argsort(dist, axis=1, kind="stable")[:, :k]
+    out_dist = np.take_along_axis(dist, order, axis=1).astype(np.float32)
+    out_pos = np.take_along_axis(np.where(valid, candidates, -1), order, axis=1)
+    if out_pos.shape[1] < k:  # fewer candidates than k: pad with missing slots
+        pad = k - out_pos.shape[1]
+        out_dist = np.pad(out_dist, ((0, 0), (0, pad)), constant_values=np.inf)
+        out_pos = np.pad(out_pos, ((0, 0), (0, pad)), constant_values=-1)
+    return out_dist, out_pos
 
 
 def build_threads() -> int:
@@ -209,23 +226,46 @@ class BuildCancelled(Exception):
     """``build_hnsw`` was asked to stop (its table closed)."""
 
 
-def build_hnsw(vectors: np.ndarray, norms: np.ndarray | None, metric: str, config: HnswConfig,
+def _new_faiss_index(dim: int, metric: str, config: HnswSq | HnswFlat) -> faiss.Index:
+    if config.quantized:
+        index = faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_8bit, config.m, _FAISS_METRIC[metric])
+    else:
+        index = faiss.IndexHNSWFlat(dim, config.m, _FAISS_METRIC[metric])
+    index.hnsw.efConstruction = config.ef_construction
+    return index
+
+
+def build_hnsw(vectors: np.ndarray, norms: np.ndarray | None, metric: str, config: HnswSq | HnswFlat,
                should_stop: Callable[[], bool] = lambda: False, chunk_rows: int = 8_192) -> HnswIndex:
     """Build a graph over ``vectors`` (row ``i`` becomes id ``i``).
 
-    Rows are added in chunks so that ``should_stop`` is checked every few seconds;
-    it returning true raises :class:`BuildCancelled`.
+    A quantized graph first learns its value ranges from a sample of the rows. Rows
+    are added in chunks (memory beyond the graph stays one chunk) so that
+    ``should_stop`` is checked every few seconds; it returning true raises
+    :class:`BuildCancelled`.
     """
-    index = faiss.IndexHNSWFlat(vectors.shape[1], config.m, _FAISS_METRIC[metric])
-    index.hnsw.efConstruction = config.ef_construction
+    index = _new_faiss_index(vectors.shape[1], metric, config)
     # OpenMP thread count is per calling thread: this limits builds (run on background
     # threads) and leaves the foreground's searches alone.
     faiss.omp_set_num_threads(build_threads())
-    for start in range(0, vectors.shape[0], chunk_rows):
-        if should_stop():
-            raise BuildCancelled()
-        stop = start + chunk_rows
-        index.add(_prepare(vectors[start:stop], None if norms is None else norms[start:stop], metric))
+    if not index.is_trained:
+        sample = np.sort(np.random.default_rng(0).choice(vectors.shape[0], min(vectors.shape[0], TRAIN_ROWS),
+                                                         replace=False))
+        index.train(_prepare(vectors[sample], None if norms is None else norms[sample], metric))
+    graph = HnswIndex(index, metric)
+    graph.add(vectors, norms, should_stop, chunk_rows)
+    return graph
+
+
+def extend_hnsw(path: Path, *, metric: str, size: int, crc32: int, rows: int) -> HnswIndex:
+    """Load a saved graph into memory (verified) so that :meth:`HnswIndex.add` can grow it."""
+    verify_file(path, size=size, crc32=crc32, what="index")
+    try:
+        index = faiss.read_index(str(path))
+    except RuntimeError as exc:
+        raise CorruptFileError(f"{path}: not a readable HNSW index: {exc}") from None
+    if index.ntotal != rows:
+        raise CorruptFileError(f"{path}: index has {index.ntotal} rows, segment has {rows}")
     return HnswIndex(index, metric)
 
 
@@ -238,4 +278,6 @@ def load_hnsw(path: Path, *, metric: str, size: int, crc32: int, rows: int) -> H
         raise CorruptFileError(f"{path}: not a readable HNSW index: {exc}") from None
     if index.ntotal != rows:
         raise CorruptFileError(f"{path}: index has {index.ntotal} rows, segment has {rows}")
+    if not isinstance(index, (faiss.IndexHNSWFlat, faiss.IndexHNSWSQ)):
+        raise CorruptFileError(f"{path}: an index of type {type(index).__name__}, not one omendb writes")
     return HnswIndex(index, metric)

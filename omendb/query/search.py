@@ -33,6 +33,7 @@ class SearchPart:
     live: np.ndarray | None      # (N,) bool, None when no row is deleted
     index: HnswIndex | None = None
     cache_key: str | None = None  # set for immutable parts: their filter masks are cached
+    ef: int | None = None         # this part's own candidate list size (from its recall calibration)
 
 
 _MASKS = MaskCache()
@@ -71,11 +72,13 @@ def search_part(part: SearchPart, queries: np.ndarray, k: int, metric: str,
     if (exact or part.index is None or n_allowed <= EXACT_MAX_ALLOWED
             or n_allowed < EXACT_MAX_FRACTION * rows):
         return exact_search(part.vectors, part.norms, queries, k, metric, allowed)
+    if part.ef is not None:
+        ef = max(part.ef, k)
     if allowed is not None and n_allowed < rows:
         # A filtered walk reaches only this fraction of the candidates it visits: widen
         # the candidate list accordingly (up to 16x) to keep recall near the unfiltered one.
         ef = int(ef * min(rows / n_allowed, FILTERED_EF_MAX_FACTOR))
-    dist, pos = part.index.search(queries, k, ef, allowed)
+    dist, pos = part.index.search(queries, k, ef, allowed, vectors=part.vectors, norms=part.norms)
     want = min(k, n_allowed)
     # A walk fills its answer nearest first, so a short answer has a hole at position want-1.
     if pos.size and pos[:, want - 1].min() < 0:
@@ -156,8 +159,8 @@ def knn(parts: list[SearchPart], queries: np.ndarray, k: int, metric: str, *,
     return pa.Table.from_arrays(arrays, schema=result_schema(empty_schema, columns, batch))
 
 
-def graph_knn(table: pa.Table, index: HnswIndex, queries: np.ndarray, k: int, *, ef: int,
-              columns: list[str], result_schema: pa.Schema, batch: bool) -> pa.Table | None:
+def graph_knn(part: SearchPart, queries: np.ndarray, k: int, *, ef: int, columns: list[str],
+              result_schema: pa.Schema, batch: bool) -> pa.Table | None:
     """Top-``k`` from one segment's graph when it is the whole table, every row live.
 
     The common case of an unfiltered search, in one pass with no planning or merging:
@@ -166,9 +169,11 @@ def graph_knn(table: pa.Table, index: HnswIndex, queries: np.ndarray, k: int, *,
     None when ``k`` exceeds the rows or the walk came back short (the caller then takes
     the general path, which redoes such queries exactly).
     """
+    table = part.table
     if k > table.num_rows:
         return None
-    dist, pos = index.search(queries, k, ef)
+    dist, pos = part.index.search(queries, k, max(part.ef, k) if part.ef is not None else ef,
+                                  vectors=part.vectors, norms=part.norms)
     if (pos[0, k - 1] < 0) if pos.shape[0] == 1 else (pos.size and pos[:, k - 1].min() < 0):
         return None  # (a walk's missing slots come last)
     positions = pos.reshape(-1)

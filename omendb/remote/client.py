@@ -12,8 +12,8 @@ import pyarrow.flight as flight
 
 from ..api import Table
 from ..convert import to_arrow_table
-from ..errors import ArgumentTypeError, ClosedError, InvalidArgumentError, OmenError
-from ..index.hnsw import HnswConfig
+from ..errors import ClosedError, InvalidArgumentError, OmenError
+from ..index.configs import IndexConfig, check_index_config
 from ..shorthand import ShorthandMixin
 from ..wire import (DEFAULT_PORT, AuthenticationError, decode, decode_schema, encode, encode_schema,
                        encode_vectors, error_from_text)
@@ -132,11 +132,11 @@ class RemoteTable(Table):
 
     # reads
     def search(self, q: Any, k: int = 10, *, where: str | None = None, columns: Sequence[str] | None = None,
-               exact: bool = False, ef: int | None = None) -> pa.Table:
+               exact: bool = False, ef: int | None = None, recall: float | None = None) -> pa.Table:
         """Nearest neighbours of ``q`` (1-D: one query; 2-D: several, with ``_query``)."""
         return self._channel.get(self._body(op="search", q=encode_vectors(q), k=k, where=where,
                                             columns=None if columns is None else list(columns),
-                                            exact=exact, ef=ef))
+                                            exact=exact, ef=ef, recall=recall))
 
     def get(self, ids: Any, columns: Sequence[str] | None = None) -> pa.Table:
         """Rows with the given primary keys, in the order asked."""
@@ -168,6 +168,8 @@ class RemoteTable(Table):
         return self._channel.action("compact", self._body())
 
     def create_index(self, m: int = 16, ef_construction: int = 200, **params: Any) -> None:
+        if params.get("index") is not None:
+            params["index"] = check_index_config(params["index"]).to_dict()
         self._channel.action("create_index", self._body(params={"m": m, "ef_construction": ef_construction,
                                                                 **params}))
 
@@ -218,15 +220,13 @@ class RemoteDatabase(ShorthandMixin):
 
     def create_table(self, name: str, data: Any = None, *, dim: int | None = None, metric: str = "l2",
                      schema: pa.Schema | None = None, id_column: str = "id", vector_column: str = "vector",
-                     format: str = "arrow", exist_ok: bool = False, index: HnswConfig | None = None) -> RemoteTable:
+                     format: str = "arrow", exist_ok: bool = False, index: IndexConfig | None = None) -> RemoteTable:
         """Create a table on the server (from ``data``, or empty with ``dim``/``schema``);
         the arguments are those of :meth:`omendb.Database.create_table`."""
         options: dict[str, Any] = {"metric": metric, "id_column": id_column, "vector_column": vector_column,
                                    "format": format, "exist_ok": exist_ok}
         if index is not None:
-            if not isinstance(index, HnswConfig):
-                raise ArgumentTypeError(f"index must be an omendb.HnswConfig, got {type(index).__name__}")
-            options["index"] = index.to_dict()
+            options["index"] = check_index_config(index).to_dict()
         if data is not None:
             if dim is not None:
                 options["dim"] = dim

@@ -18,7 +18,7 @@ import pyarrow.flight as flight
 
 from ..database import Database
 from ..errors import InvalidArgumentError
-from ..index.hnsw import HnswConfig
+from ..index.configs import index_config_from_dict
 from ..query.filters import check_bounded_predicate
 from ..wire import decode, decode_schema, decode_vectors, encode, error_text, table_description
 from .limits import check_columns, check_search
@@ -62,7 +62,7 @@ class OmenFlightServer(flight.FlightServerBase):
             "versions": lambda body: {"versions": self._table(body).versions()},
             "flush": lambda body: self._table(body).flush(),
             "compact": lambda body: self._table(body).compact(),
-            "create_index": lambda body: self._table(body).create_index(**body.get("params", {})),
+            "create_index": lambda body: self._table(body).create_index(**_index_params(body.get("params", {}))),
             "wait_for_index": lambda body: {"done": self._table(body).wait_for_index(body.get("timeout"))},
         }
 
@@ -139,7 +139,7 @@ class OmenFlightServer(flight.FlightServerBase):
             if op == "search":
                 queries = decode_vectors(command["q"])
                 check_search(queries.shape, command.get("k", 10))
-                return table.search(queries, k=command.get("k", 10),
+                return table.search(queries, k=command.get("k", 10), recall=command.get("recall"),
                                     where=self._where(command.get("where")),
                                     columns=command.get("columns"), exact=command.get("exact", False),
                                     ef=command.get("ef"))
@@ -189,10 +189,17 @@ def _create_options(options: Any) -> dict[str, Any]:
     if unknown:
         raise InvalidArgumentError(f"unknown create_table option(s): {', '.join(unknown)}")
     options = dict(options)
-    index = options.get("index")
+    return _index_params(options)
+
+
+def _index_params(params: Any) -> dict[str, Any]:
+    """``params`` with its ``index`` object (if any) made an index config."""
+    if not isinstance(params, dict):
+        raise InvalidArgumentError(f"expected a JSON object, got {type(params).__name__}")
+    params = dict(params)
+    index = params.get("index")
     if index is not None:
-        fields = set(HnswConfig.__dataclass_fields__)
-        if not isinstance(index, dict) or set(index) - fields:
-            raise InvalidArgumentError(f"index must be an object with fields among {', '.join(sorted(fields))}")
-        options["index"] = HnswConfig(**index)
-    return options
+        if not isinstance(index, dict):
+            raise InvalidArgumentError(f"index must be an object (an index config), got {type(index).__name__}")
+        params["index"] = index_config_from_dict(index)
+    return params

@@ -71,6 +71,7 @@ class Search(BaseModel):
     columns: Optional[list[str]] = None
     exact: bool = False
     ef: Optional[int] = Field(None, ge=1, le=100_000)
+    recall: Optional[float] = Field(None, gt=0, le=1, description="recall@10 to aim for (instead of ef)")
 
 
 def _type(name: str):
@@ -237,7 +238,7 @@ def create_app(db: Database, *, token: str | None = None, max_request_bytes: int
         with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, which search() refuses by name
             query = np.asarray(body.vector if body.vector is not None else body.vectors, dtype=np.float32)
         result = table.search(query, k=body.k, where=predicate(body.where), columns=body.columns, exact=body.exact,
-                              ef=body.ef)
+                              ef=body.ef, recall=body.recall)
         return {"results": _json_rows(result)}
 
     @app.get("/tables/{name}/stats", dependencies=secured)

@@ -38,6 +38,7 @@ class SegmentEntry:
     index_bytes: int = 0
     index_crc32: int = 0
     index_params: dict[str, Any] | None = None  # build parameters of that graph
+    index_calibration: list[list[float]] | None = None  # [[ef, recall@10], ...] measured at build
 
     def files(self) -> list[str]:
         """The files of the segment folder this entry references."""

@@ -9,7 +9,9 @@ from dataclasses import replace
 from typing import Callable
 
 from ..errors import IndexBuildError, describe
-from ..index.hnsw import BuildCancelled, HnswConfig, HnswIndex, build_hnsw
+from ..index.calibration import calibrate
+from ..index.configs import IndexConfig
+from ..index.hnsw import BuildCancelled, HnswIndex, build_hnsw
 from ..storage.layout import SEGMENTS, index_file_name
 from ..storage.manifest import SegmentEntry
 from .segments import SegmentHandle
@@ -19,17 +21,25 @@ from .workers import Workers, exiting
 __all__ = ["IndexBuilder", "build_index"]
 
 
-def build_index(core: TableCore, handle: SegmentHandle, config: HnswConfig) -> tuple[SegmentEntry, HnswIndex]:
-    """Build ``handle``'s graph and save it beside the segment: (the entry naming it, the graph).
+def build_index(core: TableCore, handle: SegmentHandle, config: IndexConfig) -> tuple[SegmentEntry, HnswIndex]:
+    """Build ``handle``'s graph, calibrate it and save it beside the segment: (the entry
+    naming it and carrying its recall curve, the graph).
 
     Stops with :class:`BuildCancelled` once the table closes or the interpreter exits.
     """
-    index = build_hnsw(handle.vectors, handle.norms, core.state.info.metric, config,
-                       should_stop=lambda: core.stopping or exiting())
+    metric = core.state.info.metric
+    index = build_hnsw(handle.vectors, handle.norms, metric, config, should_stop=lambda: core.stopping or exiting())
+    return save_index(core, handle, config, index)
+
+
+def save_index(core: TableCore, handle: SegmentHandle, config: IndexConfig,
+               index: HnswIndex) -> tuple[SegmentEntry, HnswIndex]:
+    """Calibrate ``index`` (built or grown over ``handle``'s rows) and save it beside the segment."""
+    curve = calibrate(index, handle.vectors, handle.norms, core.state.info.metric)
     name = index_file_name(handle.file)
     size, crc = index.save(core.directory / SEGMENTS / name)
     entry = replace(handle.entry, index_file=name, index_bytes=size, index_crc32=crc,
-                    index_params=config.build_params())
+                    index_params=config.build_params(), index_calibration=curve)
     return entry, index
 
 
@@ -81,7 +91,8 @@ class IndexBuilder:
                 (core.directory / SEGMENTS / entry.index_file).unlink(missing_ok=True)  # changed meanwhile
                 return
             entry = replace(current[0], index_file=entry.index_file, index_bytes=entry.index_bytes,
-                            index_crc32=entry.index_crc32, index_params=entry.index_params)
+                            index_crc32=entry.index_crc32, index_params=entry.index_params,
+                            index_calibration=entry.index_calibration)
             core.publish("index", [entry if e.file == segment_file else e for e in state.manifest.segments],
                          indexes={segment_file: index})
 
@@ -97,7 +108,7 @@ class IndexBuilder:
         with self._progress:
             self._progress.notify_all()
 
-    def configure(self, config: HnswConfig) -> None:
+    def configure(self, config: IndexConfig) -> None:
         """Publish new HNSW parameters (caller checked the table is writable); rebuilds follow."""
         core = self._core
         with core.write_lock:

@@ -13,7 +13,7 @@ import pyarrow as pa
 from ..convert import infer_schema, to_arrow_table, vector_type
 from ..errors import ArgumentTypeError, DimensionError, InvalidArgumentError, SchemaError
 from ..index.flat import METRICS
-from ..index.hnsw import HnswConfig
+from ..index.configs import HnswSq, IndexConfig
 from ..storage.layout import SEGMENT_SUFFIXES, schema_to_text
 from ..query.filters import unfilterable_columns
 from ..storage.manifest import Manifest
@@ -108,7 +108,7 @@ def _check_int(name: str, value: object, low: int, high: int | None = None) -> N
 
 
 def new_table_manifest(schema: pa.Schema, *, id_column: str, vector_column: str, metric: str,
-                       auto_ids: bool, index: HnswConfig | None = None, format: str = "arrow") -> Manifest:
+                       auto_ids: bool, index: IndexConfig | None = None, format: str = "arrow") -> Manifest:
     """Version 1 of a new, empty table."""
     if metric not in METRICS:
         raise InvalidArgumentError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
@@ -120,7 +120,7 @@ def new_table_manifest(schema: pa.Schema, *, id_column: str, vector_column: str,
                                    "components")
     info = {"schema": schema_to_text(schema), "id_column": id_column, "vector_column": vector_column,
             "metric": metric, "dim": dim, "auto_ids": auto_ids, "format": format,
-            "index": (index or HnswConfig()).to_dict()}
+            "index": (index or HnswSq()).to_dict()}
     return Manifest(version=1, table=info, created_at=time.time(), change="create")
 
 

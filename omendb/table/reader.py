@@ -19,7 +19,9 @@ import pyarrow as pa
 
 from ..convert import check_valid_arrow
 from ..errors import CorruptFileError, DimensionError, InvalidArgumentError, InvalidVectorError, SchemaError
-from ..index.hnsw import MAX_EF, HnswIndex
+from ..index.calibration import ef_for_recall
+from ..index.configs import MAX_EF
+from ..index.hnsw import HnswIndex
 from ..index.keys import keys_to_numpy
 from ..query.search import SearchPart, graph_knn, knn, result_schema
 from ..query.snapshot import Snapshot
@@ -62,17 +64,32 @@ class TableReader:
             self._on_bad_index(handle)
             return None
 
-    def parts(self, exact: bool = True) -> tuple[TableState, list[SearchPart]]:
-        """The current state as search parts: its segments, then its non-empty memtables."""
+    def parts(self, exact: bool = True, *, k: int = 10, recall: float | None = None,
+              ef: int | None = None) -> tuple[TableState, list[SearchPart]]:
+        """The current state as search parts: its segments, then its non-empty memtables.
+
+        Each indexed segment gets the ``ef`` its calibration says reaches ``recall``
+        (default: the index config's), unless ``ef`` is given.
+        """
         with self._core.changing() as state:
             # An empty memtable adds nothing (unless it is all there is: it gives the schema).
             views = [m.view() for m in state.memtables() if len(m)] or (
                 [] if state.segments else [state.memtable.view()])
-        parts = [SearchPart(h.table, h.vectors, h.norms, state.live[h.file],
-                            None if exact else self.segment_index(h, state), cache_key=h.cache_key)
-                 for h in state.segments]
+        parts = [self._segment_part(h, state, exact, k, recall, ef) for h in state.segments]
         parts += [SearchPart(v.table, v.vectors, v.norms, None if v.live.all() else v.live) for v in views]
         return state, parts
+
+    def _segment_part(self, handle: SegmentHandle, state: TableState, exact: bool, k: int, recall: float | None,
+                      ef: int | None) -> SearchPart:
+        index = None if exact else self.segment_index(handle, state)
+        part_ef = None
+        if index is not None and ef is None:
+            config = state.info.index
+            target = config.recall if recall is None else recall
+            if target is not None:
+                part_ef = ef_for_recall(handle.entry.index_calibration, target, default=config.ef_search, k=k)
+        return SearchPart(handle.table, handle.vectors, handle.norms, state.live[handle.file], index,
+                          cache_key=handle.cache_key, ef=part_ef)
 
     # ----------------------------------------------------------------- queries
     def queries(self, q: Any, dim: int, name: str) -> tuple[np.ndarray, bool]:
@@ -106,7 +123,7 @@ class TableReader:
         return queries, batch
 
     def search(self, q: Any, k: int, *, where: str | None, columns: Sequence[str] | None, exact: bool,
-               ef: int | None) -> pa.Table:
+               ef: int | None, recall: float | None = None) -> pa.Table:
         """Nearest neighbours (see ``Table.search``)."""
         state = self._core.state
         info = state.info
@@ -118,16 +135,21 @@ class TableReader:
         if ef is not None and not (type(ef) is int and 1 <= ef <= MAX_EF) and (
                 isinstance(ef, bool) or not isinstance(ef, (int, np.integer)) or not 1 <= ef <= MAX_EF):
             raise InvalidArgumentError(f"ef must be an integer from 1 to {MAX_EF:,}, got {ef!r}")
+        if recall is not None:
+            if ef is not None:
+                raise InvalidArgumentError("give ef (a candidate list size) or recall (a target), not both")
+            if isinstance(recall, bool) or not isinstance(recall, (int, float)) or not 0.0 < recall <= 1.0:
+                raise InvalidArgumentError(f"recall must be a number in (0, 1], got {recall!r}")
+        asked_ef = None if ef is None else int(ef)
         k = min(int(k), _rows_at_most(state))  # (memory follows k: never past the rows there are)
         ef = max(info.index.ef_search if ef is None else int(ef), k)
         if where is None and not exact:
-            graph = self._whole_table_graph()
-            if graph is not None:
-                found = graph_knn(graph[0], graph[1], queries, k, ef=ef, columns=names, result_schema=schema,
-                                  batch=batch)
+            part = self._whole_table_graph(k, recall, asked_ef)
+            if part is not None:
+                found = graph_knn(part, queries, k, ef=ef, columns=names, result_schema=schema, batch=batch)
                 if found is not None:
                     return found
-        state, parts = self.parts(exact)
+        state, parts = self.parts(exact, k=k, recall=recall, ef=asked_ef)
         return knn(parts, queries, k, info.metric, where=where, columns=names, vector_column=info.vector_column,
                    batch=batch, empty_schema=info.schema, exact=exact, ef=ef)
 
@@ -146,16 +168,16 @@ class TableReader:
                     self._plans[key] = plan
             return plan
 
-    def _whole_table_graph(self) -> tuple[pa.Table, HnswIndex] | None:
-        """(rows, graph) when the table is one indexed segment with no deleted and no unflushed rows."""
+    def _whole_table_graph(self, k: int, recall: float | None, ef: int | None) -> SearchPart | None:
+        """The table as one part when it is one indexed segment with no deleted and no unflushed rows."""
         with self._core.changing() as state:
             if len(state.segments) != 1 or state.sealed is not None or len(state.memtable):
                 return None
         handle = state.segments[0]
         if state.live[handle.file] is not None:
             return None
-        index = self.segment_index(handle, state)
-        return None if index is None else (handle.table, index)
+        part = self._segment_part(handle, state, False, k, recall, ef)
+        return None if part.index is None else part
 
     def columns(self, columns: Sequence[str] | None, state: TableState | None = None) -> list[str]:
         """``columns`` checked against the schema (None: all of them)."""

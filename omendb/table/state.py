@@ -28,7 +28,8 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import ClosedError
-from ..index.hnsw import HnswConfig, HnswIndex
+from ..index.configs import IndexConfig, index_config_from_dict
+from ..index.hnsw import HnswIndex
 from ..storage.layout import MANIFESTS, SEGMENTS, schema_from_text
 from ..storage.manifest import Manifest, ManifestStore, SegmentEntry
 from .memtable import Memtable, MemtableView
@@ -48,13 +49,13 @@ class TableInfo:
     metric: str
     dim: int
     format: str
-    index: HnswConfig
+    index: IndexConfig
 
     @classmethod
     def of(cls, manifest: Manifest) -> "TableInfo":
         info = manifest.table
         return cls(schema_from_text(info["schema"]), info["id_column"], info["vector_column"], info["metric"],
-                   int(info["dim"]), info.get("format", "arrow"), HnswConfig(**info.get("index", {})))
+                   int(info["dim"]), info.get("format", "arrow"), index_config_from_dict(info.get("index")))
 
 
 @dataclass

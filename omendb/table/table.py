@@ -27,7 +27,7 @@ import pyarrow as pa
 from ..api import Table
 from ..errors import (CorruptFileError, MissingFileError, MissingVersionError, ReadOnlyError, SchemaError,
                       VersionNotFoundError, storage_error)
-from ..index.hnsw import HnswConfig
+from ..index.configs import IndexConfig, check_index_config
 from ..query.snapshot import Snapshot
 from ..storage.fileio import fsync_dir
 from ..storage.layout import LOCK, MANIFESTS, WAL
@@ -223,8 +223,8 @@ class LocalTable(Table):
         return self.core.state.version
 
     @property
-    def index_config(self) -> HnswConfig:
-        """The table's HNSW parameters."""
+    def index_config(self) -> IndexConfig:
+        """The table's index config (:class:`omendb.HnswSq` or :class:`omendb.HnswFlat`)."""
         return self.core.state.info.index
 
     def __repr__(self) -> str:
@@ -271,7 +271,7 @@ class LocalTable(Table):
             return read(*args, **kwargs)
 
     def search(self, q: Any, k: int = 10, *, where: str | None = None, columns: Sequence[str] | None = None,
-               exact: bool = False, ef: int | None = None) -> pa.Table:
+               exact: bool = False, ef: int | None = None, recall: float | None = None) -> pa.Table:
         """Nearest neighbours of ``q``.
 
         Args:
@@ -283,13 +283,18 @@ class LocalTable(Table):
                 at least ``k`` rows match, ``k`` rows come back.
             columns: columns to return (default: all); ``_distance`` is always added.
             exact: force the exact flat scan, bypassing HNSW indexes.
-            ef: HNSW candidate list size for this call (default
-                ``index_config.ef_search``); larger is slower and more accurate.
+            ef: HNSW candidate list size for this call; larger is slower and more
+                accurate. Give ``ef`` or ``recall``, not both.
+            recall: the recall@10 to aim for, in (0, 1]: each segment searches with the
+                smallest ``ef`` its build measured to reach it (default: the index
+                config's ``recall``, 0.95 for :class:`omendb.HnswSq`; without one,
+                ``ef_search``).
 
         Returns:
             A ``pyarrow.Table`` (``.to_pandas()`` / ``polars.from_arrow`` to convert).
         """
-        return self._reading(self._reader.search, q, k, where=where, columns=columns, exact=exact, ef=ef)
+        return self._reading(self._reader.search, q, k, where=where, columns=columns, exact=exact, ef=ef,
+                             recall=recall)
 
     def get(self, ids: Any, columns: Sequence[str] | None = None) -> pa.Table:
         """Rows with the given primary keys, in the order asked; missing ids are skipped."""
@@ -341,18 +346,26 @@ class LocalTable(Table):
         return self._compactor.compact()
 
     def create_index(self, m: int = 16, ef_construction: int = 200, *, ef_search: int | None = None,
-                     min_rows: int | None = None) -> None:
-        """Set the HNSW parameters and (re)build, in the background, every index they change.
+                     min_rows: int | None = None, recall: float | None = None,
+                     index: IndexConfig | None = None) -> None:
+        """Set the index parameters and (re)build, in the background, every index they change.
 
-        Segments with at least ``min_rows`` rows get an index; smaller ones (and rows
-        not yet flushed) are searched exactly. Use :meth:`wait_for_index` to wait.
-        See :class:`omendb.HnswConfig` for what each parameter trades.
+        Keeps the table's index type (:class:`omendb.HnswSq` or :class:`omendb.HnswFlat`)
+        with the parameters given (``ef_search``, ``min_rows``, ``recall``: unchanged when
+        omitted); ``index=`` gives a whole config instead, of either type. Segments with
+        at least ``min_rows`` rows get an index; smaller ones (and rows not yet flushed)
+        are searched exactly. Use :meth:`wait_for_index` to wait.
         """
         self._writable()
-        current = self.core.state.info.index
-        self._indexer.configure(HnswConfig(m=m, ef_construction=ef_construction,
-                                           ef_search=current.ef_search if ef_search is None else ef_search,
-                                           min_rows=current.min_rows if min_rows is None else min_rows))
+        if index is not None:
+            config = check_index_config(index)
+        else:
+            current = self.core.state.info.index
+            config = type(current)(m=m, ef_construction=ef_construction,
+                                   ef_search=current.ef_search if ef_search is None else ef_search,
+                                   min_rows=current.min_rows if min_rows is None else min_rows,
+                                   recall=current.recall if recall is None else recall)
+        self._indexer.configure(config)
 
     def wait_for_index(self, timeout: float | None = None) -> bool:
         """Wait until every segment that should have an index has a current one.
