@@ -40,3 +40,25 @@ def test_v1_database_unknown_manifest_version_is_refused(golden_db: Path) -> Non
     with omendb.open(golden_db) as db:
         with pytest.raises(omendb.FormatVersionError, match="v0000000003.json"):
             db.open_table("docs")
+
+
+@pytest.mark.parametrize("kind, storage", [("flat", "IndexHNSWFlat"), ("sq8", "IndexHNSWSQ")])
+def test_indexes_written_earlier_open_and_search_through_their_graph(tmp_path: Path, kind: str, storage: str) -> None:
+    # ``flat``: a graph written before quantized graphs existed; ``sq8``: a quantized one.
+    import numpy as np
+
+    copy = tmp_path / "v1-indexed.omen"
+    shutil.copytree(GOLDEN / "v1-indexed.omen", copy)
+    expected = json.loads((GOLDEN / "v1-indexed-expected.json").read_text())[kind]
+    queries = np.random.default_rng(8).normal(size=(3, 8)).astype(np.float32)
+    with omendb.open(copy) as db:
+        table = db.open_table(kind)
+        handle = table.core.state.segments[0]
+        index_file = handle.entry.index_file
+        assert type(handle.hnsw()._index).__name__ == storage
+        assert table.stats()["indexed_segments"] == 1  # current: nothing to rebuild
+        for q, ids in zip(queries, expected):
+            assert table.search(q, k=5, ef=64)["id"].to_pylist() == ids
+            assert table.search(q, k=5)["id"].to_pylist() == ids
+        assert table.wait_for_index(timeout=30)
+        assert table.core.state.segments[0].entry.index_file == index_file

@@ -1,0 +1,180 @@
+"""Quantized graphs (the default index): exact answers from 8-bit codes, recall targets
+from each segment's calibration, filtered search and deletes through them, old and new
+index files, and bad index options."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+
+import omendb
+from conftest import brute_force_distances
+
+DIM = 24
+ROWS = 12_000
+SQ = omendb.HnswSq(m=12, ef_construction=64, min_rows=2_000)
+
+
+def _data(rng: np.random.Generator, n: int = ROWS, queries: int = 60) -> tuple[np.ndarray, np.ndarray]:
+    centres = rng.normal(size=(40, DIM)) * 3
+    x = (centres[rng.integers(0, 40, n)] + rng.normal(size=(n, DIM))).astype(np.float32)
+    q = (centres[rng.integers(0, 40, queries)] + rng.normal(size=(queries, DIM))).astype(np.float32)
+    return x, q
+
+
+@pytest.fixture
+def indexed(db_path: Path):
+    """``indexed(x, metric, index=SQ, **columns)``: table ``t`` of ``x``, flushed and indexed."""
+    opened = []
+
+    def make(x: np.ndarray, metric: str, index=SQ, **columns) -> omendb.Table:
+        db = omendb.open(db_path)
+        opened.append(db)
+        table = db.create_table("t", data={"vector": x, **columns}, metric=metric, index=index)
+        table.flush()
+        assert table.wait_for_index(timeout=120)
+        return table
+
+    yield make
+    for db in opened:
+        db.close()
+
+
+def _recall(found: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([np.intersect1d(f, t).size / t.size for f, t in zip(found, truth)]))
+
+
+def _ids_per_query(result, queries: int) -> list[np.ndarray]:
+    q = result["_query"].to_numpy()
+    ids = result["id"].to_numpy()
+    return [ids[q == i] for i in range(queries)]
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2", "dot"])
+def test_a_quantized_graph_gives_exact_distances_and_high_recall(indexed, rng, metric: str) -> None:
+    x, q = _data(rng)
+    table = indexed(x, metric)
+    stats = table.stats()
+    assert stats["indexed_segments"] == 1 and stats["index"]["kind"] == "hnsw_sq8"
+    entry = table.core.state.segments[0].entry
+    stored = faiss.read_index(str(table.core.directory / "segments" / entry.index_file))
+    assert faiss.downcast_index(stored.storage).code_size == DIM  # one byte per component: no float32 copy
+    truth_dist = brute_force_distances(x, q, metric)
+    truth = np.argsort(truth_dist, axis=1)[:, :10]
+    result = table.search(q, k=10)
+    found = _ids_per_query(result, len(q))
+    assert _recall(found, truth) >= 0.95
+    qi, ids, dist = result["_query"].to_numpy(), result["id"].to_numpy(), result["_distance"].to_numpy()
+    np.testing.assert_allclose(dist, truth_dist[qi, ids], rtol=2e-4, atol=2e-4)  # re-scored exactly
+    assert all(np.all(np.diff(dist[qi == i]) >= -1e-6) for i in range(len(q)))
+    one = table.search(q[0], k=5)
+    exact = table.search(q[0], k=5, exact=True)
+    assert one["id"].to_pylist() == exact["id"].to_pylist()
+    np.testing.assert_allclose(one["_distance"].to_numpy(), exact["_distance"].to_numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_recall_targets_are_met_and_survive_a_reopen(indexed, db_path: Path, rng) -> None:
+    x, q = _data(rng)
+    table = indexed(x, "cosine")
+    curve = table.core.state.segments[0].entry.index_calibration
+    assert curve and all(0.0 <= r <= 1.0 for _, r in curve) and [e for e, _ in curve] == sorted(e for e, _ in curve)
+    truth = np.argsort(brute_force_distances(x, q, "cosine"), axis=1)[:, :10]
+    reached = {}
+    for target in (0.8, 0.9, 0.97, 0.99):
+        reached[target] = _recall(_ids_per_query(table.search(q, k=10, recall=target), len(q)), truth)
+        assert reached[target] >= target - 0.02, (target, reached)
+    config = table.stats()["index"]
+    table._owner.close()
+    with omendb.open(db_path) as again:  # the calibration is the manifest's: it survives a reopen
+        reopened = again.open_table("t")
+        assert reopened.core.state.segments[0].entry.index_calibration == curve
+        assert reopened.stats()["index"] == config
+
+
+def test_filters_and_deletes_through_a_quantized_graph(indexed, rng) -> None:
+    x, q = _data(rng)
+    tag = np.arange(ROWS) % 10
+    table = indexed(x, "l2", tag=tag)
+    deleted = np.arange(0, ROWS, 3)
+    table.delete(deleted)
+    for where, allowed in ((None, np.ones(ROWS, bool)), ("tag = 4", tag == 4), ("tag < 5", tag < 5)):
+        alive = allowed.copy()
+        alive[deleted] = False
+        result = table.search(q[:10], k=10, where=where)
+        ids = result["id"].to_numpy()
+        assert alive[ids].all()  # never a deleted or a filtered-out row
+        assert result.num_rows == 10 * 10  # k rows whenever k match
+        dist = brute_force_distances(x, q[:10], "l2")
+        dist[:, ~alive] = np.inf
+        truth = np.argsort(dist, axis=1)[:, :10]
+        assert _recall(_ids_per_query(result, 10), truth) >= 0.9
+
+
+def test_the_index_type_can_be_switched(indexed, rng) -> None:
+    x, q = _data(rng, n=6_000)
+    flat = omendb.HnswFlat(m=12, ef_construction=64, min_rows=2_000)
+    table = indexed(x, "cosine", index=flat)
+    entry = table.core.state.segments[0].entry
+    assert "kind" not in table.stats()["index"] and entry.index_bytes > x.nbytes  # the floats are inside
+    before = table.search(q, k=5)
+    flat_bytes = entry.index_bytes
+    table.create_index(index=SQ)
+    assert table.wait_for_index(timeout=120)
+    entry = table.core.state.segments[0].entry
+    assert entry.index_params["kind"] == "hnsw_sq8" and entry.index_bytes < flat_bytes - 0.7 * x.nbytes
+    after = table.search(q, k=5)
+    assert _recall(_ids_per_query(after, len(q)), np.array(_ids_per_query(before, len(q)))) >= 0.95
+    table.create_index(m=16, ef_construction=64)  # parameters only: the type stays
+    assert table.wait_for_index(timeout=120) and table.stats()["index"]["kind"] == "hnsw_sq8"
+
+
+def test_a_damaged_quantized_index_is_reported_and_rebuilt(indexed, db_path: Path, rng) -> None:
+    x, q = _data(rng, n=5_000)
+    table = indexed(x, "cosine")
+    entry = table.core.state.segments[0].entry
+    table._owner.close()
+    path = db_path / "t" / "segments" / entry.index_file
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with omendb.open(db_path) as db:
+        table = db.open_table("t")
+        with pytest.warns(RuntimeWarning, match=entry.index_file):
+            hits = table.search(q[0], k=5)
+        assert hits["id"].to_pylist() == table.search(q[0], k=5, exact=True)["id"].to_pylist()
+        assert table.wait_for_index(timeout=120)
+        assert table.core.state.segments[0].entry.index_file != entry.index_file
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda t: t.search(np.ones(DIM), k=3, recall=0.0), omendb.InvalidArgumentError, "recall"),
+    (lambda t: t.search(np.ones(DIM), k=3, recall=1.5), omendb.InvalidArgumentError, "recall"),
+    (lambda t: t.search(np.ones(DIM), k=3, recall="high"), omendb.InvalidArgumentError, "recall"),
+    (lambda t: t.search(np.ones(DIM), k=3, recall=0.9, ef=32), omendb.InvalidArgumentError, "not both"),
+    (lambda t: t.create_index(index={"m": 8}), omendb.ArgumentTypeError, "HnswSq"),
+    (lambda t: t.create_index(recall=2), omendb.InvalidArgumentError, "recall"),
+    (lambda t: omendb.HnswSq(min_rows=100), omendb.InvalidArgumentError, "at least 1,000"),
+    (lambda t: omendb.HnswSq(recall=-1), omendb.InvalidArgumentError, "recall"),
+])
+def test_bad_index_options_are_refused_and_change_nothing(db_path: Path, rng, call, error, message) -> None:
+    with omendb.open(db_path) as db:
+        table = db.create_table("t", data={"vector": rng.normal(size=(50, DIM))})
+        version = table.version
+        with pytest.raises(error, match=message):
+            call(table)
+        assert table.version == version and table.count() == 50
+
+
+def test_small_segments_are_searched_exactly_without_a_graph(db_path: Path, rng) -> None:
+    x, _ = _data(rng, n=500)
+    with omendb.open(db_path) as db, warnings.catch_warnings():
+        warnings.simplefilter("error")
+        table = db.create_table("t", data={"vector": x})
+        table.flush()
+        assert table.wait_for_index(timeout=30)
+        assert table.stats()["indexed_segments"] == 0
+        assert table.search(x[7], k=1)["id"].to_pylist() == [7]
