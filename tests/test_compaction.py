@@ -116,12 +116,12 @@ class PausedMerge:
         self._pause_calls = pause_calls
         original = Compactor._index_merged
 
-        def paused(table, handle, written):
+        def paused(table, *args):
             self.calls += 1
             if self.calls <= self._pause_calls:
                 self.reached.set()
                 assert self.go.wait(30), "test never released the paused merge"
-            return original(table, handle, written)
+            return original(table, *args)
 
         monkeypatch.setattr(Compactor, "_index_merged", paused)
 

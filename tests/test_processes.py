@@ -669,10 +669,10 @@ print("acknowledged", flush=True)  # every write above must survive
 
 armed = True
 original_index_merged = Compactor._index_merged
-def index_merged(self, handle, written):
+def index_merged(self, *args):
     if point == "merged_segment_written":
         die()
-    result = original_index_merged(self, handle, written)
+    result = original_index_merged(self, *args)
     if point == "merged_index_written":
         die()
     return result

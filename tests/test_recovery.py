@@ -636,3 +636,143 @@ def test_a_reader_of_a_dropped_table_is_told_so(db_path: Path) -> None:
             writer.drop_table("t")
             with pytest.raises(omendb.TableNotFoundError, match="dropped"):
                 table.count()
+
+
+# ------------------------------------------- third attack: races of readers and cleanup
+def test_cleanup_never_cuts_a_file_a_process_has_mapped(db_path: Path) -> None:
+    # cleanup() used to shrink files before unlinking them: a process still reading a
+    # mapped segment died of SIGBUS. A plain unlink leaves mapped pages readable.
+    code = f"""
+        import numpy as np, omendb
+        db = omendb.open({str(db_path)!r}, compaction=False, build_indexes=False)
+        t = db.create_table("t", dim=32)
+        t.add({{"id": np.arange(50_000), "vector": np.random.rand(50_000, 32).astype(np.float32)}})
+        t.flush()
+        rows = t.to_arrow()  # zero-copy views of the mapped segment
+        t.delete([1]); t.compact(); t.cleanup(keep_last=1)
+        print(float(np.asarray(rows.column("vector").combine_chunks().flatten()).sum()) > 0)
+    """
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "True", (done.returncode, done.stderr[-2000:])
+
+
+def test_a_reader_refresh_that_loses_to_cleanup_reads_the_newest_version(db_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from omendb.table.segments import SegmentHandle
+
+    with omendb.open(db_path, compaction=False, build_indexes=False) as writer:
+        table = writer.create_table("t", data=_rows(0, 10))
+        table.flush()
+        with omendb.open(db_path, read_only=True) as reader_db:
+            reader = reader_db.open_table("t")
+            assert reader.count() == 10
+            table.delete([0])
+            table.flush()  # version N+1 with a deletion file
+            real = SegmentHandle.initial_live_mask
+            armed = [True]
+
+            def then_the_writer_moves_on(self, entry=None):
+                if armed[0]:  # the reader listed version N+1; before it reads its deletion file ...
+                    armed[0] = False
+                    table.delete([1])
+                    table.flush()
+                    table.cleanup(keep_last=1)  # ... N+1 and its files are gone
+                return real(self, entry)
+
+            monkeypatch.setattr(SegmentHandle, "initial_live_mask", then_the_writer_moves_on)
+            assert reader.count() == 8 and not armed[0]
+            assert reader.version == table.version
+
+
+def test_a_reader_never_goes_back_to_an_older_version(db_path: Path) -> None:
+    with omendb.open(db_path, compaction=False, build_indexes=False) as writer:
+        table = writer.create_table("t", data=_rows(0, 10))
+        table.flush()
+        old = table.core.store.load(table.version)
+        table.delete([0])
+        table.flush()
+        with omendb.open(db_path, read_only=True) as reader_db:
+            reader = reader_db.open_table("t")
+            newest = reader.version
+            reader.core.adopt(old)  # a thread that listed earlier, adopting late
+            assert reader.version == newest and reader.count() == 9
+
+
+def test_every_published_version_holds_an_upserted_key_old_or_new(db_path: Path) -> None:
+    # A flush publishes the log's records up to the sealed memtable only: the deletion of
+    # an upsert's old row waits for the version that also holds its new row.
+    with omendb.open(db_path, memtable_bytes=4096, fsync=False, compaction=False, build_indexes=False) as db:
+        table = db.create_table("t", dim=DIM)
+        table.add(_rows(0, 40))
+        table.flush()
+        rng = np.random.default_rng(3)
+        for round_ in range(1, 150):
+            keys = rng.choice(40, size=10, replace=False)
+            table.upsert({"id": keys, "vector": np.full((10, DIM), float(round_), np.float32)})
+        table.flush()
+        versions = [v["version"] for v in table.versions()]
+        assert len(versions) > 10
+        for version in versions[1:]:
+            ids = table.checkout(version).to_arrow()["id"].to_pylist()
+            assert sorted(ids) == list(range(40)), f"version {version}: keys {sorted(set(range(40)) - set(ids))} " \
+                                                  "missing, or some twice"
+
+
+def _blocking_builds(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Index builds that run until their table stops them (then raise BuildCancelled)."""
+    from omendb.index.hnsw import BuildCancelled
+    from omendb.table import indexer
+
+    started = threading.Event()
+
+    def build_hnsw(vectors, norms, metric, config, should_stop):
+        started.set()
+        for _ in range(3000):
+            if should_stop():
+                raise BuildCancelled()
+            threading.Event().wait(0.01)
+        raise AssertionError("the build was never stopped")
+
+    monkeypatch.setattr(indexer, "build_hnsw", build_hnsw)
+    return started
+
+
+def _in_thread(call) -> tuple[threading.Thread, list]:
+    outcome: list = []
+
+    def run() -> None:
+        try:
+            outcome.append(call())
+        except BaseException as exc:  # noqa: BLE001 - inspected by the test
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def test_compact_interrupted_by_close_raises_closed_error(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    started = _blocking_builds(monkeypatch)
+    db = omendb.open(db_path, compaction=False, build_indexes=True)
+    table = db.create_table("t", data=_rows(0, 300), index=omendb.HnswConfig(min_rows=100))
+    table.flush()
+    table.add(_rows(300, 300))
+    monkeypatch.setattr(omendb.table.indexer.IndexBuilder, "submit", lambda self, file: None)  # only the merge builds
+    thread, outcome = _in_thread(table.compact)
+    assert started.wait(30)
+    _within(30, db.close)
+    thread.join(30)
+    assert not thread.is_alive() and isinstance(outcome[0], omendb.ClosedError), outcome
+
+
+def test_wait_for_index_ends_when_the_table_closes(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    started = _blocking_builds(monkeypatch)
+    db = omendb.open(db_path, compaction=False)
+    table = db.create_table("t", data=_rows(0, 300), index=omendb.HnswConfig(min_rows=100))
+    table.flush()
+    thread, outcome = _in_thread(table.wait_for_index)
+    assert started.wait(30)
+    _within(30, db.close)
+    thread.join(30)
+    assert not thread.is_alive() and isinstance(outcome[0], omendb.ClosedError), outcome

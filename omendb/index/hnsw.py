@@ -176,7 +176,11 @@ class HnswIndex:
             tmp.unlink(missing_ok=True)
             if isinstance(exc, OSError):
                 raise storage_error(exc, "writing an index", path) from None
-            if not shutil.disk_usage(path.parent).free:
+            try:
+                full = not shutil.disk_usage(path.parent).free
+            except OSError:  # (the folder itself is gone: its table was dropped)
+                full = False
+            if full:
                 raise DiskFullError(f"{path}: no space left on the device while writing an index") from None
             raise StorageError(f"{path}: writing an index failed: {exc}") from None
 

@@ -128,8 +128,9 @@ def remove_gradually(path: str | os.PathLike, step: int = REMOVE_STEP) -> None:
     """Delete a large file by shrinking it ``step`` bytes at a time, then unlinking it.
 
     Freeing a 64 MiB file in one unlink holds an ext4 journal handle for ~20 ms, and a
-    log ``fdatasync`` meanwhile waits for it; in steps each wait is short. Missing
-    files are fine.
+    log ``fdatasync`` meanwhile waits for it; in steps each wait is short. Only for files
+    no process maps (log files): a mapped file's cut pages kill the process reading
+    them with SIGBUS. Missing files are fine.
     """
     try:
         size = os.stat(path).st_size

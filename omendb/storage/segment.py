@@ -17,7 +17,7 @@ from typing import Callable
 
 import pyarrow as pa
 
-from ..errors import CorruptFileError, FormatVersionError, MissingDependencyError, storage_error
+from ..errors import CorruptFileError, FormatVersionError, MissingDependencyError, MissingFileError, storage_error
 from .fileio import ChecksummingWriter, publish_written, verify_file
 from .layout import SEGMENT_SUFFIXES as SUFFIXES
 
@@ -84,6 +84,8 @@ def open_segment(path: str | os.PathLike, *, rows: int, size: int, crc32: int | 
     else:
         try:
             table = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
+        except FileNotFoundError:  # (removed since it was verified: cleanup of an old version)
+            raise MissingFileError(f"{path}: segment file is missing", path) from None
         except (pa.ArrowInvalid, OSError) as exc:
             raise CorruptFileError(f"{path}: not a readable Arrow IPC segment: {exc}") from exc
     metadata = table.schema.metadata or {}

@@ -21,6 +21,7 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pyarrow as pa
 
 from ..errors import describe, storage_error
@@ -31,7 +32,7 @@ from ..storage.segment import write_segment
 from ..storage.wal import WalWriter, wal_file_name
 from .recovery import log_files
 from .segments import NORM_COLUMN, with_deletions
-from .state import SealedMemtable, TableCore
+from .state import Deletions, SealedMemtable, TableCore
 from .workers import Workers
 from .writer import WriteLog
 
@@ -183,23 +184,26 @@ class Flusher:
         sealed.error = None
 
     def _write(self, sealed: SealedMemtable) -> None:
-        """Write the sealed memtable's live rows to a segment file (durable, not yet published)."""
+        """Write the sealed memtable's rows live as of its last record (rows a later record
+        deleted included: the version this flush publishes still holds them) to a segment
+        file (durable, not yet published)."""
         core = self._core
         with sealed.write_lock:
             if sealed.written:
                 return
             with core.changing():
                 view = sealed.memtable.view()
-            if view.live.any():
-                rows = view.table if view.live.all() else view.table.filter(pa.array(view.live))
-                rows = rows.append_column(NORM_COLUMN, pa.array(view.norms[view.live]))
+                live = sealed.memtable.live_as_of(sealed.seq)
+            if live.any():
+                rows = view.table if live.all() else view.table.filter(pa.array(live))
+                rows = rows.append_column(NORM_COLUMN, pa.array(view.norms[live]))
                 name = segment_file_name(sealed.seq, core.state.info.format)
                 # yield the disk to log commits only while the next memtable is under half full
                 info = write_segment(core.directory / SEGMENTS, name, rows,
                                      patient=lambda: 2 * core.state.memtable.nbytes < core.options.memtable_bytes)
                 sealed.handle = core.new_handle(SegmentEntry(info.file, info.rows, info.bytes, info.crc32),
                                                 verified=True)
-            sealed.live_then = view.live
+            sealed.rows_written = np.flatnonzero(live)
             sealed.written = True
 
     def _publish(self, sealed: SealedMemtable, change: str, *, remove_wal: bool = True) -> None:
@@ -212,32 +216,35 @@ class Flusher:
         version = state.version + 1
         seg_dir = core.directory / SEGMENTS
         entries: list[SegmentEntry] = []
+        deletions: dict[str, Deletions] = {}
         for handle in state.segments:
             entry = handle.entry
-            if handle.file in state.dirty:
-                live = state.live[handle.file]
-                if int(entry.rows - live.sum()) == entry.rows:
+            before = state.deletions[handle.file]
+            after = before.as_of(sealed.seq)  # the deletions of records up to the sealed ones
+            if after is not before:
+                if not after.published.any() and not after.pending:
                     continue  # every row deleted: the segment leaves the table
-                entry = with_deletions(seg_dir, entry, live, version)
+                entry = with_deletions(seg_dir, entry, after.published, version)
+                deletions[handle.file] = after
             entries.append(entry)
-        new_handle, new_live = sealed.handle, None
+        new_handle = sealed.handle
         if new_handle is not None:
             with core.changing():
                 live_now = sealed.memtable.view().live
-            # Rows deleted or replaced since they were written: positions in the new segment.
-            gone = ~live_now[sealed.live_then]
-            if gone.all():
-                new_handle = None
-            elif gone.any():
-                new_live = ~gone
-                new_handle.entry = with_deletions(seg_dir, new_handle.entry, new_live, version)
-            if new_handle is not None:
-                entries.append(new_handle.entry)
-        core.publish(change, entries, new={} if new_handle is None else {new_handle.file: (new_handle, new_live)},
-                     settled=None, sealed_done=True, wal_seq=sealed.seq, next_id=self._log.next_id)
+                later = sealed.memtable.deletions_after(sealed.seq)
+            # Rows of the segment a later record deleted: pending, by record, at their new positions.
+            position = {row: i for i, row in enumerate(sealed.rows_written.tolist())}
+            by_seq: dict[int, list[int]] = {}
+            for row, at in later:
+                if row in position:
+                    by_seq.setdefault(at, []).append(position[row])
+            live = live_now[sealed.rows_written]
+            pending = tuple((at, np.asarray(sorted(rows), np.int64)) for at, rows in sorted(by_seq.items()))
+            deletions[new_handle.file] = Deletions(None if live.all() else live, None, pending)
+            entries.append(new_handle.entry)
+        core.publish(change, entries, new={} if new_handle is None else {new_handle.file: new_handle},
+                     deletions=deletions, sealed_done=True, wal_seq=sealed.seq, next_id=self._log.next_id)
         sealed.done.set()
-        if sealed.handle is not None and new_handle is None:
-            (seg_dir / sealed.handle.file).unlink(missing_ok=True)  # all its rows went meanwhile
         if remove_wal:
             self._remove_wal_files(sealed.wal_paths)
         if not core.closing:

@@ -8,7 +8,7 @@ import warnings
 from dataclasses import replace
 from typing import Callable
 
-from ..errors import IndexBuildError, describe
+from ..errors import ClosedError, IndexBuildError, describe
 from ..index.calibration import calibrate
 from ..index.configs import IndexConfig
 from ..index.hnsw import BuildCancelled, HnswIndex, build_hnsw
@@ -137,6 +137,8 @@ class IndexBuilder:
             return False
         with self._progress:
             while True:
+                if self._core.closed:
+                    raise ClosedError(f"table {self._core.name!r} was closed while waiting for its indexes")
                 if self._errors:
                     file, exc = next(iter(self._errors.items()))
                     raise IndexBuildError(f"building the index of {file} failed: {describe(exc)}") from exc

@@ -64,6 +64,7 @@ class Memtable:
         self._batches: list[pa.Table] = []
         self._rows = 0
         self._key_rows: dict = {}
+        self._deleted_at: dict[int, int] = {}  # row -> seq of the log record that deleted it
         self._table_cache: pa.Table | None = None
         self.nbytes = 0
 
@@ -135,13 +136,14 @@ class Memtable:
                 rows.append(row)
         return np.asarray(found, np.int64), np.asarray(rows, np.int64)
 
-    def delete_rows(self, rows: np.ndarray) -> None:
-        """Mark memtable rows dead (copy-on-write)."""
+    def delete_rows(self, rows: np.ndarray, seq: int) -> None:
+        """Mark memtable rows dead, deleted by log record ``seq`` (the mask is copy-on-write)."""
         if len(rows) == 0:
             return
         live = self._live.copy()  # copy-on-write: open snapshots keep their mask
         live[rows] = False
         self._live = live
+        self._deleted_at.update(dict.fromkeys(np.asarray(rows).tolist(), seq))
         keys = keys_to_numpy(self.table().column(self.id_column).take(pa.array(rows)))
         for key in keys.tolist():
             self._key_rows.pop(key, None)
@@ -157,6 +159,18 @@ class Memtable:
             self._table_cache = metadata.add_column(self._vector_index, self.schema.field(self.vector_column),
                                                     pa.chunked_array([vectors]))
         return self._table_cache
+
+    def live_as_of(self, seq: int) -> np.ndarray:
+        """Mask of the rows live once the log's records up to ``seq`` are applied (rows a
+        later record deleted count as live: a version at ``seq`` still holds them)."""
+        live = self._live[: self._rows].copy()
+        later = [row for row, at in self._deleted_at.items() if at > seq and row < self._rows]
+        live[later] = True
+        return live
+
+    def deletions_after(self, seq: int) -> list[tuple[int, int]]:
+        """``(row, seq)`` of the rows deleted by records after ``seq``."""
+        return [(row, at) for row, at in self._deleted_at.items() if at > seq]
 
     def view(self) -> MemtableView:
         rows = self._rows

@@ -88,7 +88,7 @@ class TableReader:
             target = config.recall if recall is None else recall
             if target is not None:
                 part_ef = ef_for_recall(handle.entry.index_calibration, target, default=config.ef_search, k=k)
-        return SearchPart(handle.table, handle.vectors, handle.norms, state.live[handle.file], index,
+        return SearchPart(handle.table, handle.vectors, handle.norms, state.deletions[handle.file].live, index,
                           cache_key=handle.cache_key, ef=part_ef)
 
     # ----------------------------------------------------------------- queries
@@ -174,7 +174,7 @@ class TableReader:
             if len(state.segments) != 1 or state.sealed is not None or len(state.memtable):
                 return None
         handle = state.segments[0]
-        if state.live[handle.file] is not None:
+        if state.deletions[handle.file].live is not None:
             return None
         part = self._segment_part(handle, state, False, k, recall, ef)
         return None if part.index is None else part
@@ -221,7 +221,7 @@ class TableReader:
         with self._core.changing() as state:
             total = sum(m.live_rows for m in state.memtables())
         for handle in state.segments:
-            live = state.live[handle.file]
+            live = state.deletions[handle.file].live
             total += handle.entry.rows if live is None else int(live.sum())
         return total
 
@@ -246,7 +246,7 @@ class TableReader:
         with self._core.changing() as state:
             mem_rows = sum(m.live_rows for m in state.memtables())
         info = state.info
-        segments, live = state.segments, state.live
+        segments, live = state.segments, {f: d.live for f, d in state.deletions.items()}
         deleted = sum(h.entry.rows - int(live[h.file].sum()) for h in segments if live[h.file] is not None)
         seg_rows = sum(h.entry.rows for h in segments)
         indexed = [h for h in segments if h.entry.index_file and h.file not in self._core.bad_indexes
@@ -280,7 +280,7 @@ class TableReader:
         found = []
         for handle in state.segments:
             idx, pos = handle.keys().lookup(keys)
-            live = state.live[handle.file]
+            live = state.deletions[handle.file].live
             if live is not None and idx.size:
                 alive = live[pos]
                 idx, pos = idx[alive], pos[alive]
@@ -327,7 +327,7 @@ class TableReader:
         """Changes whenever the table's visible rows may have changed (cheap to compute)."""
         with self._core.changing() as state:
             return (id(state.manifest), tuple((id(m), len(m), m.live_rows) for m in state.memtables()),
-                    tuple(id(m) for m in state.live.values()))
+                    tuple(id(d) for d in state.deletions.values()))
 
 
 def _rows_at_most(state: TableState) -> int:

@@ -130,16 +130,18 @@ class SegmentHandle:
             self.entry = entry
             self._hnsw, self._hnsw_file = index, entry.index_file
 
-    def initial_live_mask(self) -> np.ndarray | None:
-        """Live-row mask from the manifest's deletion file (None: nothing deleted)."""
-        if not self.entry.deletions_file:
+    def initial_live_mask(self, entry: SegmentEntry | None = None) -> np.ndarray | None:
+        """Live-row mask from ``entry``'s deletion file (default: the current entry; None:
+        nothing deleted)."""
+        entry = entry or self.entry
+        if not entry.deletions_file:
             return None
-        deleted = read_deletions(self.directory / self.entry.deletions_file, segment_rows=self.entry.rows)
-        if deleted.size != self.entry.deleted:
+        deleted = read_deletions(self.directory / entry.deletions_file, segment_rows=entry.rows)
+        if deleted.size != entry.deleted:
             raise CorruptFileError(
-                f"{self.directory / self.entry.deletions_file}: holds {deleted.size} deletions, "
-                f"manifest says {self.entry.deleted}")
-        live = np.ones(self.entry.rows, dtype=bool)
+                f"{self.directory / entry.deletions_file}: holds {deleted.size} deletions, "
+                f"manifest says {entry.deleted}")
+        live = np.ones(entry.rows, dtype=bool)
         live[deleted] = False
         return live
 

@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -36,7 +36,7 @@ from .memtable import Memtable, MemtableView
 from .options import TableOptions
 from .segments import SegmentHandle
 
-__all__ = ["TableInfo", "TableState", "SealedMemtable", "TableCore"]
+__all__ = ["TableInfo", "TableState", "SealedMemtable", "TableCore", "Deletions", "Pending"]
 
 
 @dataclass(frozen=True)
@@ -69,25 +69,68 @@ class SealedMemtable:
     error: BaseException | None = None
     write_lock: threading.Lock = field(default_factory=threading.Lock)  # one writer of the segment file
     written: bool = False
-    live_then: np.ndarray | None = None   # memtable rows written to the segment
-    handle: SegmentHandle | None = None   # the written segment
+    rows_written: np.ndarray | None = None  # memtable rows written to the segment (live as of ``seq``)
+    handle: SegmentHandle | None = None     # the written segment
+
+
+#: Deletions of one segment's rows by log records not yet in a published version:
+#: ``(seq, row positions)`` per record, oldest first.
+Pending = tuple[tuple[int, np.ndarray], ...]
+
+
+@dataclass(frozen=True)
+class Deletions:
+    """One segment's deleted rows, three ways: as every applied record leaves them
+    (``live``, what this process searches), as the published version records them
+    (``published``), and the deletions in between, by the record that made them."""
+
+    live: np.ndarray | None        # None: no row deleted
+    published: np.ndarray | None
+    pending: Pending = ()
+
+    @classmethod
+    def none_pending(cls, published: np.ndarray | None) -> "Deletions":
+        return cls(published, published, ())
+
+    def as_of(self, seq: int) -> "Deletions":
+        """The deletions a version covering the log up to ``seq`` records, and the rest pending."""
+        settled = [positions for at, positions in self.pending if at <= seq]
+        if not settled:
+            return self
+        published = np.ones(self.live.size, bool) if self.published is None else self.published.copy()
+        published[np.concatenate(settled)] = False
+        return Deletions(self.live, published, tuple(p for p in self.pending if p[0] > seq))
 
 
 @dataclass(frozen=True)
 class TableState:
-    """One consistent state of a table (see the module docstring)."""
+    """One consistent state of a table (see the module docstring).
+
+    A published version holds exactly the log's records up to its ``wal_seq``: a
+    deletion by a later record (the old row of an upsert whose new row is still in the
+    memtable, say) stays pending until the version that holds that record.
+    """
 
     manifest: Manifest
     info: TableInfo
     segments: tuple[SegmentHandle, ...]
-    live: Mapping[str, np.ndarray | None]   # per segment file; None: no row deleted
-    dirty: frozenset[str]                    # segments with deletions not yet published
+    deletions: Mapping[str, Deletions]   # per segment file
     memtable: Memtable
     sealed: SealedMemtable | None = None
 
     @property
     def version(self) -> int:
         return self.manifest.version
+
+    @property
+    def live(self) -> Mapping[str, np.ndarray | None]:
+        """Live-row mask of every segment as this process sees it (None: no row deleted)."""
+        return {file: d.live for file, d in self.deletions.items()}
+
+    @property
+    def dirty(self) -> frozenset[str]:
+        """Segments with deletions a published version does not record yet."""
+        return frozenset(file for file, d in self.deletions.items() if d.pending)
 
     def memtables(self) -> list[Memtable]:
         """Unflushed rows: the memtable being flushed (if any), then the current one."""
@@ -111,13 +154,15 @@ class TableCore:
         self.store = ManifestStore(self.directory / MANIFESTS)
         self.write_lock = threading.RLock()
         self._lock = threading.Lock()
+        self._adopt_lock = threading.Lock()
         self.closing = False
         self.closed = False
         self.bad_indexes: set[str] = set()
         info = TableInfo.of(manifest)
         handles = tuple(self._new_handle(e, info) for e in manifest.segments)
-        self._state = TableState(manifest, info, handles, {h.file: h.initial_live_mask() for h in handles},
-                                 frozenset(), self.new_memtable(info))
+        self._state = TableState(manifest, info, handles,
+                                 {h.file: Deletions.none_pending(h.initial_live_mask()) for h in handles},
+                                 self.new_memtable(info))
 
     # ------------------------------------------------------------------ reading
     @property
@@ -166,21 +211,21 @@ class TableCore:
 
     # ---------------------------------------------------------------- publishing
     def publish(self, change: str, segments: Sequence[SegmentEntry], *,
-                new: Mapping[str, tuple[SegmentHandle, np.ndarray | None]] | None = None,
-                settled: Iterable[str] | None = (), sealed_done: bool = False,
+                new: Mapping[str, SegmentHandle] | None = None,
+                deletions: Mapping[str, Deletions] | None = None, sealed_done: bool = False,
                 indexes: Mapping[str, HnswIndex] | None = None, table: dict[str, Any] | None = None,
                 wal_seq: int | None = None, next_id: int | None = None) -> Manifest:
         """Publish the next version and make it the state: the one way a version comes to be.
 
         The caller holds ``write_lock``. ``segments`` are the version's entries in order:
-        a file the state has keeps its handle (and live mask); ``new`` gives the handle and
-        live mask of each new file; files in neither leave the table. ``settled``: the
-        segments whose pending deletions this version records (``None``: all of them).
+        a file the state has keeps its handle (and deletions); ``new`` gives the handle of
+        each new file; files in neither leave the table. ``deletions``: the new
+        bookkeeping of the segments whose deletions change (every new file has one).
         ``sealed_done``: the sealed memtable's rows are in the new version. ``indexes``:
         freshly built graphs, by segment file. ``table``, ``wal_seq``, ``next_id``: new
         values of those manifest fields.
         """
-        new, indexes = new or {}, indexes or {}
+        new, indexes, deletions = new or {}, indexes or {}, deletions or {}
         fields: dict[str, Any] = {"segments": tuple(segments), "created_at": time.time(), "change": change}
         for key, value in (("table", table), ("wal_seq", wal_seq), ("next_id", next_id)):
             if value is not None:
@@ -190,39 +235,35 @@ class TableCore:
         with self._lock:
             state = self._state
             known = {h.file: h for h in state.segments}
-            handles, live = [], {}
+            handles, kept = [], {}
             for entry in manifest.segments:
-                if entry.file in new:
-                    handle, mask = new[entry.file]
-                else:
-                    handle, mask = known[entry.file], state.live[entry.file]
+                handle = new[entry.file] if entry.file in new else known[entry.file]
                 if entry.file in indexes:
                     handle.adopt_index(entry, indexes[entry.file])
                 else:
                     handle.entry = entry  # same rows; new deletion or index bookkeeping
                 handles.append(handle)
-                live[entry.file] = mask
-            dirty = frozenset() if settled is None else state.dirty - set(settled)
+                kept[entry.file] = deletions[entry.file] if entry.file in deletions else state.deletions[entry.file]
             self.bad_indexes -= set(indexes)
             self._state = replace(state, manifest=manifest, info=TableInfo.of(manifest) if table else state.info,
-                                  segments=tuple(handles), live=live, dirty=dirty & set(live),
+                                  segments=tuple(handles), deletions=kept,
                                   sealed=None if sealed_done else state.sealed)
         return manifest
 
     def adopt(self, manifest: Manifest) -> None:
         """Make a published ``manifest`` the state (readers following the writer, checkouts),
-        reusing the handles of segments already mapped."""
-        info = TableInfo.of(manifest)
-        known = {h.file: h for h in self._state.segments}
-        handles = []
-        for entry in manifest.segments:
-            handle = known.get(entry.file)
-            if handle is None:
-                handle = self._new_handle(entry, info)
-            else:
-                handle.entry = entry
-            handles.append(handle)
-        live = {h.file: h.initial_live_mask() for h in handles}
-        with self._lock:
-            self._state = replace(self._state, manifest=manifest, info=info, segments=tuple(handles), live=live,
-                                  dirty=frozenset())
+        reusing the handles of segments already mapped. A version older than the current
+        one is ignored (two threads of a reader refreshing at once): a table never goes back."""
+        with self._adopt_lock:
+            if manifest.version <= self._state.version:
+                return
+            info = TableInfo.of(manifest)
+            known = {h.file: h for h in self._state.segments}
+            handles = [known.get(entry.file) or self._new_handle(entry, info) for entry in manifest.segments]
+            deletions = {h.file: Deletions.none_pending(h.initial_live_mask(entry))
+                         for h, entry in zip(handles, manifest.segments)}
+            with self._lock:
+                for handle, entry in zip(handles, manifest.segments):
+                    handle.entry = entry
+                self._state = replace(self._state, manifest=manifest, info=info, segments=tuple(handles),
+                                      deletions=deletions)

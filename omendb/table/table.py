@@ -41,7 +41,7 @@ from .indexer import IndexBuilder
 from .options import TableOptions
 from .reader import TableReader
 from .recovery import check_no_missing_versions, log_files, read_log, remove_orphans, salvage_log
-from .registry import register
+from .registry import pinned, register
 from .state import TableCore
 from .versions import Follower, cleanup, list_versions
 from .writer import WriteLog, Writer
@@ -110,12 +110,12 @@ class LocalTable(Table):
         core = self.core = TableCore(self.name, directory, self._options, manifest)
         log = self._log = WriteLog(wal_dir, self._options.fsync, seq=manifest.wal_seq, next_id=manifest.next_id)
         self._indexer = IndexBuilder(core, workers)
-        self._compactor = Compactor(core, workers, flush=self.flush)
+        self._compactor = Compactor(core, workers, flush=self.flush, after_publish=self._indexer.schedule)
         self._flusher = Flusher(core, log, workers, after_publish=self._after_publish)
         self._reader = TableReader(core, on_bad_index=lambda handle: self._indexer.submit(handle.file))
         self._writer = Writer(core, self._reader, log, self._flusher)
         for record in records:
-            self._writer.apply(record.kind, record.payload)
+            self._writer.apply(record.kind, record.payload, record.seq)
             log.seq = record.seq
         remove_orphans(directory)
         with core.write_lock:
@@ -258,17 +258,19 @@ class LocalTable(Table):
 
     # ----------------------------------------------------------------- reads
     def _reading(self, read: Any, *args: Any, **kwargs: Any) -> Any:
-        """Run a read; a reader that lost a race with the writer's ``cleanup()`` (a segment
-        it had not mapped yet is gone) adopts the newest version and reads once more
-        (mapped files stay readable after they are removed)."""
-        self._before_read()
-        try:
-            return read(*args, **kwargs)
-        except MissingFileError:
-            if self._follower is None:
-                raise
-            self._follower.refresh()
-            return read(*args, **kwargs)
+        """Run a read. A reader that loses a race with the writer's ``cleanup()`` (a file of
+        the version it is adopting, or has not mapped yet, is gone) looks again at the
+        newest version and reads once more (mapped files stay readable once removed)."""
+        self.core.check_open()
+        for attempt in range(3):
+            try:
+                if self._follower is not None:
+                    self._follower.before_read() if attempt == 0 else self._follower.refresh()
+                return read(*args, **kwargs)
+            except (MissingFileError, VersionNotFoundError):
+                if self._follower is None or attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     def search(self, q: Any, k: int = 10, *, where: str | None = None, columns: Sequence[str] | None = None,
                exact: bool = False, ef: int | None = None, recall: float | None = None) -> pa.Table:
@@ -388,11 +390,17 @@ class LocalTable(Table):
         version. The files of a checkout are kept by ``cleanup()`` while it is open.
         """
         self.core.check_open()
-        available = self.core.store.versions()
-        if version not in available:
-            retained = f"retained: {available[0]}..{available[-1]}" if available else "none retained"
-            raise VersionNotFoundError(f"table {self.name!r} has no version {version!r} ({retained})")
-        return LocalTable(self.name, self.core.directory, self._options, None, checkout=self.core.store.load(version))
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise VersionNotFoundError(f"table {self.name!r} has no version {version!r} (versions are integers)")
+        # Pinned while it opens: this process's cleanup() cannot remove the version's files
+        # before the checkout is registered (from then on, open, it pins them).
+        with pinned(self.core.directory, version):
+            available = self.core.store.versions()
+            if version not in available:
+                retained = f"retained: {available[0]}..{available[-1]}" if available else "none retained"
+                raise VersionNotFoundError(f"table {self.name!r} has no version {version!r} ({retained})")
+            return LocalTable(self.name, self.core.directory, self._options, None,
+                              checkout=self.core.store.load(version))
 
     def refresh(self) -> int:
         """Adopt the newest published version (readers; the writer is always current)."""

@@ -8,10 +8,10 @@ import time
 from typing import Any
 
 from ..errors import InvalidArgumentError, TableNotFoundError, VersionNotFoundError
-from ..storage.fileio import fsync_dir, remove_gradually
+from ..storage.fileio import fsync_dir
 from ..storage.layout import MANIFESTS, SEGMENTS
 from ..storage.manifest import Manifest
-from .registry import open_tables
+from .registry import cleaning, open_tables, pins
 from .state import TableCore
 
 __all__ = ["list_versions", "Follower", "cleanup"]
@@ -75,9 +75,9 @@ def cleanup(core: TableCore, older_than: float | dt.timedelta | None, keep_last:
     if isinstance(older_than, dt.timedelta):
         older_than = older_than.total_seconds()
     cutoff = None if older_than is None else time.time() - float(older_than)
-    with core.write_lock:
+    with core.write_lock, cleaning():
         others = [t for t in open_tables(core.directory) if t.core is not core]
-        pinned = {t.core.state.version for t in others}
+        pinned = {t.core.state.version for t in others} | pins(core.directory)
         manifests: dict[int, Manifest] = {}
         for n in core.store.versions():
             try:
@@ -105,6 +105,8 @@ def cleanup(core: TableCore, older_than: float | dt.timedelta | None, keep_last:
                 freed += path.stat().st_size
             except FileNotFoundError:
                 continue
-            remove_gradually(path)  # (a concurrent log commit never waits long for it)
+            # A plain unlink: a process that has the file mapped keeps reading it. (Shrinking
+            # it first, as the log's removal does, would kill such a process with SIGBUS.)
+            path.unlink(missing_ok=True)
         fsync_dir(core.directory / SEGMENTS)
     return {"versions_removed": len(drop), "files_removed": len(unreferenced), "bytes_freed": freed}

@@ -25,7 +25,7 @@ from ..storage.fileio import log_commit_in_progress
 from ..storage.wal import RecordKind, WalWriter, encode_table
 from .memtable import Memtable, StagedRows
 from .reader import TableReader
-from .state import TableCore
+from .state import Deletions, TableCore
 
 if TYPE_CHECKING:
     from .flusher import Flusher
@@ -160,7 +160,7 @@ class Writer:
                     raise storage_error(exc, f"syncing the write-ahead log of table {core.name!r}",
                                         wal.path) from None
         log.seq = seq
-        self.apply(kind, table, staged)
+        self.apply(kind, table, seq, staged)
         if core.state.memtable.nbytes >= core.options.memtable_bytes:
             flusher.flush_full()
 
@@ -188,8 +188,8 @@ class Writer:
         refuse_non_finite(staged.vectors, staged.norms, info.vector_column)
         return staged
 
-    def apply(self, kind: RecordKind, table: pa.Table, staged: StagedRows | None = None) -> None:
-        """Apply a logged change to memory (also used by WAL replay).
+    def apply(self, kind: RecordKind, table: pa.Table, seq: int, staged: StagedRows | None = None) -> None:
+        """Apply the change logged as record ``seq`` to memory (also used by WAL replay).
 
         ``staged``: the rows already copied in by ``Memtable.stage``. Holds the state
         lock throughout, so a reader sees an upsert's old rows or its new rows, never neither.
@@ -198,7 +198,7 @@ class Writer:
         keys = table.column(core.state.info.id_column)
         with core.changing() as state:
             if kind in (RecordKind.UPSERT, RecordKind.DELETE):
-                self._delete_keys(keys_to_numpy(keys), state)
+                self._delete_keys(keys_to_numpy(keys), state, seq)
             if kind in (RecordKind.ADD, RecordKind.UPSERT):
                 memtable = core.state.memtable
                 if staged is None:
@@ -208,21 +208,20 @@ class Writer:
         if kind is not RecordKind.DELETE and pa.types.is_integer(keys.type) and len(keys):
             self._log.next_id = max(self._log.next_id, int(pc.max(keys).as_py()) + 1)
 
-    def _delete_keys(self, keys: np.ndarray, state: Any) -> None:
-        """Mark the live rows of ``keys`` deleted (caller holds the state lock)."""
-        live, dirty = None, None
+    def _delete_keys(self, keys: np.ndarray, state: Any, seq: int) -> None:
+        """Mark the live rows of ``keys`` deleted by record ``seq`` (caller holds the state lock)."""
+        changed = None
         for _, where, positions in self._reader.locate(keys, state, state.memtables()):
             if isinstance(where, Memtable):
-                where.delete_rows(positions)
+                where.delete_rows(positions, seq)
             else:
-                live = dict(state.live) if live is None else live
-                mask = live[where.file]
-                mask = np.ones(where.entry.rows, bool) if mask is None else mask.copy()
+                changed = dict(state.deletions) if changed is None else changed
+                before = changed[where.file]
+                mask = np.ones(where.entry.rows, bool) if before.live is None else before.live.copy()
                 mask[positions] = False
-                live[where.file] = mask
-                dirty = (dirty or set(state.dirty)) | {where.file}
-        if live is not None:
-            self._core.swap(live=live, dirty=frozenset(dirty))
+                changed[where.file] = Deletions(mask, before.published, before.pending + ((seq, positions),))
+        if changed is not None:
+            self._core.swap(deletions=changed)
 
 
 def _refuse_repeated_keys(keys: pa.ChunkedArray) -> None:
