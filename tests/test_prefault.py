@@ -27,6 +27,12 @@ def _resident_fraction(array: np.ndarray, start: int, end: int) -> float:
     return sum(v & 1 for v in vector) / pages
 
 
+def _fresh_buffer(size: int) -> np.ndarray:
+    """``size`` bytes of newly mapped memory: no page is in memory yet (``np.empty`` may
+    hand back memory the process used before, already faulted in)."""
+    return np.frombuffer(mmap.mmap(-1, size), dtype=np.uint8)
+
+
 def _populated_or_skip(ahead: prefault.AheadOfUse) -> None:
     assert ahead.wait(30), "the helper thread did not finish"
     if not prefault.available():
@@ -35,7 +41,7 @@ def _populated_or_skip(ahead: prefault.AheadOfUse) -> None:
 
 @pytest.mark.skipif(not prefault.available(), reason="needs madvise (Linux)")
 def test_pages_after_the_used_part_are_faulted_in_and_far_ones_are_not() -> None:
-    buffer = np.empty(64 * MiB, dtype=np.uint8)
+    buffer = _fresh_buffer(64 * MiB)
     ahead = prefault.AheadOfUse(buffer, lookahead=8 * MiB)
     buffer[:MiB] = 1
     ahead.used(MiB)  # a 1 MiB write: eight more are asked for
@@ -46,7 +52,7 @@ def test_pages_after_the_used_part_are_faulted_in_and_far_ones_are_not() -> None
 
 @pytest.mark.skipif(not prefault.available(), reason="needs madvise (Linux)")
 def test_small_writes_fault_in_little() -> None:
-    buffer = np.empty(64 * MiB, dtype=np.uint8)
+    buffer = _fresh_buffer(64 * MiB)
     ahead = prefault.AheadOfUse(buffer, lookahead=16 * MiB)
     buffer[:4096] = 1
     ahead.used(4096)  # eight 4 KiB writes' worth, not 16 MiB
@@ -56,7 +62,7 @@ def test_small_writes_fault_in_little() -> None:
 
 @pytest.mark.skipif(not prefault.available(), reason="needs madvise (Linux)")
 def test_faulting_in_never_changes_what_the_buffer_holds() -> None:
-    buffer = np.empty(32 * MiB, dtype=np.uint8)
+    buffer = _fresh_buffer(32 * MiB)
     pattern = np.random.default_rng(0).integers(0, 256, 16 * MiB, dtype=np.uint8)
     buffer[:16 * MiB] = pattern  # written already, as by a writer racing the helper
     ahead = prefault.AheadOfUse(buffer, lookahead=8 * MiB)

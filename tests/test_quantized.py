@@ -178,3 +178,60 @@ def test_small_segments_are_searched_exactly_without_a_graph(db_path: Path, rng)
         assert table.wait_for_index(timeout=30)
         assert table.stats()["indexed_segments"] == 0
         assert table.search(x[7], k=1)["id"].to_pylist() == [7]
+
+
+def test_a_merge_grows_the_base_segments_graph_instead_of_building_a_new_one(db_path: Path, rng,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from omendb.table import indexer
+
+    x, q = _data(rng, n=8_000)
+    with omendb.open(db_path, compaction=False) as db:
+        table = db.create_table("t", data={"id": np.arange(4_000), "vector": x[:4_000]}, index=SQ)
+        table.flush()
+        assert table.wait_for_index(timeout=120)
+        for start in range(4_000, 8_000, 1_000):  # small segments, below min_rows: no graphs
+            table.add({"id": np.arange(start, start + 1_000), "vector": x[start:start + 1_000]})
+            table.flush()
+        base_index = table.core.state.segments[0].entry.index_file
+        builds = []
+        real = indexer.build_hnsw
+        monkeypatch.setattr(indexer, "build_hnsw", lambda *a, **k: builds.append(1) or real(*a, **k))
+        table.compact()
+        assert table.stats()["segments"] == 1 and table.stats()["indexed_segments"] == 1
+        assert builds == [], "the merge built a new graph instead of growing the base segment's"
+        merged = table.core.state.segments[0].entry
+        assert merged.index_file != base_index and merged.index_calibration
+        truth = np.argsort(brute_force_distances(x, q, "l2"), axis=1)[:, :10]
+        assert _recall(_ids_per_query(table.search(q, k=10), len(q)), truth) >= 0.95
+
+
+def test_compaction_keeps_the_rows_out_of_its_own_memory(tmp_path: Path) -> None:
+    # 24 segments (49 MB of vectors) merged into one: the merge gathers the vectors into
+    # file-backed scratch space, so the process's anonymous memory grows by the merged
+    # graph and a fixed working set, not by a copy or two of the vectors (as it did).
+    from conftest import run_python
+
+    done = run_python("""
+        import sys, threading, time, numpy as np, omendb
+        def anon():
+            return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("RssAnon"))
+        db = omendb.open(sys.argv[1], compaction=False)
+        t = db.create_table("t", dim=64, index=omendb.HnswSq(m=8, ef_construction=32, min_rows=2_000))
+        rng = np.random.default_rng(0)
+        for s in range(24):
+            t.add({"id": np.arange(s * 8000, (s + 1) * 8000), "vector": rng.random((8000, 64), np.float32)})
+            t.flush()
+        assert t.wait_for_index(timeout=300)
+        base, peak, stop = anon(), [0], [False]
+        def watch():
+            while not stop[0]:
+                peak[0] = max(peak[0], anon()); time.sleep(0.002)
+        watcher = threading.Thread(target=watch); watcher.start()
+        t.compact()
+        stop[0] = True; watcher.join()
+        assert t.stats()["segments"] == 1
+        print(peak[0] - base)
+    """, tmp_path / "db", timeout=300)
+    growth = int(done.stdout.strip().splitlines()[-1])
+    vectors = 24 * 8000 * 64 * 4
+    assert growth < vectors + (48 << 20), f"compaction grew anonymous memory by {growth / 1e6:.0f} MB"

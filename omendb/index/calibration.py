@@ -23,6 +23,8 @@ __all__ = ["EF_LADDER", "calibrate", "ef_for_recall", "CALIBRATION_QUERIES", "RE
 EF_LADDER = (10, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 #: Sampled queries per calibration (the standard error of a recall@10 near 0.95 is ~0.005).
 CALIBRATION_QUERIES = 200
+#: Memory the exact answers of a calibration may take at a time (scores and their sort).
+CALIBRATION_BYTES = 32 << 20
 #: A search aims this much above the recall asked for, for the sampling error.
 RECALL_MARGIN = 0.01
 _K = 10
@@ -45,11 +47,14 @@ def calibrate(index: HnswIndex, vectors: np.ndarray, norms: np.ndarray, metric: 
     between /= 2  # (for cosine only the direction counts)
     sample = np.ascontiguousarray(np.concatenate([vectors[picked].astype(np.float32), between]))
     left_out = np.concatenate([picked, np.full(half, -1)])
-    _, truth = exact_search(vectors, norms, sample, _K + 1, metric)
+    # In blocks of queries whose score matrix (and its sort) stays within CALIBRATION_BYTES.
+    step = max(1, CALIBRATION_BYTES // (12 * rows))
+    truth = np.concatenate([exact_search(vectors, norms, sample[i:i + step], _K + 1, metric)[1]
+                            for i in range(0, len(sample), step)])
     truth_sets = [_without(t, row) for t, row in zip(truth, left_out)]
     curve: list[list[float]] = []
     for ef in EF_LADDER:
-        if ef > rows and curve:
+        if ef > max(rows // 4, 64) and curve:  # (a list past a quarter of the rows is a scan)
             break
         _, found = index.search(sample, _K + 1, max(ef, _K + 1), vectors=vectors, norms=norms)
         recall = float(np.mean([np.intersect1d(_without(f, row), t).size / _K
