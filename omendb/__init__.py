@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 
 from .api import Table
@@ -41,7 +42,8 @@ __all__ = [
 
 def open(path: str | os.PathLike, *, fsync: bool = True, memtable_bytes: int = 64 << 20,  # noqa: A001
          build_indexes: bool = True, compaction: CompactionPolicy | bool = True, read_only: bool = False,
-         lock_timeout: float = 0.0, dim: int | None = None, metric: str = "cosine") -> Database:
+         lock_timeout: float = 0.0, keep_versions_for: float | dt.timedelta | None = 60.0,
+         dim: int | None = None, metric: str = "cosine") -> Database:
     """Open the omendb database in folder ``path``, creating it if missing.
 
     Args:
@@ -60,6 +62,10 @@ def open(path: str | os.PathLike, *, fsync: bool = True, memtable_bytes: int = 6
             still in the writer's memtable appear once it flushes.
         lock_timeout: seconds to wait for another process's writer lock of a table
             before raising ``TableLockedError`` (default: fail at once).
+        keep_versions_for: how long an old version stays readable (``checkout()``)
+            before the writer removes it and the files only it references, in the
+            background: seconds or a ``timedelta`` (default 60 s; ``None``: keep every
+            version until ``Table.cleanup()``).
         dim, metric: of the default table ``vectors`` that ``db.add_batch(...)`` creates
             (default: the first batch's dimension, cosine).
     """
@@ -68,7 +74,8 @@ def open(path: str | os.PathLike, *, fsync: bool = True, memtable_bytes: int = 6
     if isinstance(compaction, bool):
         compaction = CompactionPolicy(enabled=compaction)
     return Database(path, TableOptions(fsync=fsync, memtable_bytes=memtable_bytes, build_indexes=build_indexes,
-                                       compaction=compaction, read_only=read_only, lock_timeout=lock_timeout),
+                                       compaction=compaction, read_only=read_only, lock_timeout=lock_timeout,
+                                       keep_versions_for=keep_versions_for),
                     dim=dim, metric=metric)
 
 

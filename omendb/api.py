@@ -111,7 +111,7 @@ class Table(ABC):
 
     @abstractmethod
     def wait_for_index(self, timeout: float | None = None) -> bool:
-        """Wait until every large segment has a current index; False on ``timeout``."""
+        """Flush, then wait until every large segment has a current index; False on ``timeout``."""
 
     # ------------------------------------------------------ built on the above
     def __len__(self) -> int:

@@ -4,6 +4,7 @@ index files, and bad index options."""
 
 from __future__ import annotations
 
+import time
 import warnings
 from pathlib import Path
 
@@ -235,3 +236,66 @@ def test_compaction_keeps_the_rows_out_of_its_own_memory(tmp_path: Path) -> None
     growth = int(done.stdout.strip().splitlines()[-1])
     vectors = 24 * 8000 * 64 * 4
     assert growth < vectors + (48 << 20), f"compaction grew anonymous memory by {growth / 1e6:.0f} MB"
+
+
+def test_wait_for_index_flushes_first_so_every_added_row_is_indexed(db_path: Path, rng) -> None:
+    x, q = _data(rng, n=3_000)
+    with omendb.open(db_path, compaction=False) as db:
+        table = db.create_table("t", dim=DIM, index=SQ)
+        table.add({"id": np.arange(3_000), "vector": x})  # far below memtable_bytes: not flushed by itself
+        assert table.stats()["memtable_rows"] == 3_000
+        assert table.wait_for_index(timeout=120)
+        stats = table.stats()
+        assert stats["memtable_rows"] == 0 and stats["unindexed_rows"] == 0 and stats["indexed_rows"] == 3_000
+    with omendb.open(db_path, read_only=True) as db:  # a reader sees them all, through the graph
+        truth = np.argsort(brute_force_distances(x, q, "l2"), axis=1)[:, :10]
+        assert _recall(_ids_per_query(db.open_table("t").search(q, k=10), len(q)), truth) >= 0.95
+
+
+def test_builds_take_every_core_only_while_the_foreground_is_idle(monkeypatch: pytest.MonkeyPatch) -> None:
+    from omendb.index import hnsw
+    from omendb.table import activity
+
+    monkeypatch.delenv("OMENDB_BUILD_THREADS", raising=False)
+    monkeypatch.setattr(hnsw.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    activity.note()
+    assert activity.foreground_busy() and activity.graph_threads() == 3
+    monkeypatch.setattr(activity, "_last", time.monotonic() - activity.BUSY_WINDOW_S - 0.01)
+    assert not activity.foreground_busy() and activity.graph_threads() == 4
+    monkeypatch.setattr(hnsw.os, "sched_getaffinity", lambda pid: {0})
+    assert hnsw.build_threads(foreground_busy=True) == 1  # never none
+    monkeypatch.setenv("OMENDB_BUILD_THREADS", "2")
+    assert activity.graph_threads() == 2
+
+
+def test_concurrent_builds_add_their_chunks_one_at_a_time(rng, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from omendb.index import hnsw
+
+    x = rng.normal(size=(3_000, DIM)).astype(np.float32)
+    inside, most = [0], [0]
+    lock = threading.Lock()
+    real_add = hnsw.faiss.IndexHNSWSQ.add
+
+    def add(index, chunk):
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        try:
+            time.sleep(0.01)
+            return real_add(index, chunk)
+        finally:
+            with lock:
+                inside[0] -= 1
+
+    monkeypatch.setattr(hnsw.faiss.IndexHNSWSQ, "add", add)
+    graphs: list = []
+    workers = [threading.Thread(target=lambda: graphs.append(hnsw.build_hnsw(x, None, "l2", SQ, chunk_rows=500)))
+               for _ in range(3)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=120)
+    assert len(graphs) == 3 and all(g.rows == 3_000 for g in graphs)
+    assert most[0] == 1, "chunks of two builds ran at once (their OpenMP threads would oversubscribe the cores)"

@@ -459,7 +459,7 @@ def test_a_build_cancelled_at_exit_is_not_reported_as_a_failure(db_path: Path) -
         from omendb.table import indexer
         entered = threading.Event()
 
-        def build_hnsw(vectors, norms, metric, config, should_stop):  # a build that runs until stopped
+        def build_hnsw(vectors, norms, metric, config, should_stop, threads=None):  # a build that runs until stopped
             entered.set()
             deadline = time.monotonic() + 60
             while not should_stop() and time.monotonic() < deadline:
@@ -726,7 +726,7 @@ def _blocking_builds(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
 
     started = threading.Event()
 
-    def build_hnsw(vectors, norms, metric, config, should_stop):
+    def build_hnsw(vectors, norms, metric, config, should_stop, threads=None):
         started.set()
         for _ in range(3000):
             if should_stop():

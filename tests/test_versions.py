@@ -454,3 +454,70 @@ def test_cleanup_arguments_and_read_only(db_path: Path, rng) -> None:
     with omendb.open(db_path, read_only=True) as db:
         with pytest.raises(omendb.ReadOnlyError):
             db.open_table("t").cleanup()
+
+
+# ------------------------------------------------------ automatic removal
+def _wait_for(condition, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def test_old_versions_are_removed_in_the_background_after_keep_versions_for(db_path: Path, rng) -> None:
+    with omendb.open(db_path, build_indexes=False, compaction=False, keep_versions_for=0.5) as db:
+        tbl = db.create_table("t", dim=DIM)
+        history = build_history(tbl, rng)
+        newest = tbl.version
+        table_dir = db_path / "t"
+        assert _wait_for(lambda: [v["version"] for v in tbl.versions()] == [newest]), tbl.versions()
+        assert _wait_for(lambda: segment_files(table_dir) <= referenced_files(table_dir)), \
+            segment_files(table_dir) - referenced_files(table_dir)
+        with pytest.raises(omendb.VersionNotFoundError, match="retained"):
+            tbl.checkout(newest - 1)
+        assert_matches(tbl, history[newest], "after the automatic removal")
+    with omendb.open(db_path) as db:
+        assert_matches(db.open_table("t"), history[newest], "reopened")
+
+
+def test_an_open_checkout_keeps_its_version_from_the_automatic_removal(db_path: Path, rng) -> None:
+    with omendb.open(db_path, build_indexes=False, compaction=False, keep_versions_for=0) as db:
+        tbl = db.create_table("t", dim=DIM)
+        history = build_history(tbl, rng)
+        first_rows = min(v for v, model in history.items() if model)
+        old = tbl.checkout(first_rows)
+        newest = tbl.version
+        assert _wait_for(lambda: [v["version"] for v in tbl.versions()] == [first_rows, newest]), tbl.versions()
+        assert_matches(old, history[first_rows], "the open checkout")
+        old.close()
+        assert _wait_for(lambda: [v["version"] for v in tbl.versions()] == [newest])
+        assert_matches(tbl, history[newest])
+
+
+def test_keep_versions_for_none_keeps_every_version(db_path: Path, rng) -> None:
+    with omendb.open(db_path, build_indexes=False, compaction=False, keep_versions_for=None) as db:
+        tbl = db.create_table("t", dim=DIM)
+        history = build_history(tbl, rng)
+        time.sleep(1.5)
+        assert [v["version"] for v in tbl.versions()] == sorted(history)
+        for version, model in history.items():
+            assert_matches(tbl.checkout(version), model, f"version {version}")
+
+
+def test_versions_a_previous_process_left_are_removed_once_expired(db_path: Path, rng) -> None:
+    with omendb.open(db_path, build_indexes=False, compaction=False, keep_versions_for=None) as db:
+        history = build_history(db.create_table("t", dim=DIM), rng)
+    newest = max(history)
+    with omendb.open(db_path, keep_versions_for=dt.timedelta(seconds=0)) as db:
+        tbl = db.open_table("t")
+        assert _wait_for(lambda: [v["version"] for v in tbl.versions()] == [tbl.version])
+        assert_matches(tbl, history[newest])
+
+
+@pytest.mark.parametrize("bad", [-1, float("inf"), float("nan"), "60", True, dt.timedelta(seconds=-5)])
+def test_bad_keep_versions_for_is_refused(db_path: Path, bad) -> None:
+    with pytest.raises(omendb.InvalidArgumentError, match="keep_versions_for"):
+        omendb.open(db_path, keep_versions_for=bad)
+    assert not db_path.exists()

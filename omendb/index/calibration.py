@@ -47,10 +47,7 @@ def calibrate(index: HnswIndex, vectors: np.ndarray, norms: np.ndarray, metric: 
     between /= 2  # (for cosine only the direction counts)
     sample = np.ascontiguousarray(np.concatenate([vectors[picked].astype(np.float32), between]))
     left_out = np.concatenate([picked, np.full(half, -1)])
-    # In blocks of queries whose score matrix (and its sort) stays within CALIBRATION_BYTES.
-    step = max(1, CALIBRATION_BYTES // (12 * rows))
-    truth = np.concatenate([exact_search(vectors, norms, sample[i:i + step], _K + 1, metric)[1]
-                            for i in range(0, len(sample), step)])
+    truth = _exact_top(vectors, norms, sample, _K + 1, metric)
     truth_sets = [_without(t, row) for t, row in zip(truth, left_out)]
     curve: list[list[float]] = []
     for ef in EF_LADDER:
@@ -68,6 +65,22 @@ def calibrate(index: HnswIndex, vectors: np.ndarray, norms: np.ndarray, metric: 
 def _without(answer: np.ndarray, row: int) -> np.ndarray:
     """The first 10 rows of ``answer`` that are not ``row`` (the query itself; -1: none)."""
     return answer[answer != row][:_K]
+
+
+def _exact_top(vectors: np.ndarray, norms: np.ndarray, queries: np.ndarray, k: int, metric: str) -> np.ndarray:
+    """Positions of every query's exact top-``k``, in one pass over the rows: blocks of
+    rows whose scores for all the queries (and their sort) stay within CALIBRATION_BYTES."""
+    n = queries.shape[0]
+    step = max(k, CALIBRATION_BYTES // (12 * n))
+    best_dist = np.full((n, 0), np.inf, dtype=np.float32)
+    best_pos = np.zeros((n, 0), dtype=np.int64)
+    for start in range(0, vectors.shape[0], step):
+        dist, pos = exact_search(vectors[start:start + step], norms[start:start + step], queries, k, metric)
+        dist = np.concatenate([best_dist, dist], axis=1)
+        pos = np.concatenate([best_pos, pos + start], axis=1)
+        order = np.argsort(dist, axis=1, kind="stable")[:, :k]  # (ties: the earlier row, as one scan ranks them)
+        best_dist, best_pos = np.take_along_axis(dist, order, axis=1), np.take_along_axis(pos, order, axis=1)
+    return best_pos
 
 
 def ef_for_recall(curve: list[list[float]] | None, recall: float, *, default: int, k: int) -> int:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -153,18 +154,23 @@ class HnswIndex:
             scores[positions < 0] = np.inf
 
     def add(self, vectors: np.ndarray, norms: np.ndarray | None, should_stop: Callable[[], bool] = lambda: False,
-            chunk_rows: int = 8_192) -> None:
+            chunk_rows: int = 8_192, threads: Callable[[], int] = lambda: build_threads()) -> None:
         """Insert rows after the ones the graph holds (ids continue from :attr:`rows`).
 
-        Only for a graph built or loaded into memory (:func:`extend_hnsw`), never a
-        memory-mapped one.
+        Rows go in ``chunk_rows`` at a time, each chunk on ``threads()`` threads, one
+        chunk at a time in the process (see :func:`build_threads`). Only for a graph
+        built or loaded into memory (:func:`extend_hnsw`), never a memory-mapped one.
         """
-        faiss.omp_set_num_threads(build_threads())
         for start in range(0, vectors.shape[0], chunk_rows):
             if should_stop():
                 raise BuildCancelled()
             stop = start + chunk_rows
-            self._index.add(_prepare(vectors[start:stop], None if norms is None else norms[start:stop], self.metric))
+            chunk = _prepare(vectors[start:stop], None if norms is None else norms[start:stop], self.metric)
+            with _GRAPH_WORK:
+                # OpenMP's thread count is per calling thread: this sets the build's
+                # threads and leaves the foreground's searches alone.
+                faiss.omp_set_num_threads(threads())
+                self._index.add(chunk)
 
     def save(self, path: Path) -> tuple[int, int]:
         """Write atomically (temp, fsync, rename, fsync dir); returns (bytes, crc32)."""
@@ -215,15 +221,22 @@ def _rescore(vectors: np.ndarray, norms: np.ndarray, queries: np.ndarray, candid
     return out_dist, out_pos
 
 
-def build_threads() -> int:
-    """Threads for one index build: all cores but one, so searches keep a core.
+def build_threads(foreground_busy: bool = True) -> int:
+    """Threads for one chunk of graph building: every core while the foreground is idle,
+    all but one while it reads or writes (so its searches keep a core).
 
-    ``OMENDB_BUILD_THREADS`` overrides it.
+    Chunks of all builds in the process run one at a time (so concurrent builds never
+    oversubscribe the cores: OpenMP threads spin). ``OMENDB_BUILD_THREADS`` fixes the count.
     """
     configured = os.environ.get("OMENDB_BUILD_THREADS")
     if configured:
         return max(1, int(configured))
-    return max(1, (os.cpu_count() or 2) - 1)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+    return max(1, cores - 1) if foreground_busy else max(1, cores)
+
+
+#: Held while a chunk of rows goes into a graph (see :func:`build_threads`).
+_GRAPH_WORK = threading.Lock()
 
 
 class BuildCancelled(Exception):
@@ -240,24 +253,23 @@ def _new_faiss_index(dim: int, metric: str, config: HnswSq | HnswFlat) -> faiss.
 
 
 def build_hnsw(vectors: np.ndarray, norms: np.ndarray | None, metric: str, config: HnswSq | HnswFlat,
-               should_stop: Callable[[], bool] = lambda: False, chunk_rows: int = 8_192) -> HnswIndex:
+               should_stop: Callable[[], bool] = lambda: False, chunk_rows: int = 8_192,
+               threads: Callable[[], int] = lambda: build_threads()) -> HnswIndex:
     """Build a graph over ``vectors`` (row ``i`` becomes id ``i``).
 
     A quantized graph first learns its value ranges from a sample of the rows. Rows
     are added in chunks (memory beyond the graph stays one chunk) so that
-    ``should_stop`` is checked every few seconds; it returning true raises
-    :class:`BuildCancelled`.
+    ``should_stop`` is checked every few seconds (it returning true raises
+    :class:`BuildCancelled`) and ``threads()`` is asked again for each.
     """
     index = _new_faiss_index(vectors.shape[1], metric, config)
-    # OpenMP thread count is per calling thread: this limits builds (run on background
-    # threads) and leaves the foreground's searches alone.
-    faiss.omp_set_num_threads(build_threads())
+    faiss.omp_set_num_threads(build_threads())  # (training and calibration: per calling thread)
     if not index.is_trained:
         sample = np.sort(np.random.default_rng(0).choice(vectors.shape[0], min(vectors.shape[0], TRAIN_ROWS),
                                                          replace=False))
         index.train(_prepare(vectors[sample], None if norms is None else norms[sample], metric))
     graph = HnswIndex(index, metric)
-    graph.add(vectors, norms, should_stop, chunk_rows)
+    graph.add(vectors, norms, should_stop, chunk_rows, threads)
     return graph
 
 

@@ -28,6 +28,7 @@ from ..index.hnsw import BuildCancelled, HnswIndex, extend_hnsw
 from ..storage.layout import SEGMENTS, merged_segment_file_name
 from ..storage.manifest import SegmentEntry
 from ..storage.segment import write_segment
+from .activity import graph_threads
 from .indexer import build_index, save_index
 from .segments import NORM_COLUMN, SegmentHandle, with_deletions
 from .state import Deletions, TableCore
@@ -251,7 +252,7 @@ class Compactor:
             index = extend_hnsw(core.directory / SEGMENTS / entry.index_file, metric=core.state.info.metric,
                                 size=entry.index_bytes, crc32=entry.index_crc32, rows=entry.rows)
             index.add(handle.vectors[entry.rows:], handle.norms[entry.rows:],
-                      should_stop=lambda: core.stopping or exiting())
+                      should_stop=lambda: core.stopping or exiting(), threads=graph_threads)
             entry, index = save_index(core, handle, config, index)
         written.append(core.directory / SEGMENTS / entry.index_file)
         return entry, index

@@ -14,6 +14,7 @@ from ..index.configs import IndexConfig
 from ..index.hnsw import BuildCancelled, HnswIndex, build_hnsw
 from ..storage.layout import SEGMENTS, index_file_name
 from ..storage.manifest import SegmentEntry
+from .activity import graph_threads
 from .segments import SegmentHandle
 from .state import TableCore, TableState
 from .workers import Workers, exiting
@@ -28,7 +29,8 @@ def build_index(core: TableCore, handle: SegmentHandle, config: IndexConfig) -> 
     Stops with :class:`BuildCancelled` once the table closes or the interpreter exits.
     """
     metric = core.state.info.metric
-    index = build_hnsw(handle.vectors, handle.norms, metric, config, should_stop=lambda: core.stopping or exiting())
+    index = build_hnsw(handle.vectors, handle.norms, metric, config, should_stop=lambda: core.stopping or exiting(),
+                       threads=graph_threads)
     return save_index(core, handle, config, index)
 
 

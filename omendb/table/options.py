@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import time
 from dataclasses import dataclass, field
@@ -30,16 +31,22 @@ MAX_DIM = 65_536
 class CompactionPolicy:
     """When the background compaction service merges segments (after each flush).
 
+    Segments below ``max_rows`` grow: the largest is the base the others join, once
+    ``min_segments`` of them wait and the base is small (< ``small_rows``), or the
+    rows waiting reach half the base's size (so a row is copied O(log N) times), or
+    twice ``min_segments`` segments wait. The base keeps its row positions and its
+    graph grows by the joining rows; the merged segment's graph is ready before the
+    merge is published, so searches keep their indexes throughout.
+
     Attributes:
         enabled: run compaction in the background (``Table.compact()`` works either way).
-        min_segments: merge the small segments once there are at least this many.
-        small_rows: a segment with fewer rows is "small" (a merge candidate).
+        min_segments: merge once at least this many segments below ``max_rows`` wait.
+        small_rows: a base with fewer rows takes the others in at once.
         max_deleted_fraction: rewrite any segment with more deleted rows than this
             fraction, to give back disk and scan time.
-        max_rows: never build a merged segment larger than this.
-
-    The merged segment's HNSW index is built before the merge is published, so
-    searches keep using the old segments' indexes until the new one is ready.
+        max_rows: the size cap: a merge never makes a segment larger than this (a
+            merge holds its graph in memory, ~530 bytes per row at 384-d; each
+            segment costs a search one more graph walk).
     """
 
     enabled: bool = True
@@ -72,6 +79,10 @@ class TableOptions:
         compaction: the background compaction policy.
         read_only: open tables without the writer lock, seeing published versions only.
         lock_timeout: seconds to wait for another process's writer lock (0: fail at once).
+        keep_versions_for: seconds an old version is kept (for ``checkout()`` and for
+            readers still on it) before the writer removes it, and the files only it
+            references, in the background (default 60; ``None``: keep every version
+            until ``Table.cleanup()``). The newest version is always kept.
     """
 
     fsync: bool = True
@@ -80,6 +91,7 @@ class TableOptions:
     compaction: CompactionPolicy = field(default_factory=CompactionPolicy)
     read_only: bool = False
     lock_timeout: float = 0.0
+    keep_versions_for: float | dt.timedelta | None = 60.0
 
     def __post_init__(self) -> None:
         for name in ("fsync", "build_indexes", "read_only"):
@@ -90,6 +102,13 @@ class TableOptions:
         timeout = self.lock_timeout
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 <= timeout < math.inf:
             raise InvalidArgumentError(f"lock_timeout must be a number of seconds >= 0, got {timeout!r}")
+        keep = self.keep_versions_for
+        if isinstance(keep, dt.timedelta):
+            keep = keep.total_seconds()
+            object.__setattr__(self, "keep_versions_for", keep)
+        if keep is not None and (isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0 <= keep < math.inf):
+            raise InvalidArgumentError(f"keep_versions_for must be a number of seconds >= 0, a timedelta or None, "
+                                       f"got {self.keep_versions_for!r}")
 
 
 #: The smallest memtable a table accepts (tests and tiny tables flush every few rows).

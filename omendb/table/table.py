@@ -34,6 +34,7 @@ from ..storage.layout import LOCK, MANIFESTS, WAL
 from ..storage.locking import WriterLock
 from ..storage.manifest import Manifest, ManifestStore
 from ..storage.wal import RecordKind, WalWriter
+from . import activity
 from .compactor import Compactor
 from .export import export_table
 from .flusher import Flusher
@@ -41,6 +42,7 @@ from .indexer import IndexBuilder
 from .options import TableOptions
 from .reader import TableReader
 from .recovery import check_no_missing_versions, log_files, read_log, remove_orphans, salvage_log
+from .retention import Retention
 from .registry import pinned, register
 from .state import TableCore
 from .versions import Follower, cleanup, list_versions
@@ -74,6 +76,7 @@ class LocalTable(Table):
         self._writer_lock: WriterLock | None = None
         self._follower: Follower | None = None
         self._writer = self._flusher = self._indexer = self._compactor = self._log = None
+        self._retention: Retention | None = None
         self.salvage_report: dict[str, Any] | None = None
         directory = Path(directory)
         if checkout is not None:
@@ -134,6 +137,8 @@ class LocalTable(Table):
                 self._flusher.start_new_wal(remove=wal_files)
         self._indexer.schedule()
         self._compactor.schedule()
+        self._retention = Retention(core, workers, self._options.keep_versions_for)
+        self._retention.start()
 
     def _after_publish(self, new_segment: bool) -> None:
         if new_segment:
@@ -153,11 +158,13 @@ class LocalTable(Table):
 
     def _before_read(self) -> None:
         """Run before every read: the table is open (readers also follow the writer)."""
+        activity.note()
         self.core.check_open()
         if self._follower is not None:
             self._follower.before_read()
 
     def _writable(self) -> Writer:
+        activity.note()
         self.core.check_open()
         if self._read_only_reason is not None:
             raise ReadOnlyError(f"table {self.name!r} is read-only ({self._read_only_reason}); "
@@ -182,6 +189,7 @@ class LocalTable(Table):
             core.closed = True
             return
         core.closing = True  # cancels this table's index build or merge in progress
+        self._retention.close()
         self._flusher.wait_for_sealed()
         with core.write_lock:
             try:
@@ -261,6 +269,7 @@ class LocalTable(Table):
         """Run a read. A reader that loses a race with the writer's ``cleanup()`` (a file of
         the version it is adopting, or has not mapped yet, is gone) looks again at the
         newest version and reads once more (mapped files stay readable once removed)."""
+        activity.note()
         self.core.check_open()
         for attempt in range(3):
             try:
@@ -370,11 +379,16 @@ class LocalTable(Table):
         self._indexer.configure(config)
 
     def wait_for_index(self, timeout: float | None = None) -> bool:
-        """Wait until every segment that should have an index has a current one.
+        """Flush the rows added so far, then wait until every segment that should have
+        an index has a current one: on return, every row added before the call is in an
+        indexed segment (or in one too small to need an index).
 
-        Returns True when done, False on timeout. Raises ``IndexBuildError`` if a build failed.
+        Returns True when done, False on timeout (which bounds the wait for builds, not
+        the flush itself). Raises ``IndexBuildError`` if a build failed.
         """
         self._writable()
+        if len(self.core.state.memtable):
+            self._flusher.flush()
         return self._indexer.wait(timeout, self._flusher.wait_for_sealed)
 
     # -------------------------------------------------------------- versions

@@ -75,15 +75,24 @@ def cleanup(core: TableCore, older_than: float | dt.timedelta | None, keep_last:
     if isinstance(older_than, dt.timedelta):
         older_than = older_than.total_seconds()
     cutoff = None if older_than is None else time.time() - float(older_than)
+    manifests: dict[int, Manifest] = {}
+
+    def load_new() -> None:
+        present = core.store.versions()
+        for n in set(manifests) - set(present):  # (removed meanwhile)
+            del manifests[n]
+        for n in present:
+            if n not in manifests:
+                try:
+                    manifests[n] = core.store.load(n)
+                except VersionNotFoundError:
+                    continue
+
+    load_new()  # (old manifests never change: read them before taking the write lock)
     with core.write_lock, cleaning():
+        load_new()  # versions published meanwhile
         others = [t for t in open_tables(core.directory) if t.core is not core]
         pinned = {t.core.state.version for t in others} | pins(core.directory)
-        manifests: dict[int, Manifest] = {}
-        for n in core.store.versions():
-            try:
-                manifests[n] = core.store.load(n)
-            except VersionNotFoundError:
-                continue
         numbers = sorted(manifests)
         keep = set(numbers[-keep_last:]) | pinned
         if cutoff is not None:
