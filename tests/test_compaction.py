@@ -548,6 +548,73 @@ def test_searches_do_not_wait_for_a_merge(db_path: Path, rng, monkeypatch) -> No
 
 
 # ------------------------------------------------------- indexed segments
+def spy_on_index_builds(monkeypatch) -> list[str]:
+    """The segment files the index builder builds a graph for (merges build theirs elsewhere)."""
+    from omendb.table import indexer
+    built: list[str] = []
+    original = indexer.build_index
+
+    def spy(core, handle, config):
+        built.append(handle.file)
+        return original(core, handle, config)
+
+    monkeypatch.setattr(indexer, "build_index", spy)
+    return built
+
+
+def unindexed_segments(tbl, model, rng, count: int) -> list[str]:
+    for batch in range(count):
+        add_flushed(tbl, model, rng, batch, 150, stride=1_000)
+    return [h.file for h in tbl.core.state.segments]
+
+
+def test_the_index_builder_leaves_the_segments_of_a_merge_in_progress(db_path: Path, rng, monkeypatch) -> None:
+    built = spy_on_index_builds(monkeypatch)
+    too_small = omendb.HnswFlat(m=8, ef_construction=32, min_rows=1_000)
+    with omendb.open(db_path, compaction=False) as db, PausedMerge(monkeypatch) as paused:
+        tbl = db.create_table("t", dim=DIM, index=too_small)
+        model: dict[int, np.ndarray] = {}
+        sources = unindexed_segments(tbl, model, rng, 3)
+        compaction, out = in_thread(tbl.compact)
+        paused.wait_reached()
+        tbl.create_index(index=omendb.HnswFlat(m=8, ef_construction=32, min_rows=100))  # all three need one now
+        assert not tbl.wait_for_index(timeout=1.5), "indexed while their merge was in progress"
+        assert not set(built) & set(sources), "a graph was built for rows a merge was about to replace"
+        paused.go.set()
+        joined(compaction, out)
+        assert tbl.wait_for_index(timeout=WAIT)
+        stats = tbl.stats()
+        assert (stats["segments"], stats["indexed_segments"], stats["indexed_rows"]) == (1, 1, 450)
+        assert not set(built) & set(sources)
+        assert_search_is_brute_force(tbl, model, vectors(rng, 3))
+
+
+def test_segments_of_a_failed_merge_get_their_graphs_after_all(db_path: Path, rng, monkeypatch) -> None:
+    built = spy_on_index_builds(monkeypatch)
+    reached, go = threading.Event(), threading.Event()
+
+    def failing(*args):
+        reached.set()
+        assert go.wait(30), "the test never released the merge"
+        raise omendb.OmenError("the merged segment's index could not be written")
+
+    monkeypatch.setattr(Compactor, "_index_merged", failing)
+    with omendb.open(db_path, compaction=False) as db:
+        tbl = db.create_table("t", dim=DIM, index=omendb.HnswFlat(m=8, ef_construction=32, min_rows=1_000))
+        model: dict[int, np.ndarray] = {}
+        sources = unindexed_segments(tbl, model, rng, 3)
+        compaction, out = in_thread(tbl.compact)
+        assert reached.wait(WAIT)
+        tbl.create_index(index=omendb.HnswFlat(m=8, ef_construction=32, min_rows=100))
+        go.set()
+        with pytest.raises(omendb.OmenError, match="could not be written"):
+            joined(compaction, out)
+        assert tbl.wait_for_index(timeout=WAIT)
+        assert sorted(h.file for h in tbl.core.state.segments) == sorted(sources)
+        assert tbl.stats()["indexed_segments"] == 3 and set(built) == set(sources)
+        assert_matches(tbl, model, "after the failed merge")
+
+
 def test_merged_segment_is_published_with_its_index(db_path: Path, rng) -> None:
     config = omendb.HnswConfig(m=8, ef_construction=40, min_rows=100)
     with omendb.open(db_path, compaction=False) as db:

@@ -7,7 +7,8 @@ bounded number of times (a merge waits until the rows to join reach half its siz
 merge reads its sources as of a snapshot, writes the merged segment (vectors gathered
 into file-backed scratch space, not memory) and its index without holding the
 table's locks, then, under the write lock, carries every delete made meanwhile into
-the merged segment and publishes it with one manifest swap.
+the merged segment and publishes it with one manifest swap. While a merge runs, the
+index builder leaves its sources alone: their rows get the merged segment's graph.
 """
 
 from __future__ import annotations
@@ -85,6 +86,17 @@ class Compactor:
                     return
                 self._merge(group)
 
+    def _merge(self, files: list[str]) -> int:
+        """Merge ``files`` (see :meth:`_merge_now`), the index builder leaving them alone meanwhile."""
+        core = self._core
+        core.merging = frozenset(files)
+        try:
+            return self._merge_now(files)
+        finally:
+            core.merging = frozenset()
+            if not core.closed and set(files) & {h.file for h in core.state.segments}:
+                self._after_publish()  # not merged after all: the graphs skipped meanwhile are built now
+
     def _failed(self, exc: BaseException) -> None:
         if isinstance(exc, BuildCancelled) or self._core.stopping:
             return  # stopped on purpose (the table closed, the interpreter exits): nothing failed
@@ -128,7 +140,7 @@ class Compactor:
         grouped = {f for g in groups if len(g) > 1 for f in g}
         return [g for g in groups if len(g) > 1] + [[f] for f in dirty if f not in grouped]
 
-    def _merge(self, files: list[str]) -> int:
+    def _merge_now(self, files: list[str]) -> int:
         """Merge ``files`` (base first) into one segment and publish; returns the deleted rows dropped.
 
         The merged segment holds the rows live in the published version (rows only a

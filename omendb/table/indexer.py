@@ -85,6 +85,8 @@ class IndexBuilder:
         config = state.info.index
         if handle is None or core.stopping or not self.needs_index(handle, state):
             return
+        if segment_file in core.merging:
+            return  # a merge in progress gives its rows a graph; a failed one schedules this again
         entry, index = build_index(core, handle, config)
         with core.write_lock:
             state = core.state

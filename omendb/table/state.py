@@ -145,6 +145,8 @@ class TableCore:
 
     ``closing`` tells background work to stop at its next check; ``closed`` that the
     table is closed. ``bad_indexes`` holds the index files this process found damaged.
+    ``merging`` holds the segment files a merge in progress reads (the compactor sets it):
+    the index builder leaves them alone, as their rows get the merged segment's graph.
     """
 
     def __init__(self, name: str, directory: Path, options: TableOptions, manifest: Manifest) -> None:
@@ -158,6 +160,7 @@ class TableCore:
         self.closing = False
         self.closed = False
         self.bad_indexes: set[str] = set()
+        self.merging: frozenset[str] = frozenset()
         info = TableInfo.of(manifest)
         handles = tuple(self._new_handle(e, info) for e in manifest.segments)
         self._state = TableState(manifest, info, handles,
