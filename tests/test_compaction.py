@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import warnings
 import time
 from pathlib import Path
 from typing import Callable
@@ -158,8 +159,23 @@ def joined(thread: threading.Thread, out: dict, timeout: float = 30):
 
 
 # ------------------------------------------------------ background policy
-def test_policy_merges_in_background_once_enough_segments(db_path: Path, rng) -> None:
+def test_a_small_base_takes_the_next_segment_in_at_once(db_path: Path, rng) -> None:
     policy = omendb.CompactionPolicy(min_segments=3, small_rows=10_000)
+    with omendb.open(db_path, build_indexes=False, compaction=policy) as db:
+        tbl = db.create_table("t", dim=DIM)
+        model: dict[int, np.ndarray] = {}
+        add_flushed(tbl, model, rng, 0, 50)
+        time.sleep(0.3)
+        assert tbl.stats()["segments"] == 1 and "compact" not in changes(tbl)
+        add_flushed(tbl, model, rng, 1, 50)
+        assert wait_until(lambda: tbl.stats()["segments"] == 1), \
+            f"a base below small_rows did not take the second segment: {tbl.stats()['segments']} segments"
+        assert "compact" in changes(tbl)
+        assert_matches(tbl, model, "after the background merge")
+
+
+def test_policy_merges_in_background_once_enough_segments(db_path: Path, rng) -> None:
+    policy = omendb.CompactionPolicy(min_segments=3, small_rows=40)  # (bases of 50 rows are not small)
     with omendb.open(db_path, build_indexes=False, compaction=policy) as db:
         tbl = db.create_table("t", dim=DIM)
         model: dict[int, np.ndarray] = {}
@@ -554,9 +570,9 @@ def spy_on_index_builds(monkeypatch) -> list[str]:
     built: list[str] = []
     original = indexer.build_index
 
-    def spy(core, handle, config):
+    def spy(core, handle, config, **kwargs):
         built.append(handle.file)
-        return original(core, handle, config)
+        return original(core, handle, config, **kwargs)
 
     monkeypatch.setattr(indexer, "build_index", spy)
     return built
@@ -613,6 +629,69 @@ def test_segments_of_a_failed_merge_get_their_graphs_after_all(db_path: Path, rn
         assert sorted(h.file for h in tbl.core.state.segments) == sorted(sources)
         assert tbl.stats()["indexed_segments"] == 3 and set(built) == set(sources)
         assert_matches(tbl, model, "after the failed merge")
+
+
+class HeldCompaction:
+    """Holds background compactions at the start of each planned merge (before the merge
+    marks its sources) until the test says go; ``fail`` makes the held merge raise."""
+
+    def __init__(self, monkeypatch, fail: bool = False) -> None:
+        self.reached, self.go = threading.Event(), threading.Event()
+        original = Compactor._merge
+
+        def held(compactor, files):
+            self.reached.set()
+            assert self.go.wait(30), "the test never released the compaction"
+            if fail:
+                raise omendb.OmenError("the merged segment could not be written")
+            return original(compactor, files)
+
+        monkeypatch.setattr(Compactor, "_merge", held)
+
+
+def test_the_index_builder_leaves_the_segments_a_queued_compaction_will_merge(db_path: Path, rng,
+                                                                                 monkeypatch) -> None:
+    built = spy_on_index_builds(monkeypatch)
+    held = HeldCompaction(monkeypatch)
+    policy = omendb.CompactionPolicy(min_segments=4, small_rows=10_000)
+    with omendb.open(db_path, compaction=policy) as db:
+        try:
+            tbl = db.create_table("t", dim=DIM, index=omendb.HnswFlat(m=8, ef_construction=32, min_rows=1_000))
+            model: dict[int, np.ndarray] = {}
+            sources = unindexed_segments(tbl, model, rng, 4)  # the fourth makes a merge due
+            assert held.reached.wait(WAIT), "the compaction service never planned the merge"
+            tbl.create_index(index=omendb.HnswFlat(m=8, ef_construction=32, min_rows=100))  # all four need one
+            assert not tbl.wait_for_index(timeout=1.5), "indexed before the merge that takes them ran"
+            assert not set(built) & set(sources), "a graph was built for rows a planned merge will replace"
+        finally:
+            held.go.set()
+        assert tbl.wait_for_index(timeout=WAIT)
+        stats = tbl.stats()
+        assert (stats["segments"], stats["indexed_segments"], stats["indexed_rows"]) == (1, 1, 600)
+        assert not set(built) & set(sources)
+        assert_search_is_brute_force(tbl, model, vectors(rng, 3))
+
+
+def test_after_a_failed_background_compaction_each_segment_gets_its_own_graph(db_path: Path, rng,
+                                                                              monkeypatch) -> None:
+    built = spy_on_index_builds(monkeypatch)
+    held = HeldCompaction(monkeypatch, fail=True)
+    policy = omendb.CompactionPolicy(min_segments=4, small_rows=10_000)
+    with omendb.open(db_path, compaction=policy) as db, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            tbl = db.create_table("t", dim=DIM, index=omendb.HnswFlat(m=8, ef_construction=32, min_rows=1_000))
+            model: dict[int, np.ndarray] = {}
+            sources = unindexed_segments(tbl, model, rng, 4)
+            assert held.reached.wait(WAIT)
+            tbl.create_index(index=omendb.HnswFlat(m=8, ef_construction=32, min_rows=100))
+        finally:
+            held.go.set()
+        assert tbl.wait_for_index(timeout=WAIT), "the segments of the failed compaction were never indexed"
+        assert sorted(h.file for h in tbl.core.state.segments) == sorted(sources)
+        assert tbl.stats()["indexed_segments"] == 4 and set(built) == set(sources)
+        assert any("background compaction" in str(w.message) for w in caught)
+        assert_matches(tbl, model, "after the failed compaction")
 
 
 def test_merged_segment_is_published_with_its_index(db_path: Path, rng) -> None:

@@ -7,8 +7,11 @@ bounded number of times (a merge waits until the rows to join reach half its siz
 merge reads its sources as of a snapshot, writes the merged segment (vectors gathered
 into file-backed scratch space, not memory) and its index without holding the
 table's locks, then, under the write lock, carries every delete made meanwhile into
-the merged segment and publishes it with one manifest swap. While a merge runs, the
-index builder leaves its sources alone: their rows get the merged segment's graph.
+the merged segment and publishes it with one manifest swap. While a background
+compaction is queued or running, the index builder leaves the segments its plan will
+merge alone: their rows get the merged segment's graph (a graph built for them first
+would be thrown away). When the compaction ends, for whatever reason, the builder is
+told to look again.
 """
 
 from __future__ import annotations
@@ -52,6 +55,9 @@ class Compactor:
         self._flush = flush
         self._after_publish = after_publish
         self._lock = threading.Lock()  # one merge plan at a time
+        self._jobs_lock = threading.Lock()
+        self._jobs = 0  # background compactions queued or running
+        self._last_failed = False
 
     def compact(self) -> dict[str, Any]:
         """Flush, then merge segments and drop deleted rows now (see ``Table.compact``)."""
@@ -77,14 +83,39 @@ class Compactor:
         core = self._core
         if self._workers is None or not core.options.compaction.enabled or core.closed:
             return
-        self._workers.compactor.submit((id(core), "compact"), self._compact_auto, self._failed)
+        with self._jobs_lock:
+            if self._workers.compactor.submit((id(core), "compact"), self._compact_auto, self._failed,
+                                              self._job_ended):
+                self._jobs += 1
+
+    def will_merge(self, segment_file: str) -> bool:
+        """True while a background compaction is queued or running whose plan (as of the
+        current state) merges ``segment_file``: its graph would be thrown away, so the
+        index builder need not build it. False after a background compaction failed."""
+        with self._jobs_lock:
+            if not self._jobs or self._last_failed:
+                return False
+        return any(segment_file in group for group in self._plan(force=False))
 
     def _compact_auto(self) -> None:
         with self._lock:
-            for group in self._plan(force=False):
-                if self._core.stopping:
-                    return
-                self._merge(group)
+            # Merging can make a new plan (a merged segment joins the next group, or segments
+            # flushed meanwhile are due): plan again until nothing is left, a bounded number of times.
+            for _ in range(_MAX_ROUNDS):
+                groups = self._plan(force=False)
+                if not groups:
+                    break
+                for group in groups:
+                    if self._core.stopping:
+                        return
+                    self._merge(group)
+        self._last_failed = False
+
+    def _job_ended(self) -> None:
+        with self._jobs_lock:
+            self._jobs -= 1
+        if not self._core.closed:
+            self._after_publish()  # segments left to this compaction but not merged get their graphs
 
     def _merge(self, files: list[str]) -> int:
         """Merge ``files`` (see :meth:`_merge_now`), the index builder leaving them alone meanwhile."""
@@ -100,6 +131,7 @@ class Compactor:
     def _failed(self, exc: BaseException) -> None:
         if isinstance(exc, BuildCancelled) or self._core.stopping:
             return  # stopped on purpose (the table closed, the interpreter exits): nothing failed
+        self._last_failed = True  # until one succeeds, every segment gets its own graph
         warnings.warn(f"omendb: background compaction of table {self._core.name!r} failed ({describe(exc)}); its "
                       "segments are unchanged and the next flush retries", RuntimeWarning, stacklevel=1)
 
@@ -117,15 +149,17 @@ class Compactor:
         live_rows = {f: rows - dead for f, rows, dead in sizes}
         # Segments below the cap can still grow, largest first: each group's base.
         growing = sorted((f for f in live_rows if live_rows[f] < policy.max_rows), key=lambda f: -live_rows[f])
-        if not force:
-            if len(growing) >= policy.min_segments:
-                base, rest = live_rows[growing[0]], sum(live_rows[f] for f in growing[1:])
-                # merge when the base is small, when the rows waiting to join it reach half its
-                # size (so a segment is copied a bounded number of times), or when too many wait
-                if not (base < policy.small_rows or rest >= base / 2 or len(growing) >= 2 * policy.min_segments):
-                    growing = []
-            else:
+        if not force and len(growing) >= 2:
+            base, rest = live_rows[growing[0]], sum(live_rows[f] for f in growing[1:])
+            waiting = len(growing)
+            # merge at once while the base is small (each segment costs a search a graph walk);
+            # later when the rows waiting to join it reach half its size (so a row is copied a
+            # bounded number of times), or when too many segments wait
+            if not (base < policy.small_rows or (waiting >= policy.min_segments and rest >= base / 2)
+                    or waiting >= 2 * policy.min_segments):
                 growing = []
+        elif not force:
+            growing = []
         groups: list[list[str]] = []
         current: list[str] = []
         rows_in_current = 0
@@ -291,6 +325,9 @@ class Compactor:
             live[positions] = False
         return Deletions(None if live.all() else live, None if published.all() else published, tuple(pending))
 
+
+#: Plans one background compaction carries out at most before it yields to the queue.
+_MAX_ROUNDS = 8
 
 #: Rows gathered per copy step of a merge (bounds the temporary memory of a step).
 _GATHER_ROWS = 16_384

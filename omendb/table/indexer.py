@@ -22,15 +22,17 @@ from .workers import Workers, exiting
 __all__ = ["IndexBuilder", "build_index"]
 
 
-def build_index(core: TableCore, handle: SegmentHandle, config: IndexConfig) -> tuple[SegmentEntry, HnswIndex]:
+def build_index(core: TableCore, handle: SegmentHandle, config: IndexConfig,
+                cancelled: Callable[[], bool] = lambda: False) -> tuple[SegmentEntry, HnswIndex]:
     """Build ``handle``'s graph, calibrate it and save it beside the segment: (the entry
     naming it and carrying its recall curve, the graph).
 
-    Stops with :class:`BuildCancelled` once the table closes or the interpreter exits.
+    Stops with :class:`BuildCancelled` once the table closes, the interpreter exits or
+    ``cancelled()`` says so (checked between chunks of rows).
     """
     metric = core.state.info.metric
-    index = build_hnsw(handle.vectors, handle.norms, metric, config, should_stop=lambda: core.stopping or exiting(),
-                       threads=graph_threads)
+    index = build_hnsw(handle.vectors, handle.norms, metric, config,
+                       should_stop=lambda: core.stopping or exiting() or cancelled(), threads=graph_threads)
     return save_index(core, handle, config, index)
 
 
@@ -48,9 +50,13 @@ def save_index(core: TableCore, handle: SegmentHandle, config: IndexConfig,
 class IndexBuilder:
     """HNSW index builds of a writable table, on the database's index-builder thread."""
 
-    def __init__(self, core: TableCore, workers: Workers | None) -> None:
+    def __init__(self, core: TableCore, workers: Workers | None,
+                 will_merge: Callable[[str], bool] = lambda segment_file: False) -> None:
+        """``will_merge(file)``: a compaction queued or running will merge that segment (its
+        rows will get the merged segment's graph, so none is built for it alone)."""
         self._core = core
         self._workers = workers
+        self._will_merge = will_merge
         self._errors: dict[str, BaseException] = {}
         self._progress = threading.Condition()
 
@@ -58,8 +64,10 @@ class IndexBuilder:
         core = self._core
         if self._workers is None or not core.options.build_indexes or core.closed:
             return
+        # Waiters are woken by a publish or a failure, not by a build that found nothing to do
+        # (one skipped for a merge returns at once: waking its waiter would resubmit it, a busy loop).
         self._workers.indexer.submit((id(core), segment_file), lambda: self._build(segment_file),
-                                     lambda exc: self._failed(segment_file, exc), self._progressed)
+                                     lambda exc: self._failed(segment_file, exc))
 
     def needs_index(self, handle: SegmentHandle, state: TableState) -> bool:
         config = state.info.index
@@ -69,13 +77,15 @@ class IndexBuilder:
                      or handle.file in self._core.bad_indexes))
 
     def schedule(self) -> None:
-        """Queue a build of every segment that lacks a current index."""
+        """Queue a build of every segment that lacks a current index (called after each
+        publish of new segments: waiters look again)."""
         if not self._core.options.build_indexes:
             return
         state = self._core.state
         for handle in state.segments:
             if self.needs_index(handle, state):
                 self.submit(handle.file)
+        self._progressed()
 
     def _build(self, segment_file: str) -> None:
         """Builder thread: build one segment's graph, then publish it (never under the write lock)."""
@@ -85,9 +95,10 @@ class IndexBuilder:
         config = state.info.index
         if handle is None or core.stopping or not self.needs_index(handle, state):
             return
-        if segment_file in core.merging:
-            return  # a merge in progress gives its rows a graph; a failed one schedules this again
-        entry, index = build_index(core, handle, config)
+        if segment_file in core.merging or self._will_merge(segment_file):
+            return  # a merge gives its rows a graph; when the compaction ends, this is scheduled again
+        # A merge that takes this segment meanwhile gives its rows a graph: stop building this one.
+        entry, index = build_index(core, handle, config, cancelled=lambda: segment_file in core.merging)
         with core.write_lock:
             state = core.state
             current = [e for e in state.manifest.segments if e.file == segment_file]
@@ -99,12 +110,14 @@ class IndexBuilder:
                             index_calibration=entry.index_calibration)
             core.publish("index", [entry if e.file == segment_file else e for e in state.manifest.segments],
                          indexes={segment_file: index})
+        self._progressed()
 
     def _failed(self, segment_file: str, exc: BaseException) -> None:
         if isinstance(exc, BuildCancelled) or self._core.stopping:
             return  # stopped on purpose: nothing failed
         with self._progress:
             self._errors[segment_file] = exc
+            self._progress.notify_all()
         warnings.warn(f"omendb: building the index of {segment_file} in table {self._core.name!r} failed "
                       f"({describe(exc)}); that segment is searched exactly meanwhile", RuntimeWarning, stacklevel=1)
 

@@ -31,17 +31,19 @@ MAX_DIM = 65_536
 class CompactionPolicy:
     """When the background compaction service merges segments (after each flush).
 
-    Segments below ``max_rows`` grow: the largest is the base the others join, once
-    ``min_segments`` of them wait and the base is small (< ``small_rows``), or the
-    rows waiting reach half the base's size (so a row is copied O(log N) times), or
-    twice ``min_segments`` segments wait. The base keeps its row positions and its
+    Segments below ``max_rows`` grow: the largest is the base the others join, at
+    once while the base is small (< ``small_rows``; every segment costs a search one
+    more graph walk), later once ``min_segments`` of them wait and their rows reach
+    half the base's size (so a row is copied O(log N) times), or twice
+    ``min_segments`` segments wait. The base keeps its row positions and its
     graph grows by the joining rows; the merged segment's graph is ready before the
     merge is published, so searches keep their indexes throughout.
 
     Attributes:
         enabled: run compaction in the background (``Table.compact()`` works either way).
-        min_segments: merge once at least this many segments below ``max_rows`` wait.
-        small_rows: a base with fewer rows takes the others in at once.
+        min_segments: once the base has ``small_rows``, merge when at least this many
+            segments below ``max_rows`` wait (and their rows reach half the base's).
+        small_rows: a base with fewer rows takes any other segment in at once.
         max_deleted_fraction: rewrite any segment with more deleted rows than this
             fraction, to give back disk and scan time.
         max_rows: the size cap: a merge never makes a segment larger than this (a

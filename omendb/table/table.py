@@ -112,7 +112,7 @@ class LocalTable(Table):
             records = read_log(wal_files, manifest, salvage_hint=hint)
         core = self.core = TableCore(self.name, directory, self._options, manifest)
         log = self._log = WriteLog(wal_dir, self._options.fsync, seq=manifest.wal_seq, next_id=manifest.next_id)
-        self._indexer = IndexBuilder(core, workers)
+        self._indexer = IndexBuilder(core, workers, will_merge=lambda file: self._compactor.will_merge(file))
         self._compactor = Compactor(core, workers, flush=self.flush, after_publish=self._indexer.schedule)
         self._flusher = Flusher(core, log, workers, after_publish=self._after_publish)
         self._reader = TableReader(core, on_bad_index=lambda handle: self._indexer.submit(handle.file))
@@ -135,15 +135,16 @@ class LocalTable(Table):
                     self._flusher.flush_locked("flush")
             else:
                 self._flusher.start_new_wal(remove=wal_files)
-        self._indexer.schedule()
         self._compactor.schedule()
+        self._indexer.schedule()
         self._retention = Retention(core, workers, self._options.keep_versions_for)
         self._retention.start()
 
     def _after_publish(self, new_segment: bool) -> None:
+        # Compaction first: the builder then skips the segments it will merge.
+        self._compactor.schedule()  # new segment or new deletions: the policy may apply
         if new_segment:
             self._indexer.schedule()
-        self._compactor.schedule()  # new segment or new deletions: the policy may apply
 
     # ------------------------------------------------------------- lifecycle
     @property
