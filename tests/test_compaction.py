@@ -694,6 +694,48 @@ def test_after_a_failed_background_compaction_each_segment_gets_its_own_graph(db
         assert_matches(tbl, model, "after the failed compaction")
 
 
+def test_a_build_under_way_stops_when_its_segment_joins_a_merge(db_path: Path, rng, monkeypatch) -> None:
+    from omendb.table import indexer
+
+    chunks: dict[int, int] = {}  # rows of the segment being built -> chunks it started
+    held, go = threading.Event(), threading.Event()
+    original = indexer.build_hnsw
+
+    def small_chunks(vectors, norms, metric, config, should_stop, threads):
+        rows = vectors.shape[0]
+
+        def counting_threads() -> int:
+            chunks[rows] = chunks.get(rows, 0) + 1
+            if chunks[rows] == 2 and rows == 150:  # the first segment's second chunk
+                held.set()
+                assert go.wait(30), "the test never released the build"
+            return threads()
+
+        return original(vectors, norms, metric, config, should_stop=should_stop, chunk_rows=50,
+                        threads=counting_threads)
+
+    monkeypatch.setattr(indexer, "build_hnsw", small_chunks)
+    with omendb.open(db_path, compaction=False) as db, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            tbl = db.create_table("t", dim=DIM, index=omendb.HnswFlat(m=8, ef_construction=32, min_rows=1_000))
+            model: dict[int, np.ndarray] = {}
+            unindexed_segments(tbl, model, rng, 3)
+            tbl.create_index(index=omendb.HnswFlat(m=8, ef_construction=32, min_rows=100))
+            assert held.wait(WAIT), "the index builder never started"
+            compaction, out = in_thread(tbl.compact)
+            assert wait_until(lambda: len(tbl.core.merging) == 3), "the merge never started"
+        finally:
+            go.set()
+        joined(compaction, out)
+        assert tbl.wait_for_index(timeout=WAIT)
+        assert chunks[150] == 2, "the build went on after its segment joined a merge"
+        stats = tbl.stats()
+        assert (stats["segments"], stats["indexed_segments"], stats["indexed_rows"]) == (1, 1, 450)
+        assert not [w for w in caught if "failed" in str(w.message)], "a cancelled build was reported as failed"
+        assert_search_is_brute_force(tbl, model, vectors(rng, 3))
+
+
 def test_merged_segment_is_published_with_its_index(db_path: Path, rng) -> None:
     config = omendb.HnswConfig(m=8, ef_construction=40, min_rows=100)
     with omendb.open(db_path, compaction=False) as db:
