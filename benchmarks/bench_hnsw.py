@@ -341,11 +341,22 @@ def bench_omendb_build(base, dim: int, workdir: Path, index_kind: str, batch: in
     return db, tbl, res
 
 
+class LayerSearch:
+    """omendb's ``HnswIndex.search`` over one segment, given the segment's vectors and norms
+    (which a quantized graph re-scores its candidates from)."""
+
+    def __init__(self, index, handle) -> None:
+        self.index, self.vectors, self.norms = index, handle.vectors, handle.norms
+
+    def search(self, q2: np.ndarray, k: int, ef: int):
+        return self.index.search(q2, k, ef, vectors=self.vectors, norms=self.norms)
+
+
 def index_layer(tbl):
     """omendb's HnswIndex of the table's single segment (internal API; None if it moved)."""
     try:
-        indexes = [h.hnsw() for h in tbl.core.state.segments if h.entry.index_file is not None]
-        return indexes[0] if len(indexes) == 1 else None
+        handles = [h for h in tbl.core.state.segments if h.entry.index_file is not None]
+        return LayerSearch(handles[0].hnsw(), handles[0]) if len(handles) == 1 else None
     except Exception:
         return None
 
@@ -361,8 +372,8 @@ def bench_index_memory(tbl, Q: np.ndarray, ef: int = 64, block: int = 100, round
     if len(handles) != 1 or handles[0].entry.index_file is None:
         return None
     path = handles[0].directory / handles[0].entry.index_file
-    loads = {"omendb (file mapping)": handles[0].hnsw(),
-             "faiss in-memory load": HnswIndex(faiss.read_index(str(path)), "cosine")}
+    loads = {"omendb (file mapping)": LayerSearch(handles[0].hnsw(), handles[0]),
+             "faiss in-memory load": LayerSearch(HnswIndex(faiss.read_index(str(path)), "cosine"), handles[0])}
     Q2 = Q[:, None, :]
 
     def block_of(index):  # round i: the i-th block of queries (cycling)

@@ -43,6 +43,8 @@ NPROBES = (8, 16, 32, 64, 128)
 KINDS = ("hnsw_flat", "hnsw_sq8", "hnsw_sq6", "hnsw_sq4", "hnsw_rabitq1", "hnsw_rabitq4", "ivf_sq8", "ivf_pq48")
 DEFAULT_KINDS = tuple(k for k in KINDS if k != "hnsw_rabitq4")  # (its build takes ~200 s at 100K rows)
 TRAIN_ROWS = 65_536
+#: Coarse quantizers of the IVF indexes made here (the index borrows its quantizer).
+_COARSE: list = []
 
 
 def new_index(kind: str, dim: int, rows: int):
@@ -63,7 +65,7 @@ def new_index(kind: str, dim: int, rows: int):
         index = faiss.IndexIVFScalarQuantizer(coarse, dim, lists, faiss.ScalarQuantizer.QT_8bit, ip)
     else:
         index = faiss.IndexIVFPQ(coarse, dim, lists, 48, 8, ip)
-    index._coarse = coarse  # (kept alive with the index)
+    _COARSE.append(coarse)  # (faiss' wrapper refuses new attributes: kept alive here)
     return index
 
 
