@@ -651,7 +651,13 @@ class HeldCompaction:
 
 def test_the_index_builder_leaves_the_segments_a_queued_compaction_will_merge(db_path: Path, rng,
                                                                                  monkeypatch) -> None:
+    from omendb.table.indexer import IndexBuilder
+
     built = spy_on_index_builds(monkeypatch)
+    attempts = []
+    original_build = IndexBuilder._build
+    monkeypatch.setattr(IndexBuilder, "_build", lambda builder, file: (attempts.append(file),
+                                                                       original_build(builder, file))[1])
     held = HeldCompaction(monkeypatch)
     policy = omendb.CompactionPolicy(min_segments=4, small_rows=10_000)
     with omendb.open(db_path, compaction=policy) as db:
@@ -661,8 +667,11 @@ def test_the_index_builder_leaves_the_segments_a_queued_compaction_will_merge(db
             sources = unindexed_segments(tbl, model, rng, 4)  # the fourth makes a merge due
             assert held.reached.wait(WAIT), "the compaction service never planned the merge"
             tbl.create_index(index=omendb.HnswFlat(m=8, ef_construction=32, min_rows=100))  # all four need one
+            attempts.clear()
             assert not tbl.wait_for_index(timeout=1.5), "indexed before the merge that takes them ran"
             assert not set(built) & set(sources), "a graph was built for rows a planned merge will replace"
+            # the waiter looks again every 0.5 s, never in a loop against the builder's skips
+            assert len(attempts) <= 8 * len(sources), f"{len(attempts)} build attempts in 1.5 s: a busy loop"
         finally:
             held.go.set()
         assert tbl.wait_for_index(timeout=WAIT)
