@@ -5,18 +5,30 @@ the index builder (a segment's graph after a flush, and on open for segments tha
 lack a current index: ``indexer.py``) and the compaction service (merges after a
 flush: ``compactor.py``). A job runs without holding the table's locks except for its final publish,
 so writes and searches never wait for it.
+
+The index builder and the compaction service run at a lower CPU priority (nice
+:data:`BACKGROUND_NICE`, and so do the OpenMP threads a build starts): while searches
+and writes keep the cores busy, the kernel gives them the CPU first, and the builds
+take what is left. The flusher keeps normal priority: a writer that fills the next
+memtable waits for it.
 """
 
 from __future__ import annotations
 
 import atexit
+import os
 import queue
+import sys
 import threading
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
-__all__ = ["BackgroundWorker", "Workers", "exiting"]
+__all__ = ["BackgroundWorker", "Workers", "exiting", "BACKGROUND_NICE"]
+
+#: Niceness of the index builder's and the compaction service's threads (0-19; higher
+#: yields more). ``OMENDB_BACKGROUND_NICE`` overrides it (0: the foreground's priority).
+BACKGROUND_NICE = 10
 
 _LIVE: "weakref.WeakSet[BackgroundWorker]" = weakref.WeakSet()
 _EXITING = threading.Event()
@@ -39,8 +51,9 @@ def _stop_workers_at_exit() -> None:
 class BackgroundWorker:
     """Runs queued jobs one at a time on a daemon thread (started on first use)."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, nice: int = 0) -> None:
         self._name = name
+        self._nice = nice
         self._queue: queue.Queue[tuple[Hashable, Callable[[], Any], Callable[[BaseException], None]] | None] = \
             queue.Queue()
         self._pending: set[Hashable] = set()
@@ -63,6 +76,7 @@ class BackgroundWorker:
         return True
 
     def _run(self) -> None:
+        _lower_priority(self._nice)
         while True:
             item = self._queue.get()
             if item is None:
@@ -87,13 +101,34 @@ class BackgroundWorker:
             thread.join()
 
 
+def background_nice() -> int:
+    """The niceness background builds run at (:data:`BACKGROUND_NICE` or its override)."""
+    configured = os.environ.get("OMENDB_BACKGROUND_NICE")
+    try:
+        return min(19, max(0, int(configured))) if configured else BACKGROUND_NICE
+    except ValueError:
+        return BACKGROUND_NICE
+
+
+def _lower_priority(nice: int) -> None:
+    """Raise the calling thread's niceness by ``nice`` (on Linux, where a thread id names
+    one thread to ``setpriority``; elsewhere, or when refused, the thread keeps its priority)."""
+    if nice <= 0 or not sys.platform.startswith("linux"):
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    except OSError:
+        pass
+
+
 @dataclass
 class Workers:
     """The background threads of one open database."""
 
     flusher: BackgroundWorker = field(default_factory=lambda: BackgroundWorker("flusher"))
-    indexer: BackgroundWorker = field(default_factory=lambda: BackgroundWorker("index-builder"))
-    compactor: BackgroundWorker = field(default_factory=lambda: BackgroundWorker("compaction"))
+    indexer: BackgroundWorker = field(default_factory=lambda: BackgroundWorker("index-builder", background_nice()))
+    compactor: BackgroundWorker = field(default_factory=lambda: BackgroundWorker("compaction", background_nice()))
 
     def close(self) -> None:
         self.flusher.close()
