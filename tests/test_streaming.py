@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -53,3 +56,127 @@ def test_background_nice_can_be_set_or_turned_off(monkeypatch) -> None:
     assert workers.background_nice() == 19
     monkeypatch.setenv("OMENDB_BACKGROUND_NICE", "lots")
     assert workers.background_nice() == workers.BACKGROUND_NICE
+
+
+# ============================================================== fresh graphs
+FRESH = 6_000  # rows: past fresh.FRESH_MIN_ROWS, so the memtable gets a graph
+
+
+def wait_for(predicate, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def memtable_graph_rows(tbl) -> int:
+    graph = tbl.core.state.memtable.graph
+    return 0 if graph is None else graph.rows
+
+
+def graph_parts(tbl) -> list:
+    """The search parts of ``tbl`` that walk a graph."""
+    return [p for p in tbl._reader.parts(exact=False)[1] if p.index is not None]
+
+
+def test_fresh_rows_are_found_at_once_and_through_the_memtable_graph_with_exact_distances(db_path: Path,
+                                                                                           brute_force) -> None:
+    data = rows(0, FRESH)
+    with omendb.open(db_path, memtable_bytes=64 << 20) as db:
+        tbl = db.create_table("t", dim=DIM, metric="cosine")
+        for start in range(0, FRESH, 500):
+            tbl.add({"id": data["id"][start:start + 500], "vector": data["vector"][start:start + 500]})
+            found = tbl.search(data["vector"][start], k=1)  # searchable the moment add returns
+            assert found["id"][0].as_py() == start
+        wait_for(lambda: memtable_graph_rows(tbl) >= FRESH - 2_048)
+        parts = graph_parts(tbl)
+        assert len(parts) == 1 and parts[0].index.rows == memtable_graph_rows(tbl)
+        queries = data["vector"][::97]
+        exact = brute_force(data["vector"], queries, "cosine")
+        for q, truth in zip(queries, exact):
+            got = tbl.search(q, k=10)
+            ids = got["id"].to_numpy()
+            np.testing.assert_allclose(got["_distance"].to_numpy(), truth[ids], rtol=1e-5, atol=1e-6)
+            assert ids[0] == int(np.argmin(truth))
+
+
+def test_deletes_and_upserts_of_rows_in_the_memtable_graph(db_path: Path) -> None:
+    data = rows(0, FRESH)
+    with omendb.open(db_path, memtable_bytes=64 << 20) as db:
+        tbl = db.create_table("t", dim=DIM, metric="l2")
+        tbl.add(data)
+        wait_for(lambda: memtable_graph_rows(tbl) == FRESH)
+        tbl.delete([10, 11, 12])
+        moved = np.full(DIM, 50.0, dtype=np.float32)
+        tbl.upsert({"id": [20], "vector": [moved]})
+        for gone in (10, 11, 12):
+            assert gone not in tbl.search(data["vector"][gone], k=5)["id"].to_pylist()
+        near_old = tbl.search(data["vector"][20], k=5)
+        assert 20 not in near_old["id"].to_pylist()
+        near_new = tbl.search(moved, k=1)
+        assert near_new["id"][0].as_py() == 20 and near_new["_distance"][0].as_py() == 0.0
+        assert tbl.count() == FRESH - 3
+
+
+def test_a_flush_hands_the_memtable_graph_to_its_segment_until_the_segment_has_its_own(db_path: Path) -> None:
+    data = rows(0, FRESH)
+    with omendb.open(db_path, memtable_bytes=64 << 20) as db:
+        # (min_rows above the segment: it never gets a graph of its own)
+        tbl = db.create_table("t", dim=DIM, metric="l2", index=omendb.HnswFlat(min_rows=1_000_000))
+        tbl.add(data)
+        wait_for(lambda: memtable_graph_rows(tbl) == FRESH)
+        tbl.flush()
+        (handle,) = tbl.core.state.segments
+        assert handle.provisional is not None and handle.provisional.rows == FRESH
+        (part,) = graph_parts(tbl)
+        assert part.index is handle.provisional
+        got = tbl.search(data["vector"][123], k=3)
+        assert got["id"][0].as_py() == 123 and got["_distance"][0].as_py() == 0.0
+        tbl.create_index(index=omendb.HnswFlat(min_rows=1_000))  # now the segment qualifies: its own graph replaces it
+        assert tbl.wait_for_index(timeout=60)
+        (handle,) = tbl.core.state.segments
+        assert handle.provisional is None and handle.entry.index_file is not None
+    with omendb.open(db_path) as db:  # the fresh graph was memory only: nothing of it on disk
+        tbl = db.open_table("t")
+        assert tbl.count() == FRESH
+        assert tbl.search(data["vector"][5], k=1)["id"][0].as_py() == 5
+
+
+KILLED_WRITER = r'''
+import sys, numpy as np, omendb
+path, dim = sys.argv[1], int(sys.argv[2])
+db = omendb.open(path, memtable_bytes=64 << 20)
+tbl = db.open_table("t")
+rng = np.random.default_rng(1)
+for batch in range(10_000):
+    ids = np.arange(batch * 500, batch * 500 + 500)
+    tbl.add({"id": ids, "vector": rng.standard_normal((500, dim)).astype(np.float32)})
+    graph = tbl.core.state.memtable.graph
+    print(batch, 0 if graph is None else graph.rows, flush=True)
+'''
+
+
+def test_a_sigkill_while_the_fresh_graph_grows_loses_no_acknowledged_row(db_path: Path, tmp_path: Path) -> None:
+    with omendb.open(db_path) as db:
+        db.create_table("t", dim=DIM)
+    script = tmp_path / "writer.py"
+    script.write_text(KILLED_WRITER)
+    child = subprocess.Popen([sys.executable, str(script), str(db_path), str(DIM)], stdout=subprocess.PIPE,
+                             text=True)
+    acked, graph_seen, deadline = -1, 0, time.monotonic() + 120
+    try:
+        for line in child.stdout:
+            batch, graph_rows = map(int, line.split())
+            acked = batch
+            graph_seen = max(graph_seen, graph_rows)
+            if graph_seen and batch >= 30 or time.monotonic() > deadline:
+                break
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(30)
+    assert graph_seen > 0, "the writer never saw its memtable graph"
+    with omendb.open(db_path) as db:
+        tbl = db.open_table("t")
+        ids = set(tbl.to_arrow()["id"].to_pylist())
+        assert set(range((acked + 1) * 500)) <= ids  # every acknowledged row; at most the batch in flight more
+        assert len(ids) - (acked + 1) * 500 in (0, 500)

@@ -17,7 +17,8 @@ from ..index.flat import exact_search
 from ..index.hnsw import HnswIndex
 from .filters import MaskCache, filter_mask
 
-__all__ = ["SearchPart", "Hits", "knn", "knn_hits", "graph_knn", "result_schema", "allowed_rows", "search_part"]
+__all__ = ["SearchPart", "Hits", "knn", "knn_hits", "graph_knn", "result_schema", "allowed_rows", "search_part",
+           "split_at_graph"]
 
 DISTANCE = "_distance"
 QUERY = "_query"
@@ -44,6 +45,25 @@ EXACT_MAX_ALLOWED = 4_096
 EXACT_MAX_FRACTION = 0.03
 #: Largest widening of ``ef`` for a filtered graph walk (see ``search_part``).
 FILTERED_EF_MAX_FACTOR = 16
+
+
+def split_at_graph(part: SearchPart, graph: HnswIndex | None, ef: int) -> list[SearchPart]:
+    """``part`` (rows without a graph of their own) as a part searched through ``graph``,
+    which covers its first ``graph.rows`` rows, and an exact part over the rest.
+
+    Without a graph, or one over too few rows to pay, ``part`` as it is.
+    """
+    rows = part.vectors.shape[0]
+    covered = 0 if graph is None else graph.rows
+    if covered <= EXACT_MAX_ALLOWED or covered > rows:
+        return [part]
+    live = part.live
+    head = SearchPart(part.table.slice(0, covered), part.vectors[:covered], part.norms[:covered],
+                      None if live is None else live[:covered], graph, ef=ef)
+    if covered == rows:
+        return [head]
+    return [head, SearchPart(part.table.slice(covered), part.vectors[covered:], part.norms[covered:],
+                             None if live is None else live[covered:])]
 
 
 def allowed_rows(part: SearchPart, where: str | None, vector_column: str) -> np.ndarray | None:

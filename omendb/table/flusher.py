@@ -201,8 +201,11 @@ class Flusher:
                 # yield the disk to log commits only while the next memtable is under half full
                 info = write_segment(core.directory / SEGMENTS, name, rows,
                                      patient=lambda: 2 * core.state.memtable.nbytes < core.options.memtable_bytes)
-                sealed.handle = core.new_handle(SegmentEntry(info.file, info.rows, info.bytes, info.crc32),
-                                                verified=True)
+                handle = core.new_handle(SegmentEntry(info.file, info.rows, info.bytes, info.crc32), verified=True)
+                if live.all():  # same rows at the same positions: the memtable's graph serves the segment
+                    with core.changing():
+                        handle.provisional = sealed.memtable.graph
+                sealed.handle = handle
             sealed.rows_written = np.flatnonzero(live)
             sealed.written = True
 

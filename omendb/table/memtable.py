@@ -7,6 +7,10 @@ search sees a contiguous matrix and an append copies each vector once. Metadata 
 as Arrow batches; the vector column of :meth:`Memtable.table` is a zero-copy view of
 the buffer. Rows deleted or replaced while still here are masked out and dropped
 when the memtable is flushed.
+
+Committed rows never change, so a background thread (``fresh.py``) can grow a graph
+over a prefix of them: :attr:`Memtable.graph`, replaced whole by a grown copy. A view
+carries the graph of its time, which never covers more rows than the view holds.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import pyarrow as pa
 
 from ..convert import vectors_view
 from ..index.flat import vector_norms
+from ..index.hnsw import HnswIndex
 from ..index.keys import keys_to_numpy
 from .prefault import AheadOfUse
 
@@ -32,6 +37,7 @@ class MemtableView:
     vectors: np.ndarray      # (rows, dim) float32
     norms: np.ndarray        # (rows,) float32
     live: np.ndarray         # (rows,) bool
+    graph: HnswIndex | None = None  # over the first ``graph.rows`` rows
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,8 @@ class Memtable:
         self._deleted_at: dict[int, int] = {}  # row -> seq of the log record that deleted it
         self._table_cache: pa.Table | None = None
         self.nbytes = 0
+        #: A graph over the first ``graph.rows`` committed rows (set by ``fresh.py``).
+        self.graph: HnswIndex | None = None
 
     def __len__(self) -> int:
         return self._rows
@@ -173,5 +181,14 @@ class Memtable:
         return [(row, at) for row, at in self._deleted_at.items() if at > seq]
 
     def view(self) -> MemtableView:
+        graph = self.graph  # (read first: it never covers rows committed after it)
         rows = self._rows
-        return MemtableView(self.table(), self._vectors[:rows], self._norms[:rows], self._live[:rows])
+        return MemtableView(self.table(), self._vectors[:rows], self._norms[:rows], self._live[:rows], graph)
+
+    def adopt_graph(self, graph: HnswIndex) -> None:
+        """Search ``graph`` (over the first ``graph.rows`` committed rows) from now on,
+        unless the graph already here covers as many."""
+        if graph.rows > len(self) or graph.rows < 0:
+            raise ValueError(f"a graph over {graph.rows} rows for a memtable of {len(self)}")
+        if self.graph is None or graph.rows > self.graph.rows:
+            self.graph = graph

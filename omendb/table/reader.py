@@ -21,9 +21,9 @@ from ..convert import check_valid_arrow
 from ..errors import CorruptFileError, DimensionError, InvalidArgumentError, InvalidVectorError, SchemaError
 from ..index.calibration import ef_for_recall
 from ..index.configs import MAX_EF
-from ..index.hnsw import HnswIndex
+from ..index.hnsw import FRESH_EF_SEARCH, HnswIndex
 from ..index.keys import keys_to_numpy
-from ..query.search import SearchPart, graph_knn, knn, result_schema
+from ..query.search import SearchPart, graph_knn, knn, result_schema, split_at_graph
 from ..query.snapshot import Snapshot
 from .memtable import Memtable
 from .segments import SegmentHandle
@@ -69,14 +69,24 @@ class TableReader:
         """The current state as search parts: its segments, then its non-empty memtables.
 
         Each indexed segment gets the ``ef`` its calibration says reaches ``recall``
-        (default: the index config's), unless ``ef`` is given.
+        (default: the index config's), unless ``ef`` is given. Rows with no segment graph
+        yet are searched through their fresh graph (``fresh.py``) as far as it reaches, at
+        ``ef`` :data:`FRESH_EF_SEARCH` or more, and exactly past it.
         """
         with self._core.changing() as state:
             # An empty memtable adds nothing (unless it is all there is: it gives the schema).
             views = [m.view() for m in state.memtables() if len(m)] or (
                 [] if state.segments else [state.memtable.view()])
-        parts = [self._segment_part(h, state, exact, k, recall, ef) for h in state.segments]
-        parts += [SearchPart(v.table, v.vectors, v.norms, None if v.live.all() else v.live) for v in views]
+        fresh_ef = max(FRESH_EF_SEARCH, state.info.index.ef_search if ef is None else ef)
+        parts = []
+        for handle in state.segments:
+            part = self._segment_part(handle, state, exact, k, recall, ef)
+            provisional = handle.provisional  # (rows the segment's own graph does not serve yet)
+            parts += [part] if exact or part.index is not None or provisional is None else \
+                split_at_graph(part, provisional, fresh_ef)
+        for v in views:
+            part = SearchPart(v.table, v.vectors, v.norms, None if v.live.all() else v.live)
+            parts += [part] if exact else split_at_graph(part, v.graph, fresh_ef)
         return state, parts
 
     def _segment_part(self, handle: SegmentHandle, state: TableState, exact: bool, k: int, recall: float | None,

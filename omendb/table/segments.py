@@ -44,6 +44,9 @@ class SegmentHandle:
         self._keys: KeyIndex | None = None
         self._hnsw: HnswIndex | None = None
         self._hnsw_file: str | None = None
+        #: Until the segment's own graph is published: a graph over its first
+        #: ``provisional.rows`` rows, in memory only (``fresh.py``).
+        self.provisional: HnswIndex | None = None
 
     @property
     def file(self) -> str:
@@ -129,6 +132,7 @@ class SegmentHandle:
         with self._lock:
             self.entry = entry
             self._hnsw, self._hnsw_file = index, entry.index_file
+            self.provisional = None
 
     def initial_live_mask(self, entry: SegmentEntry | None = None) -> np.ndarray | None:
         """Live-row mask from ``entry``'s deletion file (default: the current entry; None:

@@ -38,6 +38,7 @@ from . import activity
 from .compactor import Compactor
 from .export import export_table
 from .flusher import Flusher
+from .fresh import FreshIndexer
 from .indexer import IndexBuilder
 from .options import TableOptions
 from .reader import TableReader
@@ -75,7 +76,7 @@ class LocalTable(Table):
                                   else "the database was opened read_only=True")
         self._writer_lock: WriterLock | None = None
         self._follower: Follower | None = None
-        self._writer = self._flusher = self._indexer = self._compactor = self._log = None
+        self._writer = self._flusher = self._indexer = self._compactor = self._fresh = self._log = None
         self._retention: Retention | None = None
         self.salvage_report: dict[str, Any] | None = None
         directory = Path(directory)
@@ -114,9 +115,10 @@ class LocalTable(Table):
         log = self._log = WriteLog(wal_dir, self._options.fsync, seq=manifest.wal_seq, next_id=manifest.next_id)
         self._indexer = IndexBuilder(core, workers, will_merge=lambda file: self._compactor.will_merge(file))
         self._compactor = Compactor(core, workers, flush=self.flush, after_publish=self._indexer.schedule)
+        self._fresh = FreshIndexer(core, workers)
         self._flusher = Flusher(core, log, workers, after_publish=self._after_publish)
         self._reader = TableReader(core, on_bad_index=lambda handle: self._indexer.submit(handle.file))
-        self._writer = Writer(core, self._reader, log, self._flusher)
+        self._writer = Writer(core, self._reader, log, self._flusher, after_commit=self._fresh.schedule)
         for record in records:
             self._writer.apply(record.kind, record.payload, record.seq)
             log.seq = record.seq
@@ -137,6 +139,7 @@ class LocalTable(Table):
                 self._flusher.start_new_wal(remove=wal_files)
         self._compactor.schedule()
         self._indexer.schedule()
+        self._fresh.schedule()
         self._retention = Retention(core, workers, self._options.keep_versions_for)
         self._retention.start()
 
@@ -145,6 +148,7 @@ class LocalTable(Table):
         self._compactor.schedule()  # new segment or new deletions: the policy may apply
         if new_segment:
             self._indexer.schedule()
+            self._fresh.schedule()  # (the new segment's graph may not cover all its rows)
 
     # ------------------------------------------------------------- lifecycle
     @property
@@ -365,8 +369,9 @@ class LocalTable(Table):
         Keeps the table's index type (:class:`omendb.HnswSq` or :class:`omendb.HnswFlat`)
         with the parameters given (``ef_search``, ``min_rows``, ``recall``: unchanged when
         omitted); ``index=`` gives a whole config instead, of either type. Segments with
-        at least ``min_rows`` rows get an index; smaller ones (and rows not yet flushed)
-        are searched exactly. Use :meth:`wait_for_index` to wait.
+        at least ``min_rows`` rows get an index; smaller ones are searched exactly, and
+        rows not yet in an indexed segment through a quicker-built graph as far as it
+        reaches (``fresh.py``). Use :meth:`wait_for_index` to wait.
         """
         self._writable()
         if index is not None:

@@ -1,15 +1,16 @@
 """Background workers: one daemon thread per job kind per open database, fed by a queue.
 
-The database runs three: the flusher (a full memtable to a segment: ``flusher.py``),
+The database runs four: the flusher (a full memtable to a segment: ``flusher.py``),
+the fresh indexer (graphs over rows that have no segment graph yet: ``fresh.py``),
 the index builder (a segment's graph after a flush, and on open for segments that
 lack a current index: ``indexer.py``) and the compaction service (merges after a
 flush: ``compactor.py``). A job runs without holding the table's locks except for its final publish,
 so writes and searches never wait for it.
 
 The index builder and the compaction service run at a lower CPU priority (nice
-:data:`BACKGROUND_NICE`, and so do the OpenMP threads a build starts): while searches
-and writes keep the cores busy, the kernel gives them the CPU first, and the builds
-take what is left. The flusher keeps normal priority: a writer that fills the next
+:data:`BACKGROUND_NICE`, and so do the OpenMP threads a build starts), the fresh
+indexer halfway between: while searches and writes keep the cores busy, the kernel
+gives them the CPU first, and the builds take what is left. The flusher keeps normal priority: a writer that fills the next
 memtable waits for it.
 """
 
@@ -127,10 +128,12 @@ class Workers:
     """The background threads of one open database."""
 
     flusher: BackgroundWorker = field(default_factory=lambda: BackgroundWorker("flusher"))
+    fresh: BackgroundWorker = field(default_factory=lambda: BackgroundWorker("fresh-index", background_nice() // 2))
     indexer: BackgroundWorker = field(default_factory=lambda: BackgroundWorker("index-builder", background_nice()))
     compactor: BackgroundWorker = field(default_factory=lambda: BackgroundWorker("compaction", background_nice()))
 
     def close(self) -> None:
         self.flusher.close()
+        self.fresh.close()
         self.compactor.close()
         self.indexer.close()

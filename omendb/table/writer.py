@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import pyarrow as pa
@@ -53,11 +53,13 @@ class WriteLog:
 class Writer:
     """``add`` / ``upsert`` / ``insert`` / ``delete`` of a writable table."""
 
-    def __init__(self, core: TableCore, reader: TableReader, log: WriteLog, flusher: "Flusher") -> None:
+    def __init__(self, core: TableCore, reader: TableReader, log: WriteLog, flusher: "Flusher",
+                 after_commit: Callable[[], None] = lambda: None) -> None:
         self._core = core
         self._reader = reader
         self._log = log
         self._flusher = flusher
+        self._after_commit = after_commit  # (rows were added: the fresh indexer may take them)
 
     def check_writable(self) -> None:
         """Refuse writes once a log sync failed (the log's state on disk is unknown)."""
@@ -163,6 +165,8 @@ class Writer:
         self.apply(kind, table, seq, staged)
         if core.state.memtable.nbytes >= core.options.memtable_bytes:
             flusher.flush_full()
+        if staged is not None:
+            self._after_commit()
 
     def check_and_stage(self, kind: RecordKind, table: pa.Table) -> StagedRows | None:
         """Refuse repeated or (for add) existing keys and non-finite vectors; stage the rows.

@@ -1,0 +1,114 @@
+"""Graphs over fresh rows: rows without a segment graph yet are searched through one.
+
+A segment's own graph is built after its flush, at full quality (``indexer.py``); until
+it is published, its rows would be scanned exactly, at a cost that grows with every
+row written. The fresh indexer keeps a cheaper graph (:func:`fresh_hnsw`) over such
+rows instead. It grows the memtable's graph as rows come in; the flush hands that
+graph to the new segment (``SegmentHandle.provisional``), where it grows on until it
+covers the segment, and is dropped once the segment's own graph is published.
+
+faiss cannot insert into a graph while it is searched, so each step inserts into a
+copy and publishes the copy whole. A step adds at least an eighth of the rows the
+graph holds (so copying stays a small share of the work); a search scans the rows
+past the graph exactly (at most a step's worth, plus what arrived since).
+
+The graphs live in memory only: after a restart, such rows are scanned exactly until
+their segment's graph is built. The work runs on its own background thread, at a
+lower CPU priority than searches and writes but above the index builder and compaction.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+
+from ..errors import describe
+from ..index.hnsw import HnswIndex, fresh_hnsw
+from .memtable import Memtable
+from .segments import SegmentHandle
+from .state import TableCore, TableState
+from .workers import Workers
+
+__all__ = ["FreshIndexer", "FRESH_MIN_ROWS", "needs_own_graph"]
+
+#: A memtable gets a graph once it holds this many rows (fewer are scanned exactly anyway:
+#: ``query.search.EXACT_MAX_ALLOWED``).
+FRESH_MIN_ROWS = 4_096
+#: Rows a step adds at least, and at least this fraction of the graph's rows ...
+FRESH_MIN_STEP = 2_048
+FRESH_STEP_FRACTION = 1 / 8
+#: ... and at most this many (a step's rows become searchable through the graph at its end).
+FRESH_MAX_STEP = 32_768
+
+
+def needs_own_graph(handle: SegmentHandle, state: TableState) -> bool:
+    """True while ``handle`` has no current graph of its own (unindexed or stale)."""
+    return handle.entry.index_file is None or handle.entry.index_params != state.info.index.build_params()
+
+
+class FreshIndexer:
+    """Grows the fresh graphs of one table on the database's ``fresh`` worker."""
+
+    def __init__(self, core: TableCore, workers: Workers | None) -> None:
+        self._core = core
+        self._worker = None if workers is None else workers.fresh
+
+    def schedule(self) -> None:
+        """Look for rows to add (after a write or a flush); returns at once."""
+        core = self._core
+        if self._worker is None or core.stopping or not core.options.build_indexes:
+            return
+        self._worker.submit((id(core), "fresh"), self._run, self._failed)
+
+    def _run(self) -> None:
+        core = self._core
+        while not core.stopping:
+            step = self._next_step()
+            if step is None:
+                return
+            owner, graph, vectors, norms = step
+            grown = (graph or fresh_hnsw(vectors.shape[1], core.state.info.metric)).grown(vectors, norms)
+            with core.changing() as state:
+                if isinstance(owner, Memtable):
+                    owner.adopt_graph(grown)
+                elif owner.provisional is graph and needs_own_graph(owner, state):
+                    owner.provisional = grown  # (not once its own graph came: publish clears it)
+
+    def _next_step(self) -> tuple[Any, HnswIndex | None, np.ndarray, np.ndarray] | None:
+        """(memtable or segment, its graph, the rows to add, their norms) of the next step:
+        the segment being flushed or flushed last first (their rows are all there is), then
+        the memtable once it holds a step's worth of rows."""
+        with self._core.changing() as state:
+            sealed = state.sealed
+            candidates: list[tuple[Any, bool]] = [
+                (h, True) for h in reversed(state.segments) if h.provisional is not None and needs_own_graph(h, state)]
+            if sealed is not None:
+                candidates.insert(0, (sealed.handle, True) if sealed.written and sealed.handle is not None
+                                  else (sealed.memtable, True))
+            candidates.append((state.memtable, False))
+            views = {id(m): m.view() for m, _ in candidates if isinstance(m, Memtable)}
+        for owner, complete in candidates:
+            if isinstance(owner, Memtable):
+                view = views[id(owner)]
+                graph, vectors, norms = view.graph, view.vectors, view.norms
+            else:
+                if owner.provisional is None:  # (a written segment whose memtable had no graph)
+                    continue
+                graph, vectors, norms = owner.provisional, owner.vectors, owner.norms
+            have = 0 if graph is None else graph.rows
+            rows = vectors.shape[0]
+            if rows < FRESH_MIN_ROWS or have >= rows:
+                continue
+            if not complete and rows - have < max(FRESH_MIN_STEP, int(have * FRESH_STEP_FRACTION)):
+                continue
+            stop = min(rows, have + FRESH_MAX_STEP)
+            return owner, graph, vectors[have:stop], norms[have:stop]
+        return None
+
+    def _failed(self, exc: BaseException) -> None:
+        if not self._core.stopping:
+            warnings.warn(f"omendb: growing a graph over fresh rows of table {self._core.name!r} failed "
+                          f"({describe(exc)}); those rows are scanned exactly until their segment's graph is "
+                          "built", RuntimeWarning, stacklevel=1)
