@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import omendb
-from omendb.table import workers
+from omendb.table import indexer, workers
 
 DIM = 16
 
@@ -59,7 +59,7 @@ def test_background_nice_can_be_set_or_turned_off(monkeypatch) -> None:
 
 
 # ============================================================== fresh graphs
-FRESH = 6_000  # rows: past fresh.FRESH_MIN_ROWS, so the memtable gets a graph
+FRESH = 12_000  # rows: past the default index's min_rows (10,000), so the memtable gets a graph
 
 
 def wait_for(predicate, timeout: float = 60.0) -> None:
@@ -118,28 +118,82 @@ def test_deletes_and_upserts_of_rows_in_the_memtable_graph(db_path: Path) -> Non
         assert tbl.count() == FRESH - 3
 
 
-def test_a_flush_hands_the_memtable_graph_to_its_segment_until_the_segment_has_its_own(db_path: Path) -> None:
+@pytest.fixture
+def held_builds(monkeypatch):
+    """Segment graph builds wait at a gate (the test opens it)."""
+    gate = threading.Event()
+    real = indexer.build_index
+
+    def build_when_let(*args, **kwargs):
+        assert gate.wait(60), "the test never opened the gate"
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(indexer, "build_index", build_when_let)
+    yield gate
+    gate.set()
+
+
+@pytest.mark.parametrize("flush", ["with its graph complete", "right after a bulk add"])
+def test_a_flush_hands_the_memtable_graph_to_its_segment_until_the_segment_has_its_own(
+        db_path: Path, held_builds, flush: str) -> None:
     data = rows(0, FRESH)
     with omendb.open(db_path, memtable_bytes=64 << 20) as db:
-        # (min_rows above the segment: it never gets a graph of its own)
-        tbl = db.create_table("t", dim=DIM, metric="l2", index=omendb.HnswFlat(min_rows=1_000_000))
+        tbl = db.create_table("t", dim=DIM, metric="l2", index=omendb.HnswFlat(min_rows=1_000))
         tbl.add(data)
-        wait_for(lambda: memtable_graph_rows(tbl) == FRESH)
-        tbl.flush()
+        if flush == "with its graph complete":
+            wait_for(lambda: memtable_graph_rows(tbl) == FRESH)
+        tbl.flush()  # (a graph finished after the flush goes to the segment)
         (handle,) = tbl.core.state.segments
-        assert handle.provisional is not None and handle.provisional.rows == FRESH
+        wait_for(lambda: handle.provisional is not None and handle.provisional.rows == FRESH)
         (part,) = graph_parts(tbl)
         assert part.index is handle.provisional
         got = tbl.search(data["vector"][123], k=3)
         assert got["id"][0].as_py() == 123 and got["_distance"][0].as_py() == 0.0
-        tbl.create_index(index=omendb.HnswFlat(min_rows=1_000))  # now the segment qualifies: its own graph replaces it
+        held_builds.set()  # the segment's own graph replaces it
         assert tbl.wait_for_index(timeout=60)
         (handle,) = tbl.core.state.segments
         assert handle.provisional is None and handle.entry.index_file is not None
+        assert graph_parts(tbl)[0].index is not None and not any(p.index is part.index for p in graph_parts(tbl))
     with omendb.open(db_path) as db:  # the fresh graph was memory only: nothing of it on disk
         tbl = db.open_table("t")
         assert tbl.count() == FRESH
         assert tbl.search(data["vector"][5], k=1)["id"][0].as_py() == 5
+
+
+def test_segments_below_min_rows_are_scanned_exactly_not_through_a_fresh_graph(db_path: Path) -> None:
+    data = rows(0, FRESH)
+    with omendb.open(db_path, memtable_bytes=64 << 20, compaction=False) as db:
+        tbl = db.create_table("t", dim=DIM, metric="l2", index=omendb.HnswFlat(min_rows=FRESH + 1))
+        tbl.add(data)
+        time.sleep(0.5)
+        assert memtable_graph_rows(tbl) == 0 and graph_parts(tbl) == []
+        tbl.flush()
+        (handle,) = tbl.core.state.segments
+        assert handle.provisional is None and graph_parts(tbl) == []
+        for i in range(0, FRESH, 1_000):  # every row is found by its own vector, as an exact scan finds it
+            assert tbl.search(data["vector"][i], k=1)["id"][0].as_py() == i
+
+
+def test_a_search_asking_for_a_recall_gets_it_from_the_fresh_graph_too(db_path: Path, brute_force) -> None:
+    dim = 64  # Gaussian rows in 64-d: hard for a graph (a fixed ef falls far short)
+    rng = np.random.default_rng(5)
+    vectors = rng.standard_normal((FRESH, dim)).astype(np.float32)
+    queries = rng.standard_normal((100, dim)).astype(np.float32)
+    truth = np.argsort(brute_force(vectors, queries, "l2"), axis=1)[:, :10]
+    with omendb.open(db_path, memtable_bytes=256 << 20) as db:
+        tbl = db.create_table("t", dim=dim, metric="l2")
+        tbl.add({"id": np.arange(FRESH), "vector": vectors})
+        wait_for(lambda: memtable_graph_rows(tbl) == FRESH)
+        (part,) = graph_parts(tbl)
+        assert part.index.calibration, "the fresh graph carries a calibration"
+
+        def recall(**kwargs) -> float:
+            got = tbl.search(queries, k=10, columns=["id"], **kwargs)
+            found = got["id"].to_numpy().reshape(len(queries), 10)
+            return float(np.mean([np.intersect1d(f, t).size / 10 for f, t in zip(found, truth)]))
+
+        assert recall() >= 0.9          # the default target, 0.95, less the calibration's sampling error
+        assert recall(recall=0.99) >= 0.97
 
 
 KILLED_WRITER = r'''

@@ -72,6 +72,9 @@ class HnswIndex:
         #: True for a graph over codes: its candidates need the segment's vectors to re-score.
         self.quantized = isinstance(index, faiss.IndexHNSWSQ)
         self._params: dict[int, faiss.SearchParametersHNSW] = {}  # unfiltered, per ef: read-only, shareable
+        #: ``[[ef, recall@10], ...]`` measured on this graph or its kind (fresh graphs; a
+        #: segment's own graph keeps its curve in the manifest instead).
+        self.calibration: list[list[float]] | None = None
 
     @property
     def rows(self) -> int:

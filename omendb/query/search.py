@@ -57,13 +57,15 @@ def split_at_graph(part: SearchPart, graph: HnswIndex | None, ef: int) -> list[S
     covered = 0 if graph is None else graph.rows
     if covered <= EXACT_MAX_ALLOWED or covered > rows:
         return [part]
-    live = part.live
+    live, key = part.live, part.cache_key
     head = SearchPart(part.table.slice(0, covered), part.vectors[:covered], part.norms[:covered],
-                      None if live is None else live[:covered], graph, ef=ef)
+                      None if live is None else live[:covered], graph, ef=ef,
+                      cache_key=None if key is None else f"{key}[:{covered}]")
     if covered == rows:
         return [head]
     return [head, SearchPart(part.table.slice(covered), part.vectors[covered:], part.norms[covered:],
-                             None if live is None else live[covered:])]
+                             None if live is None else live[covered:],
+                             cache_key=None if key is None else f"{key}[{covered}:]")]
 
 
 def allowed_rows(part: SearchPart, where: str | None, vector_column: str) -> np.ndarray | None:

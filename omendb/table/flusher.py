@@ -202,9 +202,11 @@ class Flusher:
                 info = write_segment(core.directory / SEGMENTS, name, rows,
                                      patient=lambda: 2 * core.state.memtable.nbytes < core.options.memtable_bytes)
                 handle = core.new_handle(SegmentEntry(info.file, info.rows, info.bytes, info.crc32), verified=True)
-                if live.all():  # same rows at the same positions: the memtable's graph serves the segment
+                if live.all() and info.rows >= core.state.info.index.min_rows:
+                    # same rows at the same positions: the memtable's graph serves the segment
                     with core.changing():
                         handle.provisional = sealed.memtable.graph
+                        sealed.memtable.segment = handle
                 sealed.handle = handle
             sealed.rows_written = np.flatnonzero(live)
             sealed.written = True

@@ -5,7 +5,9 @@ it is published, its rows would be scanned exactly, at a cost that grows with ev
 row written. The fresh indexer keeps a cheaper graph (:func:`fresh_hnsw`) over such
 rows instead. It grows the memtable's graph as rows come in; the flush hands that
 graph to the new segment (``SegmentHandle.provisional``), where it grows on until it
-covers the segment, and is dropped once the segment's own graph is published.
+covers the segment, and is dropped once the segment's own graph is published. Rows
+of a table below its index's ``min_rows`` (and segments that small) are scanned
+exactly, as they would be without fresh graphs.
 
 faiss cannot insert into a graph while it is searched, so each step inserts into a
 copy and publishes the copy whole. A step adds at least an eighth of the rows the
@@ -25,17 +27,21 @@ from typing import Any
 import numpy as np
 
 from ..errors import describe
+from ..index.calibration import calibrate
 from ..index.hnsw import HnswIndex, fresh_hnsw
 from .memtable import Memtable
 from .segments import SegmentHandle
 from .state import TableCore, TableState
-from .workers import Workers
+from .workers import Workers, exiting
 
 __all__ = ["FreshIndexer", "FRESH_MIN_ROWS", "needs_own_graph"]
 
-#: A memtable gets a graph once it holds this many rows (fewer are scanned exactly anyway:
-#: ``query.search.EXACT_MAX_ALLOWED``).
+#: A memtable gets a graph once it holds this many rows, and the index config's
+#: ``min_rows`` (fewer are scanned exactly, as a segment that small is).
 FRESH_MIN_ROWS = 4_096
+#: Sampled queries of a fresh-graph calibration (fewer than a segment's: it is redone as
+#: graphs grow, and a memtable's rows are soon a segment's).
+FRESH_CALIBRATION_QUERIES = 100
 #: Rows a step adds at least, and at least this fraction of the graph's rows ...
 FRESH_MIN_STEP = 2_048
 FRESH_STEP_FRACTION = 1 / 8
@@ -44,16 +50,26 @@ FRESH_MAX_STEP = 32_768
 
 
 def needs_own_graph(handle: SegmentHandle, state: TableState) -> bool:
-    """True while ``handle`` has no current graph of its own (unindexed or stale)."""
-    return handle.entry.index_file is None or handle.entry.index_params != state.info.index.build_params()
+    """True while ``handle`` qualifies for a graph of its own (``min_rows``) and has no
+    current one (unindexed or stale): only then does a fresh graph serve its rows."""
+    config = state.info.index
+    return handle.entry.rows >= config.min_rows and (handle.entry.index_file is None
+                                                     or handle.entry.index_params != config.build_params())
 
 
 class FreshIndexer:
-    """Grows the fresh graphs of one table on the database's ``fresh`` worker."""
+    """Grows the fresh graphs of one table on the database's ``fresh`` worker.
+
+    Each graph carries the table's latest fresh-graph calibration (``HnswIndex.calibration``,
+    as a segment's index carries its own): measured again whenever a graph reaches twice
+    the rows of the one last measured, so a search can ask for a recall here too.
+    """
 
     def __init__(self, core: TableCore, workers: Workers | None) -> None:
         self._core = core
         self._worker = None if workers is None else workers.fresh
+        self._curve: list[list[float]] | None = None
+        self._curve_rows = 0
 
     def schedule(self) -> None:
         """Look for rows to add (after a write or a flush); returns at once."""
@@ -64,31 +80,44 @@ class FreshIndexer:
 
     def _run(self) -> None:
         core = self._core
-        while not core.stopping:
+        while not (core.stopping or exiting()):
             step = self._next_step()
             if step is None:
                 return
-            owner, graph, vectors, norms = step
-            grown = (graph or fresh_hnsw(vectors.shape[1], core.state.info.metric)).grown(vectors, norms)
+            owner, graph, vectors, norms, have = step
+            stop = min(vectors.shape[0], have + FRESH_MAX_STEP)
+            grown = (graph or fresh_hnsw(vectors.shape[1], core.state.info.metric)).grown(vectors[have:stop],
+                                                                                          norms[have:stop])
+            if grown.rows >= 2 * self._curve_rows:
+                self._curve = calibrate(grown, vectors[:stop], norms[:stop], core.state.info.metric,
+                                        queries=FRESH_CALIBRATION_QUERIES)
+                self._curve_rows = grown.rows
+            grown.calibration = self._curve
             with core.changing() as state:
+                segment = owner.segment if isinstance(owner, Memtable) else owner
                 if isinstance(owner, Memtable):
                     owner.adopt_graph(grown)
-                elif owner.provisional is graph and needs_own_graph(owner, state):
-                    owner.provisional = grown  # (not once its own graph came: publish clears it)
+                # A flushed memtable's rows sit at the same positions in its segment (the flusher
+                # hands over only then): the graph serves the segment, unless it has one as large.
+                if (segment is not None and needs_own_graph(segment, state)
+                        and (segment.provisional is None or segment.provisional.rows < grown.rows)):
+                    segment.provisional = grown
 
-    def _next_step(self) -> tuple[Any, HnswIndex | None, np.ndarray, np.ndarray] | None:
-        """(memtable or segment, its graph, the rows to add, their norms) of the next step:
-        the segment being flushed or flushed last first (their rows are all there is), then
-        the memtable once it holds a step's worth of rows."""
+    def _next_step(self) -> tuple[Any, HnswIndex | None, np.ndarray, np.ndarray, int] | None:
+        """(memtable or segment, its graph, its rows, their norms, rows the graph covers) of
+        the next step: the memtable being flushed and segments first (their rows are all
+        there is), then the memtable once it holds a step's worth of rows past its graph."""
         with self._core.changing() as state:
             sealed = state.sealed
             candidates: list[tuple[Any, bool]] = [
-                (h, True) for h in reversed(state.segments) if h.provisional is not None and needs_own_graph(h, state)]
+                (h, True) for h in reversed(state.segments)
+                if h.provisional is not None and h.file not in self._core.merging and needs_own_graph(h, state)]
             if sealed is not None:
                 candidates.insert(0, (sealed.handle, True) if sealed.written and sealed.handle is not None
                                   else (sealed.memtable, True))
             candidates.append((state.memtable, False))
             views = {id(m): m.view() for m, _ in candidates if isinstance(m, Memtable)}
+            least = max(FRESH_MIN_ROWS, state.info.index.min_rows)
         for owner, complete in candidates:
             if isinstance(owner, Memtable):
                 view = views[id(owner)]
@@ -99,12 +128,11 @@ class FreshIndexer:
                 graph, vectors, norms = owner.provisional, owner.vectors, owner.norms
             have = 0 if graph is None else graph.rows
             rows = vectors.shape[0]
-            if rows < FRESH_MIN_ROWS or have >= rows:
+            if rows < least or have >= rows:
                 continue
             if not complete and rows - have < max(FRESH_MIN_STEP, int(have * FRESH_STEP_FRACTION)):
                 continue
-            stop = min(rows, have + FRESH_MAX_STEP)
-            return owner, graph, vectors[have:stop], norms[have:stop]
+            return owner, graph, vectors, norms, have
         return None
 
     def _failed(self, exc: BaseException) -> None:

@@ -16,6 +16,7 @@ carries the graph of its time, which never covers more rows than the view holds.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -75,6 +76,9 @@ class Memtable:
         self.nbytes = 0
         #: A graph over the first ``graph.rows`` committed rows (set by ``fresh.py``).
         self.graph: HnswIndex | None = None
+        #: The segment its rows went to at the same positions (set by the flusher), which
+        #: graphs grown after the flush serve instead.
+        self.segment: Any = None
 
     def __len__(self) -> int:
         return self._rows

@@ -26,6 +26,7 @@ from ..index.keys import keys_to_numpy
 from ..query.search import SearchPart, graph_knn, knn, result_schema, split_at_graph
 from ..query.snapshot import Snapshot
 from .memtable import Memtable
+from .fresh import needs_own_graph
 from .segments import SegmentHandle
 from .state import TableCore, TableState
 
@@ -70,23 +71,27 @@ class TableReader:
 
         Each indexed segment gets the ``ef`` its calibration says reaches ``recall``
         (default: the index config's), unless ``ef`` is given. Rows with no segment graph
-        yet are searched through their fresh graph (``fresh.py``) as far as it reaches, at
-        ``ef`` :data:`FRESH_EF_SEARCH` or more, and exactly past it.
+        yet are searched through their fresh graph (``fresh.py``) as far as it reaches, and
+        exactly past it.
         """
         with self._core.changing() as state:
             # An empty memtable adds nothing (unless it is all there is: it gives the schema).
             views = [m.view() for m in state.memtables() if len(m)] or (
                 [] if state.segments else [state.memtable.view()])
-        fresh_ef = max(FRESH_EF_SEARCH, state.info.index.ef_search if ef is None else ef)
         parts = []
         for handle in state.segments:
             part = self._segment_part(handle, state, exact, k, recall, ef)
             provisional = handle.provisional  # (rows the segment's own graph does not serve yet)
-            parts += [part] if exact or part.index is not None or provisional is None else \
-                split_at_graph(part, provisional, fresh_ef)
+            if exact or part.index is not None or provisional is None or not needs_own_graph(handle, state):
+                parts.append(part)
+            else:
+                parts += split_at_graph(part, provisional, _fresh_ef(provisional, state, k, recall, ef))
         for v in views:
             part = SearchPart(v.table, v.vectors, v.norms, None if v.live.all() else v.live)
-            parts += [part] if exact else split_at_graph(part, v.graph, fresh_ef)
+            if exact or v.graph is None:
+                parts.append(part)
+            else:
+                parts += split_at_graph(part, v.graph, _fresh_ef(v.graph, state, k, recall, ef))
         return state, parts
 
     def _segment_part(self, handle: SegmentHandle, state: TableState, exact: bool, k: int, recall: float | None,
@@ -338,6 +343,17 @@ class TableReader:
         with self._core.changing() as state:
             return (id(state.manifest), tuple((id(m), len(m), m.live_rows) for m in state.memtables()),
                     tuple(id(d) for d in state.deletions.values()))
+
+
+def _fresh_ef(graph: HnswIndex, state: TableState, k: int, recall: float | None, ef: int | None) -> int:
+    """``ef`` for a fresh graph: at least :data:`FRESH_EF_SEARCH` when the caller names an
+    ``ef`` (or the config has no recall target), else what its calibration says reaches the
+    recall asked for (or the config's)."""
+    config = state.info.index
+    target = config.recall if recall is None else recall
+    if ef is not None or target is None:
+        return max(FRESH_EF_SEARCH, config.ef_search if ef is None else ef, k)
+    return ef_for_recall(graph.calibration, target, default=FRESH_EF_SEARCH, k=k)
 
 
 def _rows_at_most(state: TableState) -> int:

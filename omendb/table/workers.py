@@ -128,7 +128,7 @@ class Workers:
     """The background threads of one open database."""
 
     flusher: BackgroundWorker = field(default_factory=lambda: BackgroundWorker("flusher"))
-    fresh: BackgroundWorker = field(default_factory=lambda: BackgroundWorker("fresh-index", background_nice() // 2))
+    fresh: BackgroundWorker = field(default_factory=lambda: BackgroundWorker("fresh-index", (background_nice() + 1) // 2))
     indexer: BackgroundWorker = field(default_factory=lambda: BackgroundWorker("index-builder", background_nice()))
     compactor: BackgroundWorker = field(default_factory=lambda: BackgroundWorker("compaction", background_nice()))
 
