@@ -274,8 +274,10 @@ def fresh_hnsw(dim: int, metric: str) -> HnswIndex:
     It serves rows that have no segment graph yet (a memtable's, then its segment's until
     that segment's own graph is published), so it is built for speed: float16 codes (no
     quantizer to train; candidates are re-scored exactly like any quantized graph's) and
-    ``ef_construction`` 32, about 5x cheaper per row than a segment graph, at a recall
-    that needs ``ef`` :data:`FRESH_EF_SEARCH` to reach a segment graph's at 64.
+    ``ef_construction`` 32: in a scratch test on one core, 0.09 ms per row against 0.64
+    for ``HnswSq``'s defaults, and over 43K sentence embeddings recall@10 0.908 at ``ef``
+    64 and 0.948 at 128 (hence :data:`FRESH_EF_SEARCH`; searches for a recall use the
+    graph's calibration instead).
     """
     index = faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_fp16, FRESH_M, _FAISS_METRIC[metric])
     index.hnsw.efConstruction = FRESH_EF_CONSTRUCTION

@@ -25,8 +25,8 @@ from ..index.hnsw import FRESH_EF_SEARCH, HnswIndex
 from ..index.keys import keys_to_numpy
 from ..query.search import SearchPart, graph_knn, knn, result_schema, split_at_graph
 from ..query.snapshot import Snapshot
-from .memtable import Memtable
 from .fresh import needs_own_graph
+from .memtable import Memtable
 from .segments import SegmentHandle
 from .state import TableCore, TableState
 
@@ -88,7 +88,7 @@ class TableReader:
                 parts += split_at_graph(part, provisional, _fresh_ef(provisional, state, k, recall, ef))
         for v in views:
             part = SearchPart(v.table, v.vectors, v.norms, None if v.live.all() else v.live)
-            if exact or v.graph is None:
+            if exact or v.graph is None or v.vectors.shape[0] < state.info.index.min_rows:
                 parts.append(part)
             else:
                 parts += split_at_graph(part, v.graph, _fresh_ef(v.graph, state, k, recall, ef))
