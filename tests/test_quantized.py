@@ -299,3 +299,23 @@ def test_concurrent_builds_add_their_chunks_one_at_a_time(rng, monkeypatch: pyte
         w.join(timeout=120)
     assert len(graphs) == 3 and all(g.rows == 3_000 for g in graphs)
     assert most[0] == 1, "chunks of two builds ran at once (their OpenMP threads would oversubscribe the cores)"
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2", "dot"])
+def test_one_query_is_re_scored_as_a_batch_of_them_is_even_with_missing_slots(rng, metric: str) -> None:
+    from omendb.index.hnsw import build_hnsw
+
+    x, q = _data(rng, n=3_000, queries=8)
+    norms = np.linalg.norm(x, axis=1).astype(np.float32)
+    graph = build_hnsw(x, norms, metric, SQ)
+    allowed = np.zeros(len(x), bool)
+    allowed[::500] = True  # 6 rows may be returned: k=10 leaves missing slots
+    for mask, k in ((None, 10), (allowed, 10)):
+        batch_dist, batch_pos = graph.search(q, k, 64, mask, vectors=x, norms=norms)
+        for i in range(len(q)):
+            dist, pos = graph.search(q[i:i + 1], k, 64, mask, vectors=x, norms=norms)
+            np.testing.assert_array_equal(pos, batch_pos[i:i + 1])
+            np.testing.assert_allclose(dist, batch_dist[i:i + 1], rtol=1e-6, atol=1e-6)
+        if mask is not None:
+            assert (batch_pos[:, 6:] == -1).all() and np.isinf(batch_dist[:, 6:]).all()
+            assert set(batch_pos[batch_pos >= 0].ravel()) <= set(np.flatnonzero(mask))  # (a walk may miss some)

@@ -119,6 +119,8 @@ class HnswIndex:
         self._index.search_c(n, faiss.swig_ptr(queries), k, faiss.swig_ptr(scores), faiss.swig_ptr(positions),
                              params)
         if self.quantized:
+            if n == 1:
+                return _rescore_one(vectors, norms, queries[0], positions[0], wanted, self.metric)
             return _rescore(vectors, norms, queries, positions, wanted, self.metric)
         # Cosine: the stored rows are unit length, so an inner-product walk ranks them the
         # same for any positive scaling of the query; dividing the k scores by the query's
@@ -234,6 +236,31 @@ def _rescore(vectors: np.ndarray, norms: np.ndarray, queries: np.ndarray, candid
         pad = k - out_pos.shape[1]
         out_dist = np.pad(out_dist, ((0, 0), (0, pad)), constant_values=np.inf)
         out_pos = np.pad(out_pos, ((0, 0), (0, pad)), constant_values=-1)
+    return out_dist, out_pos
+
+
+def _rescore_one(vectors: np.ndarray, norms: np.ndarray, query: np.ndarray, candidates: np.ndarray, k: int,
+                 metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_rescore` for one query, in fewer NumPy calls (a third less time in a
+    scratch test: after a sub-millisecond walk they count). Same arithmetic, same answer."""
+    if (candidates < 0).any():
+        candidates = candidates[candidates >= 0]
+    gathered = vectors[candidates]
+    if metric == "l2":
+        diff = gathered.astype(np.float64) - query.astype(np.float64)
+        dist = np.einsum("cd,cd->c", diff, diff)
+    else:
+        dots = gathered @ query
+        if metric == "dot":
+            dist = -dots.astype(np.float64)
+        else:
+            qnorm = np.sqrt(np.einsum("j,j->", query, query))
+            dist = np.clip(1.0 - dots / np.maximum(norms[candidates] * qnorm, np.float32(1e-30)), 0.0, 2.0)
+    order = np.argsort(dist, kind="stable")[:k]
+    out_dist = np.full((1, k), np.inf, dtype=np.float32)
+    out_pos = np.full((1, k), -1, dtype=np.int64)
+    out_dist[0, :order.size] = dist[order]
+    out_pos[0, :order.size] = candidates[order]
     return out_dist, out_pos
 
 
