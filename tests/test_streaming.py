@@ -234,3 +234,32 @@ def test_a_sigkill_while_the_fresh_graph_grows_loses_no_acknowledged_row(db_path
         ids = set(tbl.to_arrow()["id"].to_pylist())
         assert set(range((acked + 1) * 500)) <= ids  # every acknowledged row; at most the batch in flight more
         assert len(ids) - (acked + 1) * 500 in (0, 500)
+
+
+def test_key_lookups_of_upserts_deletes_and_gets_load_key_indexes_outside_the_state_lock(db_path: Path,
+                                                                                          monkeypatch) -> None:
+    from omendb.table import segments
+
+    with omendb.open(db_path, compaction=False) as db:
+        tbl = db.create_table("t", dim=DIM)
+        tbl.add(rows(0, 2_000))
+        tbl.flush()
+    held = []
+    real = segments.KeyIndex
+
+    def recording(column):
+        held.append(state_lock.locked())
+        return real(column)
+
+    monkeypatch.setattr(segments, "KeyIndex", recording)
+    for call in ("upsert", "delete", "get"):
+        with omendb.open(db_path, compaction=False) as db:  # (a fresh open: no key index loaded yet)
+            tbl = db.open_table("t")
+            state_lock = tbl.core._lock
+            if call == "upsert":
+                tbl.upsert(rows(5, 1))
+            elif call == "delete":
+                tbl.delete([7])
+            else:
+                assert tbl.get([9])["id"].to_pylist() == [9]
+    assert len(held) >= 3 and not any(held), held

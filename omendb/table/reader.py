@@ -216,6 +216,7 @@ class TableReader:
         """Rows with the given primary keys, in the order asked; missing ids are skipped."""
         names = self.columns(columns)
         keys = keys_to_numpy(self.keys_array(ids))
+        self.load_key_indexes(self._core.state)
         with self._core.changing() as state:  # (memtable positions must match the views taken)
             located = self.locate(keys, state, state.memtables())
             tables = {id(m): m.view().table for m in state.memtables()}
@@ -285,6 +286,13 @@ class TableReader:
         }
 
     # -------------------------------------------------------------------- keys
+    @staticmethod
+    def load_key_indexes(state: TableState) -> None:
+        """Load every segment's key index now: a first load reads the segment's key column,
+        which must not happen under the state lock (searches take it)."""
+        for handle in state.segments:
+            handle.keys()
+
     @staticmethod
     def locate(keys: np.ndarray, state: TableState, memtables: list[Memtable]) -> Located:
         """Live rows holding ``keys``: (indices into keys, segment or memtable, positions).

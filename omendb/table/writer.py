@@ -200,6 +200,8 @@ class Writer:
         """
         core = self._core
         keys = table.column(core.state.info.id_column)
+        if kind in (RecordKind.UPSERT, RecordKind.DELETE):
+            self._reader.load_key_indexes(core.state)  # (the state lock below is short then)
         with core.changing() as state:
             if kind in (RecordKind.UPSERT, RecordKind.DELETE):
                 self._delete_keys(keys_to_numpy(keys), state, seq)
