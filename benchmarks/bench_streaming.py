@@ -105,8 +105,10 @@ class Writer(threading.Thread):
         self.behind_s = 0.0  # how late the last batch started against its due time
         self.error: BaseException | None = None
         self.elapsed_s = 0.0
+        self.cpu_s = 0.0
 
     def run(self) -> None:
+        cpu0 = time.thread_time()
         t0 = time.perf_counter()
         try:
             for n, s in enumerate(range(0, self.rows.num_rows, BATCH)):
@@ -126,6 +128,7 @@ class Writer(threading.Thread):
         except BaseException as exc:  # recorded and re-raised by the phase
             self.error = exc
         self.elapsed_s = time.perf_counter() - t0
+        self.cpu_s = time.thread_time() - cpu0  # (its /proc entry is gone once it ends)
 
 
 def single_queries(tbl, Q: np.ndarray, passes: int) -> np.ndarray:
@@ -154,6 +157,7 @@ def run_phase(name: str, path: Path, data, stream, rate: float | None, args) -> 
         out["idle"] = lat_summary(idle)
         writer = Writer(tbl, stream, rate, args.seconds)
         lat, at = [], []
+        cpu_before = thread_cpu()
         t0 = time.perf_counter()
         writer.start()
         i = 0
@@ -165,6 +169,9 @@ def run_phase(name: str, path: Path, data, stream, rate: float | None, args) -> 
             at.append(time.perf_counter() - t0)
             i += 1
         writer.join()
+        out["cpu_s"] = _cpu_during(cpu_before, thread_cpu(), {threading.get_native_id(): "search (this thread)"})
+        out["cpu_s"]["writer"] = round(writer.cpu_s, 2)
+        out["searched_by"] = searched_by(tbl)
         if writer.error is not None:
             raise writer.error
         during = np.asarray(lat, dtype=np.int64)
@@ -189,6 +196,57 @@ def run_phase(name: str, path: Path, data, stream, rate: float | None, args) -> 
     finally:
         db.close()
     out["close_s"] = time.time() - t
+    return out
+
+
+def thread_cpu() -> dict:
+    """CPU seconds so far of every thread of this process, by thread id (from /proc), and
+    of the whole process (``"process"``); names of the Python threads under ``"names"``."""
+    import os
+
+    ticks = os.sysconf("SC_CLK_TCK")
+    out: dict = {"names": {t.native_id: t.name for t in threading.enumerate()}}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[int(tid)] = (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+    times = os.times()
+    out["process"] = times.user + times.system
+    return out
+
+
+def _cpu_during(before: dict, after: dict, named: dict) -> dict:
+    """CPU seconds each thread used between two :func:`thread_cpu` readings, by name; the
+    threads no Python thread names (OpenMP workers of builds) summed as ``other``."""
+    names = {**after["names"], **before["names"], **named}
+    used: dict = {"process": round(after["process"] - before["process"], 2)}
+    for tid, total in after.items():
+        if tid in ("names", "process"):
+            continue
+        name = names.get(tid, "other (OpenMP workers)")
+        used[name] = round(used.get(name, 0.0) + total - before.get(tid, 0.0), 2)
+    return dict(sorted(used.items(), key=lambda kv: -kv[1]))
+
+
+def searched_by(tbl) -> dict:
+    """Rows of the table by how a search reaches them now: the segments' own graphs, fresh
+    graphs (memtables and segments), or the exact scan."""
+    state = tbl.core.state
+    out = {"own graph": 0, "fresh graph": 0, "exact scan": 0}
+    for handle in state.segments:
+        rows = handle.entry.rows
+        if handle.entry.index_file is not None:
+            out["own graph"] += rows
+        else:
+            covered = 0 if handle.provisional is None else handle.provisional.rows
+            out["fresh graph"] += covered
+            out["exact scan"] += rows - covered
+    for memtable in state.memtables():
+        covered = 0 if memtable.graph is None else memtable.graph.rows
+        out["fresh graph"] += covered
+        out["exact scan"] += len(memtable) - covered
     return out
 
 
@@ -256,7 +314,10 @@ def markdown(r: dict) -> str:
         lines += [f"| {x['second']} | {x['n']} | {f3(x['p50_ms'])} | {f3(x['p99_ms'])} | {f2(x['max_ms'])} |"
                   for x in p["per_second"]]
         st = p["stats_after_stream"]
-        lines += ["", f"After the stream: {st}; close (flush) took {p['close_s']:.1f} s."]
+        lines += ["", f"After the stream: {st}; close (flush) took {p['close_s']:.1f} s.",
+                  f"Rows by how a search reached them at the end of the stream: {p['searched_by']}.",
+                  f"CPU seconds used during the stream ({p['stream']['seconds']:.1f} s, 2 cores), by thread: "
+                  f"{p['cpu_s']}."]
     lines += [""] + machine_section(r["machine"], r["wall_s"], "faiss " + str(r["machine"].get("faiss")))
     return "\n".join(lines) + "\n"
 
@@ -268,6 +329,7 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, help="seconds each stream runs (default 20; --quick 5)")
     p.add_argument("--max-rows", type=int, default=1_000_000,
                    help="rows the unpaced stream may add at most (default %(default)s)")
+    p.add_argument("--paced-only", action="store_true", help="skip the unpaced phase")
     p.add_argument("--idle-passes", type=int, help="passes over the queries when idle (default 3; --quick 1)")
     args = p.parse_args(argv)
     run_defaults(args)
@@ -289,7 +351,10 @@ def main(argv=None) -> int:
         stream = stream_rows(data, max(paced_rows, min(args.max_rows, 400_000 if args.quick else args.max_rows)),
                              first_id=int(data.base["id"].to_numpy().max()) + 1)
         run.res["phases"] = []
-        for name, rate, rows in ((f"{args.rate:,.0f} rows/s", args.rate, paced_rows), ("max", None, args.max_rows)):
+        phases = [(f"{args.rate:,.0f} rows/s", args.rate, paced_rows)]
+        if not args.paced_only:
+            phases.append(("max", None, args.max_rows))
+        for name, rate, rows in phases:
             copy = run.workdir / f"phase-{len(run.res['phases'])}"
             shutil.copytree(base, copy)
             print(f"phase {name}", flush=True)

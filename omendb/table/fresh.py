@@ -10,9 +10,11 @@ of a table below its index's ``min_rows`` (and segments that small) are scanned
 exactly, as they would be without fresh graphs.
 
 faiss cannot insert into a graph while it is searched, so each step inserts into a
-copy and publishes the copy whole. A step adds at least an eighth of the rows the
-graph holds (so copying stays a small share of the work); a search scans the rows
-past the graph exactly (at most a step's worth, plus what arrived since).
+copy and publishes the copy whole. A copy costs about 2.4 us per row it holds (103 ms
+for 43K rows in a scratch test) against ~40 us to insert a row, so a step adds at
+least a quarter of the rows the graph holds (copies then cost at most ~10 us per row
+inserted); a search scans the rows past the graph exactly (at most a step's worth,
+plus what arrived since).
 
 The graphs live in memory only: after a restart, such rows are scanned exactly until
 their segment's graph is built. The work runs on its own background thread, at a
@@ -44,7 +46,7 @@ FRESH_MIN_ROWS = 4_096
 FRESH_CALIBRATION_QUERIES = 100
 #: Rows a step adds at least, and at least this fraction of the graph's rows ...
 FRESH_MIN_STEP = 2_048
-FRESH_STEP_FRACTION = 1 / 8
+FRESH_STEP_FRACTION = 1 / 4
 #: ... and at most this many (a step's rows become searchable through the graph at its end).
 FRESH_MAX_STEP = 32_768
 
