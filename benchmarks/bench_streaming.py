@@ -217,15 +217,20 @@ def thread_cpu() -> dict:
     return out
 
 
+#: Threads Python does not name: the BLAS library's workers (exact scans of a search) and
+#: OpenMP's (builds, merges).
+UNNAMED = "other (OpenMP workers)"
+
+
 def _cpu_during(before: dict, after: dict, named: dict) -> dict:
     """CPU seconds each thread used between two :func:`thread_cpu` readings, by name; the
-    threads no Python thread names (OpenMP workers of builds) summed as ``other``."""
+    threads Python does not name summed as :data:`UNNAMED`."""
     names = {**after["names"], **before["names"], **named}
     used: dict = {"process": round(after["process"] - before["process"], 2)}
     for tid, total in after.items():
         if tid in ("names", "process"):
             continue
-        name = names.get(tid, "other (OpenMP workers)")
+        name = names.get(tid, UNNAMED)
         used[name] = round(used.get(name, 0.0) + total - before.get(tid, 0.0), 2)
     return dict(sorted(used.items(), key=lambda kv: -kv[1]))
 
@@ -317,7 +322,8 @@ def markdown(r: dict) -> str:
         lines += ["", f"After the stream: {st}; close (flush) took {p['close_s']:.1f} s.",
                   f"Rows by how a search reached them at the end of the stream: {p['searched_by']}.",
                   f"CPU seconds used during the stream ({p['stream']['seconds']:.1f} s, 2 cores), by thread: "
-                  f"{p['cpu_s']}."]
+                  f"{p['cpu_s']} (`{UNNAMED}`: every thread Python does not name, OpenBLAS's workers of the "
+                  "searches' exact scans included)."]
     lines += [""] + machine_section(r["machine"], r["wall_s"], "faiss " + str(r["machine"].get("faiss")))
     return "\n".join(lines) + "\n"
 
