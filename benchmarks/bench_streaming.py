@@ -25,6 +25,7 @@ Results: benchmarks/results/streaming.json and streaming.md (``--quick``: stream
 
     python benchmarks/bench_streaming.py            # 100K base rows, 20 s streams; run it alone
     python benchmarks/bench_streaming.py --quick    # 20K rows, 5 s streams: a sanity check
+    python benchmarks/bench_streaming.py --query-rate 200 --out benchmarks/results/streaming-200qps
 """
 
 from __future__ import annotations
@@ -161,8 +162,13 @@ def run_phase(name: str, path: Path, data, stream, rate: float | None, args) -> 
         t0 = time.perf_counter()
         writer.start()
         i = 0
+        pace = 1.0 / args.query_rate if args.query_rate else 0.0
         while writer.is_alive() and i < MAX_SEARCHES:
             q = Q[i % len(Q)]
+            if pace:  # an open loop: each query at its due time, however long the last one took
+                wait = t0 + i * pace - time.perf_counter()
+                if wait > 0:
+                    time.sleep(wait)
             started = now_ns()
             tbl.search(q, k=K, columns=["id"])
             lat.append(now_ns() - started)
@@ -290,7 +296,8 @@ def markdown(r: dict) -> str:
     lines += [f"Base table: {r['rows']:,} rows of pypi-minilm-100k (384-d, cosine), default options, "
               f"indexed and settled in {r['base']['seconds']:.0f} s ({r['base']['segments']} segment(s)); "
               f"each phase starts from a copy of it. Streams: {BATCH:,}-row durable adds for "
-              f"{a['seconds']:g} s while one thread runs single queries (k={K}, `columns=['id']`) back to back.",
+              f"{a['seconds']:g} s while one thread runs single queries (k={K}, `columns=['id']`) "
+              + (f"at {a['query_rate']:g} per second (an open loop)." if a.get("query_rate") else "back to back."),
               "", "| phase | rows/s achieved | rows added (s) | idle p50 / p99 ms | stream p50 / p99 / max ms | "
               "p50 ratio | p99 ratio | add p50 / p99 ms | recall@10 after | searches |",
               "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -336,6 +343,8 @@ def main(argv=None) -> int:
     p.add_argument("--max-rows", type=int, default=1_000_000,
                    help="rows the unpaced stream may add at most (default %(default)s)")
     p.add_argument("--paced-only", action="store_true", help="skip the unpaced phase")
+    p.add_argument("--query-rate", type=float, default=0.0,
+                   help="single queries per second during the streams (default 0: back to back)")
     p.add_argument("--idle-passes", type=int, help="passes over the queries when idle (default 3; --quick 1)")
     args = p.parse_args(argv)
     run_defaults(args)
