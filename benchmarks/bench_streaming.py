@@ -337,7 +337,8 @@ def markdown(r: dict) -> str:
 
 def main(argv=None) -> int:
     p = parser(__doc__)
-    add_run_args(p, "streaming", "20K base rows, 5 s streams, one idle pass (a sanity check)", "queries (default 1,000)")
+    add_run_args(p, "streaming", "20K base rows, 5 s streams, one idle pass (a sanity check)",
+                 "queries (default 1,000)")
     p.add_argument("--rate", type=float, default=20_000, help="rows/s of the paced stream (default %(default)s)")
     p.add_argument("--seconds", type=float, help="seconds each stream runs (default 20; --quick 5)")
     p.add_argument("--max-rows", type=int, default=1_000_000,

@@ -10,8 +10,8 @@ so writes and searches never wait for it.
 The index builder and the compaction service run at a lower CPU priority (nice
 :data:`BACKGROUND_NICE`, and so do the OpenMP threads a build starts), the fresh
 indexer halfway between: while searches and writes keep the cores busy, the kernel
-gives them the CPU first, and the builds take what is left. The flusher keeps normal priority: a writer that fills the next
-memtable waits for it.
+gives them the CPU first, and the builds take what is left. The flusher keeps normal
+priority: a writer that fills the next memtable waits for it.
 """
 
 from __future__ import annotations
@@ -128,7 +128,8 @@ class Workers:
     """The background threads of one open database."""
 
     flusher: BackgroundWorker = field(default_factory=lambda: BackgroundWorker("flusher"))
-    fresh: BackgroundWorker = field(default_factory=lambda: BackgroundWorker("fresh-index", (background_nice() + 1) // 2))
+    fresh: BackgroundWorker = field(
+        default_factory=lambda: BackgroundWorker("fresh-index", (background_nice() + 1) // 2))
     indexer: BackgroundWorker = field(default_factory=lambda: BackgroundWorker("index-builder", background_nice()))
     compactor: BackgroundWorker = field(default_factory=lambda: BackgroundWorker("compaction", background_nice()))
 
