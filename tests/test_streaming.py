@@ -44,6 +44,7 @@ def test_index_builds_and_merges_run_at_a_lower_cpu_priority_than_searches_and_f
         expected = min(19, mine + workers.BACKGROUND_NICE)
         assert thread_nice("omendb-index-builder") == expected
         assert thread_nice("omendb-compaction") == expected
+        assert thread_nice("omendb-fresh-index") == min(19, mine + (workers.BACKGROUND_NICE + 1) // 2)
         assert thread_nice("omendb-flusher") == mine      # a writer may wait for it
         assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine  # the caller is untouched
         assert len(tbl.search(rows(0, 1)["vector"][0], k=5)) == 5
