@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_scale import mixtures  # (the same mixtures as the scale benchmark: convex pairs plus noise)
 from _harness import (WARMUP, Run, add_run_args, dataset_schema, exact_topk, f2, f3, f4, float32_table,
                       float32_vectors, lat_summary, load_dataset, machine_info, machine_section, now_ns, parser,
                       recall_at_k, run_defaults, title, yes)
@@ -45,22 +46,10 @@ TABLE = "pypi"
 K = 10
 BATCH = 1_000
 BASE_BATCH = 10_000
-#: Noise added to each streamed mixture before it is renormalised (norm ~0.05), as bench_scale.
-NOISE_NORM = 0.05
 STREAM_SEED = 23
 #: Searches per phase at most (the loop also ends with the stream).
 MAX_SEARCHES = 200_000
 P50_TARGET, P99_TARGET, RECALL_TARGET = 2.0, 4.0, 0.95
-
-
-def mixtures(X: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """``n`` unit vectors, each a random convex pair of rows of ``X`` plus a little noise."""
-    a, b = rng.integers(0, len(X), n), rng.integers(0, len(X), n)
-    w = rng.random((n, 1), dtype=np.float32)
-    noise = rng.normal(0, NOISE_NORM / np.sqrt(X.shape[1]), (n, X.shape[1])).astype(np.float32)
-    v = w * X[a] + (1 - w) * X[b] + noise
-    v /= np.linalg.norm(v, axis=1, keepdims=True)
-    return v.astype(np.float32)
 
 
 def build_base(path: Path, data) -> dict:
