@@ -80,6 +80,14 @@ class FreshIndexer:
             return
         self._worker.submit((id(core), "fresh"), self._run, self._failed)
 
+    def after_commit(self) -> None:
+        """Rows were added: schedule a step once the memtable holds a step's worth past its
+        graph (cheap: every add calls it; flushes schedule the rest)."""
+        state = self._core.state
+        graph = state.memtable.graph
+        if _step_due(len(state.memtable), 0 if graph is None else graph.rows, _least_rows(state), complete=False):
+            self.schedule()
+
     def _run(self) -> None:
         core = self._core
         while not (core.stopping or exiting()):
@@ -119,7 +127,7 @@ class FreshIndexer:
                                   else (sealed.memtable, True))
             candidates.append((state.memtable, False))
             views = {id(m): m.view() for m, _ in candidates if isinstance(m, Memtable)}
-            least = max(FRESH_MIN_ROWS, state.info.index.min_rows)
+            least = _least_rows(state)
         for owner, complete in candidates:
             if isinstance(owner, Memtable):
                 view = views[id(owner)]
@@ -129,12 +137,8 @@ class FreshIndexer:
                     continue
                 graph, vectors, norms = owner.provisional, owner.vectors, owner.norms
             have = 0 if graph is None else graph.rows
-            rows = vectors.shape[0]
-            if rows < least or have >= rows:
-                continue
-            if not complete and rows - have < max(FRESH_MIN_STEP, int(have * FRESH_STEP_FRACTION)):
-                continue
-            return owner, graph, vectors, norms, have
+            if _step_due(vectors.shape[0], have, least, complete):
+                return owner, graph, vectors, norms, have
         return None
 
     def _failed(self, exc: BaseException) -> None:
@@ -142,3 +146,16 @@ class FreshIndexer:
             warnings.warn(f"omendb: growing a graph over fresh rows of table {self._core.name!r} failed "
                           f"({describe(exc)}); those rows are scanned exactly until their segment's graph is "
                           "built", RuntimeWarning, stacklevel=1)
+
+
+def _least_rows(state: TableState) -> int:
+    """Rows a memtable or segment needs before a fresh graph serves it."""
+    return max(FRESH_MIN_ROWS, state.info.index.min_rows)
+
+
+def _step_due(rows: int, have: int, least: int, complete: bool) -> bool:
+    """Whether a graph over ``have`` of ``rows`` rows should grow now: past ``least`` rows,
+    by every row left once no more come (``complete``), else by a step's worth."""
+    if rows < least or have >= rows:
+        return False
+    return complete or rows - have >= max(FRESH_MIN_STEP, int(have * FRESH_STEP_FRACTION))
