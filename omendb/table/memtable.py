@@ -16,7 +16,7 @@ carries the graph of its time, which never covers more rows than the view holds.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -26,6 +26,9 @@ from ..index.flat import vector_norms
 from ..index.hnsw import HnswIndex
 from ..index.keys import keys_to_numpy
 from .prefault import AheadOfUse
+
+if TYPE_CHECKING:
+    from .segments import SegmentHandle
 
 __all__ = ["Memtable", "MemtableView", "StagedRows"]
 
@@ -78,7 +81,7 @@ class Memtable:
         self.graph: HnswIndex | None = None
         #: The segment its rows went to at the same positions (set by the flusher), which
         #: graphs grown after the flush serve instead.
-        self.segment: Any = None
+        self.segment: SegmentHandle | None = None
 
     def __len__(self) -> int:
         return self._rows
