@@ -486,7 +486,7 @@ def markdown(res: dict) -> str:
     resumed = (build or {}).get("resumed")
     if resumed:
         at_open = resumed["stats_at_open"]
-        L += [f"**Resumed run.** The first build process was stopped (the machine was restarted) with "
+        L += [f"**Resumed run.** The first build process was interrupted with "
               f"{at_open['indexed_segments']} of {at_open['segments']} segments indexed "
               f"({at_open['indexed_rows']:,} of {at_open['rows']:,} rows). This run reopened the table "
               f"({resumed['open_s']:.1f} s) and waited for the rest; times to indexed and settled count from the "
