@@ -161,6 +161,66 @@ def test_a_flush_hands_the_memtable_graph_to_its_segment_until_the_segment_has_i
         assert tbl.search(data["vector"][5], k=1)["id"][0].as_py() == 5
 
 
+def test_a_segment_found_without_its_graph_on_open_gets_a_fresh_graph(db_path: Path, held_builds) -> None:
+    data = rows(0, FRESH)
+    options = {"memtable_bytes": 64 << 20, "compaction": False}
+    with omendb.open(db_path, **options) as db:
+        db.create_table("t", dim=DIM, metric="l2", index=omendb.HnswFlat(min_rows=1_000)).add(data)
+    with omendb.open(db_path, **options) as db:  # (the close flushed; the graph was never built)
+        tbl = db.open_table("t")
+        (handle,) = tbl.core.state.segments
+        assert handle.entry.index_file is None
+        time.sleep(0.5)
+        assert handle.provisional is None, "a graph only once a search wants one"
+        assert tbl.search(data["vector"][0], k=1)["id"][0].as_py() == 0  # (an exact scan: it asks for one)
+        wait_for(lambda: handle.provisional is not None and handle.provisional.rows == FRESH)
+        (part,) = graph_parts(tbl)
+        assert part.index is handle.provisional
+        got = tbl.search(data["vector"][4321], k=3)
+        assert got["id"][0].as_py() == 4321 and got["_distance"][0].as_py() == 0.0
+
+
+def test_fresh_graphs_stop_growing_at_their_row_budget(db_path: Path, held_builds, monkeypatch) -> None:
+    from omendb.table import fresh
+
+    data = rows(0, FRESH)
+    options = {"memtable_bytes": 64 << 20, "compaction": False}
+    with omendb.open(db_path, **options) as db:
+        db.create_table("t", dim=DIM, metric="l2", index=omendb.HnswFlat(min_rows=1_000)).add(data)
+    monkeypatch.setattr(fresh, "FRESH_MAX_ROWS", FRESH - 1)
+    with omendb.open(db_path, **options) as db:
+        tbl = db.open_table("t")
+        assert tbl.search(data["vector"][77], k=1)["id"][0].as_py() == 77
+        assert tbl._fresh._next_step() is None  # nothing to do: the segment would pass the budget
+        assert tbl.core.state.segments[0].provisional is None and graph_parts(tbl) == []
+
+
+def test_segments_being_merged_are_searched_through_fresh_graphs_until_the_merge_publishes(
+        db_path: Path, held_builds, monkeypatch) -> None:
+    from omendb.table import compactor
+
+    monkeypatch.setattr(compactor, "build_index", indexer.build_index)  # (the merged graph waits too)
+    first, second = rows(0, FRESH), rows(FRESH, FRESH)
+    with omendb.open(db_path, memtable_bytes=64 << 20) as db:
+        tbl = db.create_table("t", dim=DIM, metric="l2", index=omendb.HnswFlat(min_rows=1_000))
+        tbl.add(first)
+        tbl.flush()
+        tbl.add(second)
+        tbl.flush()
+        wait_for(lambda: len(tbl.core.merging) == 2)  # (the merge waits at its graph build)
+        handles = tbl.core.state.segments
+        tbl.search(first["vector"][0], k=1)  # (a segment flushed before its memtable had a graph asks here)
+        wait_for(lambda: all(h.provisional is not None and h.provisional.rows == FRESH for h in handles))
+        assert sorted(p.index.rows for p in graph_parts(tbl)) == [FRESH, FRESH]
+        for i in (5, FRESH + 5):
+            vector = (first if i < FRESH else second)["vector"][i % FRESH]
+            assert tbl.search(vector, k=1)["id"][0].as_py() == i
+        held_builds.set()
+        assert tbl.wait_for_index(timeout=60)
+        (merged,) = tbl.core.state.segments
+        assert merged.entry.rows == 2 * FRESH and merged.entry.index_file is not None
+
+
 def test_segments_below_min_rows_are_scanned_exactly_not_through_a_fresh_graph(db_path: Path) -> None:
     data = rows(0, FRESH)
     with omendb.open(db_path, memtable_bytes=64 << 20, compaction=False) as db:

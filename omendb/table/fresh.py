@@ -5,9 +5,17 @@ it is published, its rows would be scanned exactly, at a cost that grows with ev
 row written. The fresh indexer keeps a cheaper graph (:func:`fresh_hnsw`) over such
 rows instead. It grows the memtable's graph as rows come in; the flush hands that
 graph to the new segment (``SegmentHandle.provisional``), where it grows on until it
-covers the segment, and is dropped once the segment's own graph is published. Rows
-of a table below its index's ``min_rows`` (and segments that small) are scanned
-exactly, as they would be without fresh graphs.
+covers the segment, and is dropped once the segment's own graph is published. A
+segment that waits for its graph without one handed over (flushed before its memtable
+had a graph, or found on open) gets a fresh graph from its first row once a search has
+scanned it exactly (:meth:`FreshIndexer.want`: a bulk load nobody searches spends no
+CPU on graphs it throws away), unless the fresh graphs already hold
+:data:`FRESH_MAX_ROWS` rows (they live in memory: rows past that are scanned exactly
+until their graphs are built). Segments a compaction is merging
+get theirs too: the merge builds its segment's graph at full quality, ~10x the cost
+per row of a fresh graph, and its rows are searched through the fresh graphs until it
+publishes. Rows of a table below its index's ``min_rows``
+(and segments that small) are scanned exactly, as they would be without fresh graphs.
 
 faiss cannot insert into a graph while it is searched, so each step inserts into a
 copy and publishes the copy whole. A copy costs about 2.4 us per row it holds (103 ms
@@ -16,8 +24,7 @@ least a quarter of the rows the graph holds (copies then cost at most ~10 us per
 inserted); a search scans the rows past the graph exactly (at most a step's worth,
 plus what arrived since).
 
-The graphs live in memory only: after a restart, such rows are scanned exactly until
-their segment's graph is built. The work runs on its own background thread, at a
+The graphs live in memory only: after a restart they are grown again. The work runs on its own background thread, at a
 lower CPU priority than searches and writes but above the index builder and compaction.
 """
 
@@ -36,7 +43,7 @@ from .segments import SegmentHandle
 from .state import TableCore, TableState
 from .workers import Workers, exiting
 
-__all__ = ["FreshIndexer", "FRESH_MIN_ROWS", "needs_own_graph"]
+__all__ = ["FreshIndexer", "FRESH_MAX_ROWS", "FRESH_MIN_ROWS", "needs_own_graph"]
 
 #: A memtable gets a graph once it holds this many rows, and the index config's
 #: ``min_rows`` (fewer are scanned exactly, as a segment that small is).
@@ -49,6 +56,9 @@ FRESH_MIN_STEP = 2_048
 FRESH_STEP_FRACTION = 1 / 4
 #: ... and at most this many (a step's rows become searchable through the graph at its end).
 FRESH_MAX_STEP = 32_768
+#: Rows all fresh graphs of a table may hold before segments that have none are left to
+#: exact scans (a row costs ~0.9 KB at 384 dimensions: fp16 codes and links).
+FRESH_MAX_ROWS = 1_000_000
 
 
 def needs_own_graph(handle: SegmentHandle, state: TableState) -> bool:
@@ -72,6 +82,7 @@ class FreshIndexer:
         self._worker = None if workers is None else workers.fresh
         self._curve: list[list[float]] | None = None
         self._curve_rows = 0
+        self._wanted: set[str] = set()  # segments without a fresh graph that a search scanned exactly
 
     def schedule(self) -> None:
         """Look for rows to add (after a write or a flush); returns at once."""
@@ -79,6 +90,13 @@ class FreshIndexer:
         if self._worker is None or core.stopping or not core.options.build_indexes:
             return
         self._worker.submit((id(core), "fresh"), self._run, self._failed)
+
+    def want(self, handle: SegmentHandle) -> None:
+        """A search scanned ``handle`` exactly, for want of any graph: grow it a fresh one
+        (cheap when asked again: every such search calls it)."""
+        if handle.file not in self._wanted:
+            self._wanted.add(handle.file)
+            self.schedule()
 
     def after_commit(self) -> None:
         """Rows were added: schedule a step once the memtable holds a step's worth past its
@@ -119,23 +137,27 @@ class FreshIndexer:
         there is), then the memtable once it holds a step's worth of rows past its graph."""
         with self._core.changing() as state:
             sealed = state.sealed
-            candidates: list[tuple[Any, bool]] = [
-                (h, True) for h in reversed(state.segments)
-                if h.provisional is not None and h.file not in self._core.merging and needs_own_graph(h, state)]
+            candidates: list[tuple[Any, bool]] = [  # (newest first: the likeliest to be searched)
+                (h, True) for h in reversed(state.segments) if needs_own_graph(h, state)]
             if sealed is not None:
                 candidates.insert(0, (sealed.handle, True) if sealed.written and sealed.handle is not None
                                   else (sealed.memtable, True))
             candidates.append((state.memtable, False))
             views = {id(m): m.view() for m, _ in candidates if isinstance(m, Memtable)}
             least = _least_rows(state)
+            held = sum(h.provisional.rows for h in state.segments if h.provisional is not None) + sum(
+                0 if v.graph is None else v.graph.rows for v in views.values())
+            self._wanted &= {h.file for h in state.segments}
         for owner, complete in candidates:
             if isinstance(owner, Memtable):
                 view = views[id(owner)]
                 graph, vectors, norms = view.graph, view.vectors, view.norms
             else:
-                if owner.provisional is None:  # (a written segment whose memtable had no graph)
+                graph = owner.provisional
+                if graph is None and (owner.file not in self._wanted or owner.entry.rows < least
+                                      or held + owner.entry.rows > FRESH_MAX_ROWS):
                     continue
-                graph, vectors, norms = owner.provisional, owner.vectors, owner.norms
+                vectors, norms = owner.vectors, owner.norms
             have = 0 if graph is None else graph.rows
             if _step_due(vectors.shape[0], have, least, complete):
                 return owner, graph, vectors, norms, have

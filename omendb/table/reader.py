@@ -43,9 +43,13 @@ class TableReader:
     writer rebuilds it); the segment is searched exactly meanwhile.
     """
 
-    def __init__(self, core: TableCore, on_bad_index: Callable[[SegmentHandle], None] = lambda handle: None) -> None:
+    def __init__(self, core: TableCore, on_bad_index: Callable[[SegmentHandle], None] = lambda handle: None,
+                 on_exact_scan: Callable[[SegmentHandle], None] = lambda handle: None) -> None:
+        """``on_bad_index(handle)``: its index file failed to load. ``on_exact_scan(handle)``:
+        a search scans that segment exactly although it qualifies for a graph (it has none yet)."""
         self._core = core
         self._on_bad_index = on_bad_index
+        self._on_exact_scan = on_exact_scan
         self._plans: dict[tuple[Any, bool], tuple[list[str], pa.Schema]] = {}
         self._plans_lock = threading.Lock()
 
@@ -82,7 +86,10 @@ class TableReader:
         for handle in state.segments:
             part = self._segment_part(handle, state, exact, k, recall, ef)
             provisional = handle.provisional  # (rows the segment's own graph does not serve yet)
-            if exact or part.index is not None or provisional is None or not needs_own_graph(handle, state):
+            if exact or part.index is not None or not needs_own_graph(handle, state):
+                parts.append(part)
+            elif provisional is None:
+                self._on_exact_scan(handle)
                 parts.append(part)
             else:
                 parts += split_at_graph(part, provisional, _fresh_ef(provisional, state, k, recall, ef))

@@ -117,7 +117,8 @@ class LocalTable(Table):
         self._compactor = Compactor(core, workers, flush=self.flush, after_publish=self._indexer.schedule)
         self._fresh = FreshIndexer(core, workers)
         self._flusher = Flusher(core, log, workers, after_publish=self._after_publish)
-        self._reader = TableReader(core, on_bad_index=lambda handle: self._indexer.submit(handle.file))
+        self._reader = TableReader(core, on_bad_index=lambda handle: self._indexer.submit(handle.file),
+                                   on_exact_scan=self._fresh.want)
         self._writer = Writer(core, self._reader, log, self._flusher, after_commit=self._fresh.after_commit)
         for record in records:
             self._writer.apply(record.kind, record.payload, record.seq)
