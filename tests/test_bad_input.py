@@ -603,6 +603,14 @@ def test_index_parameters_beyond_sane_limits_are_refused_before_publishing(pop, 
     pop.assert_unchanged()
 
 
+def test_an_index_config_passed_as_m_is_refused_with_the_way_to_pass_it(pop) -> None:
+    version = pop.table.version
+    with pytest.raises(errors.InvalidArgumentError, match=r"create_index\(index=HnswFlat"):
+        pop.table.create_index(omendb.HnswFlat(min_rows=1_000))
+    assert pop.table.version == version
+    pop.assert_unchanged()
+
+
 def test_huge_k_costs_no_more_than_the_rows(pop) -> None:
     hits = pop.table.search(pop.vectors[0], k=10**12)
     assert hits.num_rows == 33

@@ -326,3 +326,39 @@ def test_key_lookups_of_upserts_deletes_and_gets_load_key_indexes_outside_the_st
             else:
                 assert tbl.get([9])["id"].to_pylist() == [9]
     assert len(held) >= 3 and not any(held), held
+
+
+# ============================================================== searches yield BLAS threads
+def test_a_single_query_scans_on_one_blas_thread_while_background_work_runs(db_path: Path, held_builds,
+                                                                             monkeypatch) -> None:
+    from omendb.index import blas
+    from omendb.query import search
+
+    libraries = blas._blas_libraries()
+    if not libraries or max(lib.get_num_threads() for lib in libraries) < 2:
+        pytest.skip("BLAS runs on one thread here anyway")
+    seen: list[int] = []
+    real = search.exact_search
+
+    def recording(*args, **kwargs):
+        seen.append(max(lib.get_num_threads() for lib in libraries))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(search, "exact_search", recording)
+    dim, n = 384, 12_000  # (a scan large enough to use the library's threads when the cores are free)
+    vectors = np.random.default_rng(3).standard_normal((n, dim)).astype(np.float32)
+    with omendb.open(db_path, compaction=False, memtable_bytes=64 << 20) as db:
+        tbl = db.create_table("t", dim=dim, metric="l2", index=omendb.HnswFlat(min_rows=n + 1))
+        tbl.add({"id": np.arange(n), "vector": vectors})
+        assert tbl.search(vectors[7], k=1)["id"][0].as_py() == 7
+        idle = seen[-1]
+        tbl.create_index(index=omendb.HnswFlat(min_rows=1_000))  # (its build waits at the gate: background work runs)
+        tbl.flush()
+        wait_for(lambda: workers.background_running())
+        seen.clear()
+        assert tbl.search(vectors[9], k=1, exact=True)["id"][0].as_py() == 9
+        assert seen and max(seen) == 1, "one BLAS thread while a build runs"
+        both = tbl.search(vectors[:2], k=1, exact=True)  # (a batch keeps the library's threads)
+        assert both["id"].to_pylist() == [0, 1] and seen[-1] == idle
+        held_builds.set()
+    assert idle >= 2

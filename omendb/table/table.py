@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 import pyarrow as pa
 
 from ..api import Table
-from ..errors import (CorruptFileError, MissingFileError, MissingVersionError, ReadOnlyError, SchemaError,
-                      VersionNotFoundError, storage_error)
+from ..errors import (CorruptFileError, InvalidArgumentError, MissingFileError, MissingVersionError, ReadOnlyError,
+                      SchemaError, VersionNotFoundError, storage_error)
 from ..index.configs import IndexConfig, check_index_config
 from ..query.snapshot import Snapshot
 from ..storage.fileio import fsync_dir
@@ -375,6 +375,9 @@ class LocalTable(Table):
         reaches (``fresh.py``). Use :meth:`wait_for_index` to wait.
         """
         self._writable()
+        if index is None and isinstance(m, IndexConfig):
+            raise InvalidArgumentError(f"create_index(m=...) takes the graph's neighbours per node; pass an index "
+                                       f"config as create_index(index={m!r})")
         if index is not None:
             config = check_index_config(index)
         else:

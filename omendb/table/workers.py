@@ -25,7 +25,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
-__all__ = ["BackgroundWorker", "Workers", "exiting", "BACKGROUND_NICE"]
+__all__ = ["BackgroundWorker", "Workers", "exiting", "background_running", "BACKGROUND_NICE"]
 
 #: Niceness of the index builder's and the compaction service's threads (0-19; higher
 #: yields more). ``OMENDB_BACKGROUND_NICE`` overrides it (0: the foreground's priority).
@@ -33,6 +33,21 @@ BACKGROUND_NICE = 10
 
 _LIVE: "weakref.WeakSet[BackgroundWorker]" = weakref.WeakSet()
 _EXITING = threading.Event()
+
+
+_running = 0  # background jobs running now, in every open database of the process
+_running_lock = threading.Lock()
+
+
+def background_running() -> bool:
+    """True while a background job (flush, fresh graph, build, merge) runs in this process."""
+    return _running > 0
+
+
+def _count_running(step: int) -> None:
+    global _running
+    with _running_lock:
+        _running += step
 
 
 def exiting() -> bool:
@@ -85,11 +100,13 @@ class BackgroundWorker:
             key, job, on_error, on_done = item
             with self._lock:  # from now on a new submit queues another run (it may see newer state)
                 self._pending.discard(key)
+            _count_running(1)
             try:
                 job()
             except BaseException as exc:  # reported to the job's owner, never kills the thread
                 on_error(exc)
             finally:
+                _count_running(-1)
                 on_done()
 
     def close(self) -> None:
