@@ -5,17 +5,18 @@ it is published, its rows would be scanned exactly, at a cost that grows with ev
 row written. The fresh indexer keeps a cheaper graph (:func:`fresh_hnsw`) over such
 rows instead. It grows the memtable's graph as rows come in; the flush hands that
 graph to the new segment (``SegmentHandle.provisional``), where it grows on until it
-covers the segment, and is dropped once the segment's own graph is published. A
-segment that waits for its graph without one handed over (flushed before its memtable
-had a graph, or found on open) gets a fresh graph from its first row once a search has
-scanned it exactly (:meth:`FreshIndexer.want`: a bulk load nobody searches spends no
-CPU on graphs it throws away), unless the fresh graphs already hold
+covers the segment, and is dropped once the segment's own graph is published.
+
+A segment that waits for its graph without one handed over (flushed before its
+memtable had a graph, or found on open) gets a fresh graph from its first row once a
+search has scanned it exactly (:meth:`FreshIndexer.want`: a bulk load nobody searches
+spends no CPU on graphs it would throw away), unless the fresh graphs already hold
 :data:`FRESH_MAX_ROWS` rows (they live in memory: rows past that are scanned exactly
-until their graphs are built). Segments a compaction is merging
-get theirs too: the merge builds its segment's graph at full quality, ~10x the cost
-per row of a fresh graph, and its rows are searched through the fresh graphs until it
-publishes. Rows of a table below its index's ``min_rows``
-(and segments that small) are scanned exactly, as they would be without fresh graphs.
+until their graphs are built). Segments a compaction is merging get theirs too: the
+merge builds its segment's graph at full quality, ~10x the cost per row of a fresh
+graph, and their rows are searched through the fresh graphs until it publishes. Rows
+of a table below its index's ``min_rows`` (and segments that small) are scanned
+exactly, as they would be without fresh graphs.
 
 faiss cannot insert into a graph while it is searched, so each step inserts into a
 copy and publishes the copy whole. A copy costs about 2.4 us per row it holds (103 ms
@@ -24,8 +25,9 @@ least a quarter of the rows the graph holds (copies then cost at most ~10 us per
 inserted); a search scans the rows past the graph exactly (at most a step's worth,
 plus what arrived since).
 
-The graphs live in memory only: after a restart they are grown again. The work runs on its own background thread, at a
-lower CPU priority than searches and writes but above the index builder and compaction.
+The graphs live in memory only: after a restart, a search asks for them again. The
+work runs on its own background thread, at a lower CPU priority than searches and
+writes but above the index builder and compaction.
 """
 
 from __future__ import annotations
