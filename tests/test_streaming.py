@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import omendb
+from omendb.index.hnsw import BuildCancelled
 from omendb.table import indexer, workers
 
 DIM = 16
@@ -125,9 +126,13 @@ def held_builds(monkeypatch):
     gate = threading.Event()
     real = indexer.build_index
 
-    def build_when_let(*args, **kwargs):
-        assert gate.wait(60), "the test never opened the gate"
-        return real(*args, **kwargs)
+    def build_when_let(core, *args, **kwargs):
+        deadline = time.monotonic() + 60
+        while not gate.wait(0.05):
+            if core.stopping:  # (the table closes: the build stops, as a real one does at its next chunk)
+                raise BuildCancelled()
+            assert time.monotonic() < deadline, "the test never opened the gate"
+        return real(core, *args, **kwargs)
 
     monkeypatch.setattr(indexer, "build_index", build_when_let)
     yield gate
