@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 from ..errors import ArgumentTypeError, InvalidArgumentError
 
 __all__ = ["HnswSq", "HnswFlat", "HnswConfig", "IndexConfig", "index_config_from_dict", "check_index_config",
+           "requested_index_config",
            "MAX_EF", "MIN_QUANTIZER_ROWS"]
 
 #: The largest candidate list a search may ask for (``ef``).
@@ -149,6 +150,21 @@ def index_config_from_dict(values: dict[str, Any] | None) -> HnswSq | HnswFlat:
     if unknown:
         raise InvalidArgumentError(f"unknown {cls.__name__} parameter(s): {', '.join(unknown)}")
     return cls(**values)
+
+
+def requested_index_config(current: HnswSq | HnswFlat, m: Any, ef_construction: Any, *, ef_search: Any,
+                           min_rows: Any, recall: Any, index: Any) -> HnswSq | HnswFlat:
+    """The config ``create_index`` asks for: ``index`` whole, else ``current``'s type with the
+    parameters given (``None``: ``current``'s)."""
+    if index is not None:
+        return check_index_config(index)
+    if isinstance(m, _Hnsw):
+        raise InvalidArgumentError(f"create_index(m=...) takes the graph's neighbours per node; pass an index "
+                                   f"config as create_index(index={m!r})")
+    return type(current)(m=m, ef_construction=ef_construction,
+                         ef_search=current.ef_search if ef_search is None else ef_search,
+                         min_rows=current.min_rows if min_rows is None else min_rows,
+                         recall=current.recall if recall is None else recall)
 
 
 def check_index_config(index: Any) -> HnswSq | HnswFlat:

@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Any, Sequence
 import pyarrow as pa
 
 from ..api import Table
-from ..errors import (CorruptFileError, InvalidArgumentError, MissingFileError, MissingVersionError, ReadOnlyError,
-                      SchemaError, VersionNotFoundError, storage_error)
-from ..index.configs import IndexConfig, check_index_config
+from ..errors import (CorruptFileError, MissingFileError, MissingVersionError, ReadOnlyError, SchemaError,
+                      VersionNotFoundError, storage_error)
+from ..index.configs import IndexConfig, requested_index_config
 from ..query.snapshot import Snapshot
 from ..storage.fileio import fsync_dir
 from ..storage.layout import LOCK, MANIFESTS, WAL
@@ -375,18 +375,9 @@ class LocalTable(Table):
         reaches (``fresh.py``). Use :meth:`wait_for_index` to wait.
         """
         self._writable()
-        if index is None and isinstance(m, IndexConfig):
-            raise InvalidArgumentError(f"create_index(m=...) takes the graph's neighbours per node; pass an index "
-                                       f"config as create_index(index={m!r})")
-        if index is not None:
-            config = check_index_config(index)
-        else:
-            current = self.core.state.info.index
-            config = type(current)(m=m, ef_construction=ef_construction,
-                                   ef_search=current.ef_search if ef_search is None else ef_search,
-                                   min_rows=current.min_rows if min_rows is None else min_rows,
-                                   recall=current.recall if recall is None else recall)
-        self._indexer.configure(config)
+        self._indexer.configure(requested_index_config(self.core.state.info.index, m, ef_construction,
+                                                       ef_search=ef_search, min_rows=min_rows, recall=recall,
+                                                       index=index))
 
     def wait_for_index(self, timeout: float | None = None) -> bool:
         """Flush the rows added so far, then wait until every segment that should have
