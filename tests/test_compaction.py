@@ -704,8 +704,10 @@ def test_after_a_failed_background_compaction_each_segment_gets_its_own_graph(db
 
 
 def test_a_build_under_way_stops_when_its_segment_joins_a_merge(db_path: Path, rng, monkeypatch) -> None:
+    from omendb.index.calibration import held_out
     from omendb.table import indexer
 
+    first = 150 - held_out(150)  # the rows of the first segment a build starts from (the rest calibrate it)
     chunks: dict[int, int] = {}  # rows of the segment being built -> chunks it started
     held, go = threading.Event(), threading.Event()
     original = indexer.build_hnsw
@@ -715,7 +717,7 @@ def test_a_build_under_way_stops_when_its_segment_joins_a_merge(db_path: Path, r
 
         def counting_threads() -> int:
             chunks[rows] = chunks.get(rows, 0) + 1
-            if chunks[rows] == 2 and rows == 150:  # the first segment's second chunk
+            if chunks[rows] == 2 and rows == first:  # the first segment's second chunk
                 held.set()
                 assert go.wait(30), "the test never released the build"
             return threads()
@@ -738,7 +740,7 @@ def test_a_build_under_way_stops_when_its_segment_joins_a_merge(db_path: Path, r
             go.set()
         joined(compaction, out)
         assert tbl.wait_for_index(timeout=WAIT)
-        assert chunks[150] == 2, "the build went on after its segment joined a merge"
+        assert chunks[first] == 2, "the build went on after its segment joined a merge"
         stats = tbl.stats()
         assert (stats["segments"], stats["indexed_segments"], stats["indexed_rows"]) == (1, 1, 450)
         assert not [w for w in caught if "failed" in str(w.message)], "a cancelled build was reported as failed"

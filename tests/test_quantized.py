@@ -96,6 +96,22 @@ def test_recall_targets_are_met_and_survive_a_reopen(indexed, db_path: Path, rng
         assert reopened.stats()["index"] == config
 
 
+def test_the_calibration_reads_the_recall_new_queries_get(indexed, rng) -> None:
+    """Measured on rows the graph did not hold yet, the curve neither flatters the graph (rows
+    found through their own links) nor sells it short (queries far from every row)."""
+    x, q = _data(rng, queries=600)  # (the queries: new points from the rows' own distribution)
+    table = indexed(x, "cosine", index=omendb.HnswSq(m=8, ef_construction=24, min_rows=2_000))
+    curve = dict(map(tuple, table.core.state.segments[0].entry.index_calibration))
+    truth = np.argsort(brute_force_distances(x, q, "cosine"), axis=1)[:, :10]
+    compared = 0
+    for ef in (10, 16, 24, 32):
+        reached = _recall(_ids_per_query(table.search(q, k=10, ef=ef), len(q)), truth)
+        if reached < 0.995:
+            compared += 1
+            assert abs(curve[float(ef)] - reached) <= 0.03, (ef, curve[float(ef)], reached)
+    assert compared >= 2, "the graph was too good to tell calibrations apart: make it weaker"
+
+
 def test_filters_and_deletes_through_a_quantized_graph(indexed, rng) -> None:
     x, q = _data(rng)
     tag = np.arange(ROWS) % 10

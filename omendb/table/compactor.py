@@ -32,11 +32,10 @@ from ..index.hnsw import BuildCancelled, HnswIndex, extend_hnsw
 from ..storage.layout import SEGMENTS, merged_segment_file_name
 from ..storage.manifest import SegmentEntry
 from ..storage.segment import write_segment
-from .activity import graph_threads
-from .indexer import build_index, save_index
+from .indexer import build_index, grow_index
 from .segments import NORM_COLUMN, SegmentHandle, with_deletions
 from .state import Deletions, TableCore
-from .workers import Workers, exiting
+from .workers import Workers
 
 __all__ = ["Compactor"]
 
@@ -297,9 +296,7 @@ class Compactor:
             entry = base.entry
             index = extend_hnsw(core.directory / SEGMENTS / entry.index_file, metric=core.state.info.metric,
                                 size=entry.index_bytes, crc32=entry.index_crc32, rows=entry.rows)
-            index.add(handle.vectors[entry.rows:], handle.norms[entry.rows:],
-                      should_stop=lambda: core.stopping or exiting(), threads=graph_threads)
-            entry, index = save_index(core, handle, config, index)
+            entry, index = grow_index(core, handle, config, index, earlier_curve=entry.index_calibration)
         written.append(core.directory / SEGMENTS / entry.index_file)
         return entry, index
 

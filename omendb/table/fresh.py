@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import describe
-from ..index.calibration import calibrate
+from ..index.calibration import calibrate, held_out
 from ..index.hnsw import HnswIndex, fresh_hnsw
 from .memtable import Memtable
 from .segments import SegmentHandle
@@ -116,12 +116,17 @@ class FreshIndexer:
                 return
             owner, graph, vectors, norms, have = step
             stop = min(vectors.shape[0], have + FRESH_MAX_STEP)
-            grown = (graph or fresh_hnsw(vectors.shape[1], core.state.info.metric)).grown(vectors[have:stop],
-                                                                                          norms[have:stop])
-            if grown.rows >= 2 * self._curve_rows:
-                self._curve = calibrate(grown, vectors[:stop], norms[:stop], core.state.info.metric,
-                                        queries=FRESH_CALIBRATION_QUERIES)
-                self._curve_rows = grown.rows
+            grown = graph or fresh_hnsw(vectors.shape[1], core.state.info.metric)
+            if stop >= 2 * self._curve_rows:  # measured on the step's last rows before they go in
+                cut = max(have, stop - held_out(stop, FRESH_CALIBRATION_QUERIES))
+                if cut > have:
+                    grown = grown.grown(vectors[have:cut], norms[have:cut])
+                curve = calibrate(grown, vectors[:cut], norms[:cut], core.state.info.metric, vectors[cut:stop],
+                                  queries=FRESH_CALIBRATION_QUERIES)
+                if curve is not None:
+                    self._curve, self._curve_rows = curve, stop
+                have = cut
+            grown = grown.grown(vectors[have:stop], norms[have:stop])
             grown.calibration = self._curve
             with core.changing() as state:
                 segment = owner.segment if isinstance(owner, Memtable) else owner

@@ -9,7 +9,7 @@ from dataclasses import replace
 from typing import Callable
 
 from ..errors import ClosedError, IndexBuildError, describe
-from ..index.calibration import calibrate
+from ..index.calibration import add_calibrated, held_out
 from ..index.configs import IndexConfig
 from ..index.hnsw import BuildCancelled, HnswIndex, build_hnsw
 from ..storage.layout import SEGMENTS, index_file_name
@@ -19,27 +19,37 @@ from .segments import SegmentHandle
 from .state import TableCore, TableState
 from .workers import Workers, exiting
 
-__all__ = ["IndexBuilder", "build_index"]
+__all__ = ["IndexBuilder", "build_index", "grow_index"]
 
 
 def build_index(core: TableCore, handle: SegmentHandle, config: IndexConfig,
                 cancelled: Callable[[], bool] = lambda: False) -> tuple[SegmentEntry, HnswIndex]:
-    """Build ``handle``'s graph, calibrate it and save it beside the segment: (the entry
-    naming it and carrying its recall curve, the graph).
+    """Build ``handle``'s graph over all but its last rows, calibrate it on those, add them
+    (:func:`grow_index`) and save it beside the segment: (the entry naming it and carrying
+    its recall curve, the graph).
 
     Stops with :class:`BuildCancelled` once the table closes, the interpreter exits or
     ``cancelled()`` says so (checked between chunks of rows).
     """
-    metric = core.state.info.metric
-    index = build_hnsw(handle.vectors, handle.norms, metric, config,
+    cut = handle.entry.rows - held_out(handle.entry.rows)
+    index = build_hnsw(handle.vectors[:cut], handle.norms[:cut], core.state.info.metric, config,
                        should_stop=lambda: core.stopping or exiting() or cancelled(), threads=graph_threads)
-    return save_index(core, handle, config, index)
+    return grow_index(core, handle, config, index, cancelled)
 
 
-def save_index(core: TableCore, handle: SegmentHandle, config: IndexConfig,
-               index: HnswIndex) -> tuple[SegmentEntry, HnswIndex]:
-    """Calibrate ``index`` (built or grown over ``handle``'s rows) and save it beside the segment."""
-    curve = calibrate(index, handle.vectors, handle.norms, core.state.info.metric)
+def grow_index(core: TableCore, handle: SegmentHandle, config: IndexConfig, index: HnswIndex,
+               cancelled: Callable[[], bool] = lambda: False,
+               earlier_curve: list[list[float]] | None = None) -> tuple[SegmentEntry, HnswIndex]:
+    """Insert ``handle``'s rows past the ones ``index`` holds, calibrating it on the last of
+    them first, and save it beside the segment (a graph grown by too few rows to measure
+    keeps ``earlier_curve``)."""
+    vectors, norms = handle.vectors, handle.norms
+
+    def add(start: int, stop: int) -> None:
+        index.add(vectors[start:stop], norms[start:stop], threads=graph_threads,
+                  should_stop=lambda: core.stopping or exiting() or cancelled())
+
+    curve = add_calibrated(index, vectors, norms, core.state.info.metric, add) or earlier_curve
     name = index_file_name(handle.file)
     size, crc = index.save(core.directory / SEGMENTS / name)
     entry = replace(handle.entry, index_file=name, index_bytes=size, index_crc32=crc,
