@@ -192,7 +192,7 @@ def omendb_build_role(args) -> dict:
     sampler = MemorySampler()
     with sampler:
         t0 = time.time()
-        db = omendb.open(path)
+        db = omendb.open(path, **_open_options(args))
         if resumed is not None:
             table = db.open_table("t")
             resumed = {"open_s": time.time() - t0, "stats_at_open": table.stats()}
@@ -263,6 +263,15 @@ def omendb_build_role(args) -> dict:
                        "phases": probe_phases},
             "build_threads": _build_threads(), "options": "omendb.open(path) defaults; create_table(dim=384, "
                                                           "metric='cosine'), default index"}
+
+
+def _open_options(args) -> dict:
+    """``omendb.open`` options: the defaults, but for ``--max-segment-rows``."""
+    import omendb
+
+    if not args.max_segment_rows:
+        return {}
+    return {"compaction": omendb.CompactionPolicy(max_rows=args.max_segment_rows)}
 
 
 def _progress(workdir: Path) -> dict:
@@ -493,7 +502,8 @@ def markdown(res: dict) -> str:
               "reopen, and cover only the remaining work.", ""]
     if build and "error" not in build:
         gib, start = 2 ** 30, "reopen" if resumed else "first add"
-        L += ["## omendb, default options", "",
+        L += ["## omendb, default options" + (f" but segments capped at {res['max_segment_rows']:,} rows"
+                                              if res.get("max_segment_rows") else ""), "",
               *md_table(["", "value"], "lr", [
                   ["ingest (10,000-row durable adds)", f"{build['ingest_rows_per_s']:,.0f} rows/s ({build['ingest_s']:.0f} s)"
                    if build.get("ingest_s") else "in the interrupted process"],
@@ -618,6 +628,9 @@ def parse_args(argv=None):
     p.add_argument("--resume", action="store_true",
                    help="after an interrupted run: reuse --workdir's data and truth, reopen its table and wait "
                         "for the rest of the background work (times then count from the reopen)")
+    p.add_argument("--max-segment-rows", type=int, default=None,
+                   help="cap segments at this many rows (CompactionPolicy.max_rows; default: the default cap): "
+                        "a table of several segments at a size that has one")
     p.add_argument("--role", choices=["omendb-build", "omendb-search", "faiss", "lancedb"], help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -654,6 +667,9 @@ def main(argv=None) -> int:
             me.append("--quick")
         if args.resume:
             me.append("--resume")
+        if args.max_segment_rows:
+            me += ["--max-segment-rows", str(args.max_segment_rows)]
+            res["max_segment_rows"] = args.max_segment_rows
 
         def child(role: str, python: list[str] | None = None) -> dict:
             started = time.time()

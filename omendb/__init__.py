@@ -23,6 +23,7 @@ from .errors import (ArgumentTypeError, AuthenticationError, BackgroundTaskError
                      ReadOnlyError, SchemaError, SourceError, StorageError, TableExistsError, TableLockedError,
                      TableNotFoundError, VersionNotFoundError, WalDamageError)
 from .index.configs import HnswConfig, HnswFlat, HnswSq
+from .index.text import TextIndexConfig
 from .remote import connect, connect_async
 from .table import CompactionPolicy, TableOptions
 
@@ -30,7 +31,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "open", "connect", "connect_async", "duckdb_connect", "salvage", "Database", "Table", "TableOptions",
-    "HnswSq", "HnswFlat", "HnswConfig", "CompactionPolicy", "__version__",
+    "HnswSq", "HnswFlat", "HnswConfig", "TextIndexConfig", "CompactionPolicy", "__version__",
     "OmenError", "SchemaError", "DimensionError", "InvalidVectorError", "DuplicateKeyError",
     "TableNotFoundError", "TableExistsError", "InvalidNameError", "FilterError", "CorruptFileError",
     "FormatVersionError", "NotADatabaseError", "ReadOnlyError", "ClosedError", "TableLockedError",

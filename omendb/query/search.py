@@ -17,8 +17,8 @@ from ..index.flat import exact_search
 from ..index.hnsw import HnswIndex
 from .filters import MaskCache, filter_mask
 
-__all__ = ["SearchPart", "Hits", "knn", "knn_hits", "graph_knn", "result_schema", "allowed_rows", "search_part",
-           "split_at_graph"]
+__all__ = ["SearchPart", "Hits", "knn", "knn_hits", "hits_table", "graph_knn", "result_schema", "allowed_rows",
+           "search_part", "split_at_graph"]
 
 DISTANCE = "_distance"
 QUERY = "_query"
@@ -169,16 +169,23 @@ def knn(parts: list[SearchPart], queries: np.ndarray, k: int, metric: str, *,
     rows grouped by query and sorted by distance within each query.
     """
     hits = knn_hits(parts, queries, k, metric, where=where, vector_column=vector_column, exact=exact, ef=ef)
+    return hits_table(parts, hits, columns, batch=batch, empty_schema=empty_schema)
+
+
+def hits_table(parts: list[SearchPart], hits: Hits, columns: list[str], *, batch: bool, empty_schema: pa.Schema,
+               score: str = DISTANCE) -> pa.Table:
+    """``hits`` as an Arrow table: ``_query`` (only when ``batch``), ``columns``, then each
+    hit's distance under the name ``score``."""
     if hits.distances.size == 0:
         arrays = [pa.array([], type=empty_schema.field(c).type) for c in columns]
     elif hits.single_part is not None:
         arrays = [_gather(parts[hits.single_part].table, c, hits.positions) for c in columns]
     else:
         arrays = [_gather_parts(parts, c, hits) for c in columns]
-    arrays.append(pa.array(hits.distances))
+    arrays.append(pa.array(hits.distances, type=_FLOAT32))
     if batch:
         arrays.insert(0, pa.array(hits.query_ids))
-    return pa.Table.from_arrays(arrays, schema=result_schema(empty_schema, columns, batch))
+    return pa.Table.from_arrays(arrays, schema=result_schema(empty_schema, columns, batch, score))
 
 
 def graph_knn(part: SearchPart, queries: np.ndarray, k: int, *, ef: int, columns: list[str],
@@ -206,9 +213,9 @@ def graph_knn(part: SearchPart, queries: np.ndarray, k: int, *, ef: int, columns
     return pa.Table.from_arrays(arrays, schema=result_schema)
 
 
-def result_schema(empty_schema: pa.Schema, columns: list[str], batch: bool) -> pa.Schema:
-    """Schema of a search result: ``_query`` (batch only), ``columns``, ``_distance``."""
-    fields = [empty_schema.field(c) for c in columns] + [pa.field(DISTANCE, pa.float32())]
+def result_schema(empty_schema: pa.Schema, columns: list[str], batch: bool, score: str = DISTANCE) -> pa.Schema:
+    """Schema of a search result: ``_query`` (batch only), ``columns``, ``score`` (``_distance``)."""
+    fields = [empty_schema.field(c) for c in columns] + [pa.field(score, pa.float32())]
     return pa.schema(([pa.field(QUERY, pa.int32())] if batch else []) + fields)
 
 

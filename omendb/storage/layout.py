@@ -21,7 +21,7 @@ import re
 import pyarrow as pa
 
 __all__ = ["MANIFESTS", "SEGMENTS", "WAL", "LOCK", "SALVAGE", "SEGMENT_SUFFIXES", "segment_file_name",
-           "merged_segment_file_name", "deletions_file_name", "index_file_name", "is_omendb_segment_file",
+           "merged_segment_file_name", "deletions_file_name", "index_file_name", "text_file_name", "is_omendb_segment_file",
            "deletions_version", "schema_to_text", "schema_from_text"]
 
 MANIFESTS, SEGMENTS, WAL, LOCK, SALVAGE = "manifests", "segments", "wal", "LOCK", "salvage"
@@ -30,11 +30,12 @@ MANIFESTS, SEGMENTS, WAL, LOCK, SALVAGE = "manifests", "segments", "wal", "LOCK"
 SEGMENT_SUFFIXES = {"arrow": ".arrow", "lance": ".lance"}
 
 # flushed segments seg-<last seq>-<random>, merged ones seg-m<random>; their deletion
-# files <segment>.<version>.del and index files <segment>.<random>.hnsw; and the
+# files <segment>.<version>.del, index files <segment>.<random>.hnsw and text index
+# files <segment>.<random>.text; and the
 # temporary names all of them are written under (.<name>.tmp, .<name>.tmp-<pid>)
 _SEGMENT_STEM = r"seg-(?:\d{10}-[0-9a-f]{8}|m[0-9a-f]{12})"
 _SEGMENT_FILE = re.compile(
-    rf"\.?(?:{_SEGMENT_STEM}\.(?:arrow|lance)|{_SEGMENT_STEM}\.\d{{10}}\.del|{_SEGMENT_STEM}\.[0-9a-f]{{8}}\.hnsw)"
+    rf"\.?(?:{_SEGMENT_STEM}\.(?:arrow|lance)|{_SEGMENT_STEM}\.\d{{10}}\.del|{_SEGMENT_STEM}\.[0-9a-f]{{8}}\.(?:hnsw|text))"
     r"(?:\.tmp(?:-\d+)?)?")
 _DELETIONS_VERSION = re.compile(r"\.(\d{10})\.del")
 
@@ -61,6 +62,11 @@ def deletions_file_name(segment_file: str, version: int) -> str:
 def index_file_name(segment_file: str) -> str:
     """A new index file of ``segment_file``."""
     return f"{_stem(segment_file)}.{os.urandom(4).hex()}.hnsw"
+
+
+def text_file_name(segment_file: str) -> str:
+    """A new text index file of ``segment_file``."""
+    return f"{_stem(segment_file)}.{os.urandom(4).hex()}.text"
 
 
 def deletions_version(name: str) -> int | None:

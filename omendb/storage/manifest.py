@@ -20,7 +20,11 @@ from .fileio import atomic_write
 
 __all__ = ["SegmentEntry", "Manifest", "ManifestStore", "FORMAT_VERSION"]
 
-FORMAT_VERSION = 1
+#: The newest manifest format: 2 adds text indexes (``table.text_index``, the segments'
+#: ``text_*`` fields). A manifest without them is written as version 1, which omendb
+#: releases before text indexes read; one with them as 2, which they refuse by name.
+FORMAT_VERSION = 2
+_READS = (1, 2)
 _NAME = re.compile(r"^v(\d{10})\.json$")
 
 
@@ -39,10 +43,26 @@ class SegmentEntry:
     index_crc32: int = 0
     index_params: dict[str, Any] | None = None  # build parameters of that graph
     index_calibration: list[list[float]] | None = None  # [[ef, recall@10], ...] measured at build
+    text_file: str | None = None       # the segment's full-text postings, when built
+    text_bytes: int = 0
+    text_crc32: int = 0
+    text_params: dict[str, Any] | None = None  # the text index config they were built with
 
     def files(self) -> list[str]:
         """The files of the segment folder this entry references."""
-        return [f for f in (self.file, self.deletions_file, self.index_file) if f]
+        return [f for f in (self.file, self.deletions_file, self.index_file, self.text_file) if f]
+
+    def to_dict(self) -> dict[str, Any]:
+        """As a manifest stores it (the text fields only once the segment has a text index,
+        so tables without one keep the manifests they always had)."""
+        body = asdict(self)
+        if self.text_file is None and self.text_params is None:
+            for name in _TEXT_FIELDS:
+                del body[name]
+        return body
+
+
+_TEXT_FIELDS = ("text_file", "text_bytes", "text_crc32", "text_params")
 
 
 @dataclass(frozen=True)
@@ -60,9 +80,10 @@ class Manifest:
 
     def to_json(self) -> bytes:
         body = asdict(self)
-        body["segments"] = [asdict(s) for s in self.segments]
+        body["segments"] = [s.to_dict() for s in self.segments]
         text = json.dumps(body, sort_keys=True, separators=(",", ":"))
-        envelope = {"format": "omendb.manifest", "format_version": FORMAT_VERSION,
+        texts = "text_index" in self.table or any(s.text_file or s.text_params for s in self.segments)
+        envelope = {"format": "omendb.manifest", "format_version": FORMAT_VERSION if texts else 1,
                     "crc32": crc32(text.encode()), "body": body}
         return json.dumps(envelope, sort_keys=True, indent=1).encode()
 
@@ -73,10 +94,10 @@ class Manifest:
             if envelope.get("format") != "omendb.manifest":
                 raise CorruptFileError(f"{path}: not an omendb manifest")
             version = envelope.get("format_version")
-            if version != FORMAT_VERSION:
+            if version not in _READS:
                 raise FormatVersionError(
                     f"{path}: manifest format version {version} is not supported "
-                    f"(this omendb reads version {FORMAT_VERSION})")
+                    f"(this omendb reads versions {', '.join(map(str, _READS))})")
             body = envelope["body"]
             text = json.dumps(body, sort_keys=True, separators=(",", ":"))
             if crc32(text.encode()) != envelope["crc32"]:

@@ -21,6 +21,7 @@ import errno
 import os
 import threading
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,10 +30,11 @@ import pyarrow as pa
 
 from ..errors import ClosedError, describe, storage_error
 from ..index.hnsw import BuildCancelled, HnswIndex, extend_hnsw
+from ..index.text import Postings
 from ..storage.layout import SEGMENTS, merged_segment_file_name
 from ..storage.manifest import SegmentEntry
 from ..storage.segment import write_segment
-from .indexer import build_index, grow_index
+from .indexer import build_index, build_text_index, grow_index
 from .segments import NORM_COLUMN, SegmentHandle, with_deletions
 from .state import Deletions, TableCore
 from .workers import Workers
@@ -209,7 +211,7 @@ class Compactor:
         dropped = sum(h.entry.rows for h in sources) - offset
         seg_dir = core.directory / SEGMENTS
         written: list[Path] = []
-        new_entry = new_handle = index = None
+        new_entry = new_handle = index = postings = None
         try:
             if offset:
                 name = merged_segment_file_name(state.info.format)
@@ -217,6 +219,7 @@ class Compactor:
                 new_entry = SegmentEntry(info.file, info.rows, info.bytes, info.crc32)
                 new_handle = core.new_handle(new_entry, verified=True)
                 new_entry, index = self._index_merged(new_handle, base if grow else None, written)
+                new_entry, postings = self._text_index_merged(new_handle, new_entry, written)
             with core.write_lock:
                 state = core.state
                 if core.closed or any(h.file not in {s.file for s in state.segments} for h in sources):
@@ -235,7 +238,8 @@ class Compactor:
                         entries.append(entry)
                 core.publish("compact", entries, new={} if new_entry is None else {new_entry.file: new_handle},
                              deletions={} if new_entry is None else {new_entry.file: deletions},
-                             indexes={} if index is None else {new_entry.file: index})
+                             indexes={} if index is None else {new_entry.file: index},
+                             texts={} if postings is None else {new_entry.file: postings})
             self._after_publish()  # (parameters changed meanwhile: the merged segment needs a rebuild)
         except _Abandoned:
             for path in written:
@@ -299,6 +303,18 @@ class Compactor:
             entry, index = grow_index(core, handle, config, index, earlier_curve=entry.index_calibration)
         written.append(core.directory / SEGMENTS / entry.index_file)
         return entry, index
+
+    def _text_index_merged(self, handle: SegmentHandle, entry: SegmentEntry,
+                           written: list[Path]) -> tuple[SegmentEntry, Postings | None]:
+        """The merged segment's text index (when the table has one), made before publishing
+        so text searches never lose one."""
+        core = self._core
+        config = core.state.info.text
+        if config is None or not core.options.build_indexes:
+            return entry, None
+        fields, postings = build_text_index(core, handle, config)
+        written.append(core.directory / SEGMENTS / fields["text_file"])
+        return replace(entry, **fields), postings
 
     def _merged_deletions(self, sources: list[SegmentHandle], kept_rows: dict[str, tuple[np.ndarray, int]],
                           total: int, state: Any) -> Deletions:

@@ -1,4 +1,4 @@
-"""Index maintenance of a table: what needs a graph, building it, publishing it."""
+"""Index maintenance of a table: what needs a graph or a text index, building it, publishing it."""
 
 from __future__ import annotations
 
@@ -12,14 +12,15 @@ from ..errors import ClosedError, IndexBuildError, describe
 from ..index.calibration import add_calibrated, held_out
 from ..index.configs import IndexConfig
 from ..index.hnsw import BuildCancelled, HnswIndex, build_hnsw
-from ..storage.layout import SEGMENTS, index_file_name
+from ..index.text import Postings, TextIndexConfig, analyze_rows
+from ..storage.layout import SEGMENTS, index_file_name, text_file_name
 from ..storage.manifest import SegmentEntry
 from .activity import graph_threads
 from .segments import SegmentHandle
 from .state import TableCore, TableState
 from .workers import Workers, exiting
 
-__all__ = ["IndexBuilder", "build_index", "grow_index"]
+__all__ = ["IndexBuilder", "build_index", "grow_index", "build_text_index"]
 
 
 def build_index(core: TableCore, handle: SegmentHandle, config: IndexConfig,
@@ -57,8 +58,20 @@ def grow_index(core: TableCore, handle: SegmentHandle, config: IndexConfig, inde
     return entry, index
 
 
+def build_text_index(core: TableCore, handle: SegmentHandle, config: TextIndexConfig,
+                     cancelled: Callable[[], bool] = lambda: False) -> tuple[dict, Postings]:
+    """Build ``handle``'s full-text postings and save them beside the segment: (the entry
+    fields naming the file, the postings). Stops with :class:`BuildCancelled` as
+    :func:`build_index` does (checked between chunks of rows)."""
+    postings = Postings.build(analyze_rows(config, handle.table,
+                                           should_stop=lambda: core.stopping or exiting() or cancelled()))
+    name = text_file_name(handle.file)
+    size, crc = postings.save(core.directory / SEGMENTS / name)
+    return {"text_file": name, "text_bytes": size, "text_crc32": crc, "text_params": config.to_dict()}, postings
+
+
 class IndexBuilder:
-    """HNSW index builds of a writable table, on the database's index-builder thread."""
+    """HNSW graph and text index builds of a writable table, on the database's index-builder thread."""
 
     def __init__(self, core: TableCore, workers: Workers | None,
                  will_merge: Callable[[str], bool] = lambda segment_file: False) -> None:
@@ -67,7 +80,7 @@ class IndexBuilder:
         self._core = core
         self._workers = workers
         self._will_merge = will_merge
-        self._errors: dict[str, BaseException] = {}
+        self._errors: dict[str, BaseException] = {}  # by segment file (graphs) or "<file> (text)"
         self._progress = threading.Condition()
 
     def submit(self, segment_file: str) -> None:
@@ -78,6 +91,42 @@ class IndexBuilder:
         # (one skipped for a merge returns at once: waking its waiter would resubmit it, a busy loop).
         self._workers.indexer.submit((id(core), segment_file), lambda: self._build(segment_file),
                                      lambda exc: self._failed(segment_file, exc))
+
+    def needs_text(self, handle: SegmentHandle, state: TableState) -> bool:
+        config = state.info.text
+        entry = handle.entry
+        return (config is not None and f"{handle.file} (text)" not in self._errors
+                and (entry.text_file is None or entry.text_params != config.to_dict()
+                     or entry.text_file in self._core.bad_texts))
+
+    def submit_text(self, segment_file: str) -> None:
+        core = self._core
+        if self._workers is None or not core.options.build_indexes or core.closed:
+            return
+        self._workers.indexer.submit((id(core), segment_file, "text"), lambda: self._build_text(segment_file),
+                                     lambda exc: self._failed(f"{segment_file} (text)", exc))
+
+    def _build_text(self, segment_file: str) -> None:
+        """Builder thread: build one segment's text index, then publish it."""
+        core = self._core
+        state = core.state
+        handle = state.handle(segment_file)
+        config = state.info.text
+        if handle is None or core.stopping or not self.needs_text(handle, state):
+            return
+        if segment_file in core.merging or self._will_merge(segment_file):
+            return  # the merge builds its segment's text index
+        fields, postings = build_text_index(core, handle, config, cancelled=lambda: segment_file in core.merging)
+        with core.write_lock:
+            state = core.state
+            current = [e for e in state.manifest.segments if e.file == segment_file]
+            if core.closed or not current or config != state.info.text:
+                (core.directory / SEGMENTS / fields["text_file"]).unlink(missing_ok=True)  # changed meanwhile
+                return
+            entry = replace(current[0], **fields)
+            core.publish("text_index", [entry if e.file == segment_file else e for e in state.manifest.segments],
+                         texts={segment_file: postings})
+        self._progressed()
 
     def needs_index(self, handle: SegmentHandle, state: TableState) -> bool:
         config = state.info.index
@@ -95,6 +144,8 @@ class IndexBuilder:
         for handle in state.segments:
             if self.needs_index(handle, state):
                 self.submit(handle.file)
+            if self.needs_text(handle, state):
+                self.submit_text(handle.file)
         self._progressed()
 
     def _build(self, segment_file: str) -> None:
@@ -153,6 +204,26 @@ class IndexBuilder:
                     self._build(handle.file)
         self.schedule()
 
+    def configure_text(self, config: TextIndexConfig) -> None:
+        """Publish a full-text index config (caller checked the table is writable and the
+        columns); every segment's text index is (re)built in the background."""
+        core = self._core
+        with core.write_lock:
+            core.check_open()
+            state = core.state
+            if config != state.info.text:
+                core.publish("create_text_index", state.manifest.segments,
+                             table=dict(state.manifest.table, text_index=config.to_dict()))
+                with self._progress:
+                    for key in [k for k in self._errors if k.endswith(" (text)")]:
+                        del self._errors[key]
+        if not core.options.build_indexes:  # no builder thread: build here
+            state = core.state
+            for handle in state.segments:
+                if self.needs_text(handle, state):
+                    self._build_text(handle.file)
+        self.schedule()
+
     def wait(self, timeout: float | None, wait_for_flush: Callable[[float | None], bool]) -> bool:
         """Wait until every segment that should have an index has a current one.
 
@@ -171,12 +242,15 @@ class IndexBuilder:
                     raise IndexBuildError(f"building the index of {file} failed: {describe(exc)}") from exc
                 state = self._core.state
                 missing = [h for h in state.segments if self.needs_index(h, state)]
-                if not missing:
+                missing_text = [h for h in state.segments if self.needs_text(h, state)]
+                if not missing and not missing_text:
                     return True
                 if not self._core.options.build_indexes:
                     return False
                 for handle in missing:
                     self.submit(handle.file)
+                for handle in missing_text:
+                    self.submit_text(handle.file)
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False

@@ -15,6 +15,7 @@ carries the graph of its time, which never covers more rows than the view holds.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,7 @@ from ..convert import vectors_view
 from ..index.flat import vector_norms
 from ..index.hnsw import HnswIndex
 from ..index.keys import keys_to_numpy
+from ..index.text import Postings, TextIndexConfig, analyze_rows
 from .prefault import AheadOfUse
 
 if TYPE_CHECKING:
@@ -76,6 +78,7 @@ class Memtable:
         self._key_rows: dict = {}
         self._deleted_at: dict[int, int] = {}  # row -> seq of the log record that deleted it
         self._table_cache: pa.Table | None = None
+        self._text = _TextCache()
         self.nbytes = 0
         #: A graph over the first ``graph.rows`` committed rows (set by ``fresh.py``).
         self.graph: HnswIndex | None = None
@@ -192,6 +195,12 @@ class Memtable:
         rows = self._rows
         return MemtableView(self.table(), self._vectors[:rows], self._norms[:rows], self._live[:rows], graph)
 
+    def text_postings(self, config: TextIndexConfig, table: pa.Table) -> Postings:
+        """Full-text postings of ``table`` (a view of this memtable's first rows) under
+        ``config``. Each row is analysed once (a memtable's rows never change); the postings
+        are made again only when a search sees more rows than the last one did."""
+        return self._text.postings(config, table)
+
     def adopt_graph(self, graph: HnswIndex) -> None:
         """Search ``graph`` (over the first ``graph.rows`` committed rows) from now on,
         unless the graph already here covers as many."""
@@ -199,3 +208,25 @@ class Memtable:
             raise ValueError(f"a graph over {graph.rows} rows for a memtable of {len(self)}")
         if self.graph is None or graph.rows > self.graph.rows:
             self.graph = graph
+
+
+class _TextCache:
+    """The terms of a memtable's rows, analysed as searches first see them, and the
+    postings of the latest row count."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._config: TextIndexConfig | None = None
+        self._terms: list[list[str]] = []
+        self._postings: tuple[int, Postings] | None = None
+
+    def postings(self, config: TextIndexConfig, table: pa.Table) -> Postings:
+        rows = table.num_rows
+        with self._lock:
+            if config != self._config:
+                self._config, self._terms, self._postings = config, [], None
+            if len(self._terms) < rows:
+                self._terms.extend(analyze_rows(config, table.slice(len(self._terms))))
+            if self._postings is None or self._postings[0] != rows:
+                self._postings = (rows, Postings.build(self._terms[:rows]))
+            return self._postings[1]

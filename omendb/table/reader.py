@@ -33,7 +33,7 @@ from .segments import SegmentHandle
 from .state import TableCore, TableState
 from .workers import background_running
 
-__all__ = ["TableReader", "Located", "folder_bytes"]
+__all__ = ["TableReader", "Located", "folder_bytes", "check_k"]
 
 #: Where live rows of some keys are: (indices into the keys, segment or memtable, row positions).
 Located = list[tuple[np.ndarray, "SegmentHandle | Memtable", np.ndarray]]
@@ -152,9 +152,7 @@ class TableReader:
         """Nearest neighbours (see ``Table.search``)."""
         state = self._core.state
         info = state.info
-        if not (type(k) is int and k >= 1) and (isinstance(k, bool) or not isinstance(k, (int, np.integer))
-                                                or k < 1):
-            raise InvalidArgumentError(f"k must be a positive integer, got {k!r}")
+        check_k(k)
         queries, batch = self.queries(q, info.dim, self._core.name)
         names, schema = self._result_plan(columns, batch, state)
         if ef is not None and not (type(ef) is int and 1 <= ef <= MAX_EF) and (
@@ -288,6 +286,10 @@ class TableReader:
             "indexed_rows": sum(h.entry.rows for h in indexed),
             "unindexed_rows": seg_rows - sum(h.entry.rows for h in indexed) + mem_rows,
             "index": info.index.to_dict(),
+            "text_index": None if info.text is None else info.text.to_dict(),
+            "text_indexed_segments": 0 if info.text is None else sum(
+                h.entry.text_file is not None and h.entry.text_params == info.text.to_dict()
+                and h.entry.text_file not in self._core.bad_texts for h in segments),
             "memtable_rows": mem_rows,
             "bytes": folder_bytes(self._core.directory),
             "version": state.version,
@@ -387,6 +389,12 @@ def _fresh_ef(graph: HnswIndex, state: TableState, k: int, recall: float | None,
     if ef is not None or target is None:
         return max(FRESH_EF_SEARCH, config.ef_search if ef is None else ef, k)
     return ef_for_recall(graph.calibration, target, default=FRESH_EF_SEARCH, k=k)
+
+
+def check_k(k: Any) -> None:
+    """Refuse a ``k`` that is not a positive integer."""
+    if not (type(k) is int and k >= 1) and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1):
+        raise InvalidArgumentError(f"k must be a positive integer, got {k!r}")
 
 
 def _rows_at_most(state: TableState) -> int:

@@ -25,14 +25,14 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import CorruptFileError, MissingVersionError, WalDamageError, storage_error
+from ..errors import CorruptFileError, MissingFileError, MissingVersionError, SchemaError, WalDamageError, storage_error
 from ..storage.fileio import fsync_dir
 from ..storage.manifest import Manifest, ManifestStore
 from ..storage.wal import RecordKind, WalRecord, first_seq_of, read_wal, scan_wal
 from ..storage.layout import MANIFESTS, SALVAGE, SEGMENTS, WAL, deletions_version, is_omendb_segment_file
 
 __all__ = ["log_files", "read_log", "check_no_missing_versions", "salvage_log", "SalvagedLog",
-           "referenced_files", "remove_orphans"]
+           "referenced_files", "remove_orphans", "latest_manifest", "latest_complete_manifest"]
 
 def log_files(wal_dir: Path) -> list[Path]:
     """The table's WAL files in seq order (files without a numbered name are not omendb's)."""
@@ -202,3 +202,39 @@ def remove_orphans(table_dir: Path) -> None:
 
 _MANIFEST_TEMP = re.compile(r"\.v\d{10}\.json\.tmp-\d+")
 _WAL_TEMP = re.compile(r"\.\d{20}\.wal\.tmp")
+
+
+def latest_manifest(name: str, directory: Path) -> Manifest:
+    """A table's newest manifest; a damaged one is refused, saying what the user can do."""
+    try:
+        manifest = ManifestStore(directory / MANIFESTS).latest()
+    except MissingFileError:
+        raise
+    except CorruptFileError as exc:
+        raise CorruptFileError(
+            f"{exc}. It is table {name!r}'s newest version: restore the file from a backup, or move it out of "
+            f"{directory / MANIFESTS} to open the table at the version before it (the writes that version "
+            "published are then lost; `omendb salvage` keeps those still in the log)") from None
+    if manifest is None:
+        raise SchemaError(f"{directory}: table {name!r} has no manifest")
+    return manifest
+
+
+def latest_complete_manifest(name: str, directory: Path) -> Manifest:
+    """A reader's newest manifest, refused when a newer one must have existed.
+
+    The log is listed before the manifests: a writer publishes a version before it
+    removes the log files it covers, so a reader never sees a gap that is not there.
+    A second look settles a publish that raced with the first.
+    """
+    hint = f"`omendb salvage --db {directory.parent} --table {name}` (in the writer's place)"
+    for attempt in (1, 2):
+        wal_files = log_files(directory / WAL)
+        manifest = latest_manifest(name, directory)
+        try:
+            check_no_missing_versions(directory, manifest, wal_files, salvage_hint=hint)
+            return manifest
+        except MissingVersionError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")

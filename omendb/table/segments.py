@@ -14,6 +14,7 @@ from ..convert import vectors_view
 from ..errors import CorruptFileError
 from ..index.hnsw import HnswIndex, load_hnsw
 from ..index.keys import KeyIndex
+from ..index.text import Postings, TextIndexConfig, analyze_rows
 from ..storage.deletions import read_deletions, write_deletions
 from ..storage.layout import deletions_file_name
 from ..storage.manifest import SegmentEntry
@@ -44,6 +45,9 @@ class SegmentHandle:
         self._keys: KeyIndex | None = None
         self._hnsw: HnswIndex | None = None
         self._hnsw_file: str | None = None
+        self._text: Postings | None = None
+        self._text_file: str | None = None
+        self._text_made: tuple[TextIndexConfig, Postings] | None = None  # made from the rows, no file yet
         #: Until the segment's own graph is published: a graph over its first
         #: ``provisional.rows`` rows, in memory only (``fresh.py``).
         self.provisional: HnswIndex | None = None
@@ -126,6 +130,33 @@ class SegmentHandle:
                                        size=entry.index_bytes, crc32=entry.index_crc32, rows=entry.rows)
                 self._hnsw_file = entry.index_file
             return self._hnsw
+
+    def text_postings(self, config: TextIndexConfig, use_file: bool = True) -> Postings:
+        """The segment's full-text postings under ``config``: its text index file when it has
+        a current one (loaded once; raises :class:`CorruptFileError` when it fails
+        verification), else (or without ``use_file``) made from its rows and kept in memory
+        (a search of rows with no text index yet)."""
+        entry = self.entry
+        if use_file and entry.text_file is not None and entry.text_params == config.to_dict():
+            if self._text_file != entry.text_file:
+                with self._lock:
+                    if self._text_file != entry.text_file:
+                        self._text = Postings.load(self.directory / entry.text_file, size=entry.text_bytes,
+                                                   crc32=entry.text_crc32, rows=entry.rows)
+                        self._text_file = entry.text_file
+            return self._text
+        made = self._text_made
+        if made is None or made[0] != config:
+            postings = Postings.build(analyze_rows(config, self.table))
+            made = self._text_made = (config, postings)
+        return made[1]
+
+    def adopt_text(self, entry: SegmentEntry, postings: Postings) -> None:
+        """Point at a freshly built text index without reloading it from disk."""
+        with self._lock:
+            self.entry = entry
+            self._text, self._text_file = postings, entry.text_file
+            self._text_made = None
 
     def adopt_index(self, entry: SegmentEntry, index: HnswIndex) -> None:
         """Point at a freshly built graph without reloading it from disk."""

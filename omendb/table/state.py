@@ -29,6 +29,7 @@ import pyarrow as pa
 
 from ..errors import ClosedError
 from ..index.configs import IndexConfig, index_config_from_dict
+from ..index.text import Postings, TextIndexConfig
 from ..index.hnsw import HnswIndex
 from ..storage.layout import MANIFESTS, SEGMENTS, schema_from_text
 from ..storage.manifest import Manifest, ManifestStore, SegmentEntry
@@ -50,12 +51,15 @@ class TableInfo:
     dim: int
     format: str
     index: IndexConfig
+    text: TextIndexConfig | None = None  # the full-text index, when one was created
 
     @classmethod
     def of(cls, manifest: Manifest) -> "TableInfo":
         info = manifest.table
+        text = info.get("text_index")
         return cls(schema_from_text(info["schema"]), info["id_column"], info["vector_column"], info["metric"],
-                   int(info["dim"]), info.get("format", "arrow"), index_config_from_dict(info.get("index")))
+                   int(info["dim"]), info.get("format", "arrow"), index_config_from_dict(info.get("index")),
+                   None if text is None else TextIndexConfig.from_dict(text))
 
 
 @dataclass
@@ -160,6 +164,7 @@ class TableCore:
         self.closing = False
         self.closed = False
         self.bad_indexes: set[str] = set()
+        self.bad_texts: set[str] = set()  # text index files this process found damaged
         self.merging: frozenset[str] = frozenset()
         info = TableInfo.of(manifest)
         handles = tuple(self._new_handle(e, info) for e in manifest.segments)
@@ -216,8 +221,9 @@ class TableCore:
     def publish(self, change: str, segments: Sequence[SegmentEntry], *,
                 new: Mapping[str, SegmentHandle] | None = None,
                 deletions: Mapping[str, Deletions] | None = None, sealed_done: bool = False,
-                indexes: Mapping[str, HnswIndex] | None = None, table: dict[str, Any] | None = None,
-                wal_seq: int | None = None, next_id: int | None = None) -> Manifest:
+                indexes: Mapping[str, HnswIndex] | None = None, texts: Mapping[str, Postings] | None = None,
+                table: dict[str, Any] | None = None, wal_seq: int | None = None,
+                next_id: int | None = None) -> Manifest:
         """Publish the next version and make it the state: the one way a version comes to be.
 
         The caller holds ``write_lock``. ``segments`` are the version's entries in order:
@@ -225,10 +231,10 @@ class TableCore:
         each new file; files in neither leave the table. ``deletions``: the new
         bookkeeping of the segments whose deletions change (every new file has one).
         ``sealed_done``: the sealed memtable's rows are in the new version. ``indexes``:
-        freshly built graphs, by segment file. ``table``, ``wal_seq``, ``next_id``: new
-        values of those manifest fields.
+        freshly built graphs, by segment file; ``texts`` likewise full-text postings.
+        ``table``, ``wal_seq``, ``next_id``: new values of those manifest fields.
         """
-        new, indexes, deletions = new or {}, indexes or {}, deletions or {}
+        new, indexes, deletions, texts = new or {}, indexes or {}, deletions or {}, texts or {}
         fields: dict[str, Any] = {"segments": tuple(segments), "created_at": time.time(), "change": change}
         for key, value in (("table", table), ("wal_seq", wal_seq), ("next_id", next_id)):
             if value is not None:
@@ -243,8 +249,9 @@ class TableCore:
                 handle = new[entry.file] if entry.file in new else known[entry.file]
                 if entry.file in indexes:
                     handle.adopt_index(entry, indexes[entry.file])
-                else:
-                    handle.entry = entry  # same rows; new deletion or index bookkeeping
+                if entry.file in texts:
+                    handle.adopt_text(entry, texts[entry.file])
+                handle.entry = entry  # same rows; new deletion or index bookkeeping
                 handles.append(handle)
                 kept[entry.file] = deletions[entry.file] if entry.file in deletions else state.deletions[entry.file]
             self.bad_indexes -= set(indexes)

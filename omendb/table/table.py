@@ -25,14 +25,14 @@ from typing import TYPE_CHECKING, Any, Sequence
 import pyarrow as pa
 
 from ..api import Table
-from ..errors import (CorruptFileError, MissingFileError, MissingVersionError, ReadOnlyError, SchemaError,
-                      VersionNotFoundError, storage_error)
+from ..errors import InvalidArgumentError, MissingFileError, ReadOnlyError, VersionNotFoundError, storage_error
 from ..index.configs import IndexConfig, requested_index_config
+from ..index.text import TextIndexConfig
 from ..query.snapshot import Snapshot
 from ..storage.fileio import fsync_dir
-from ..storage.layout import LOCK, MANIFESTS, WAL
+from ..storage.layout import LOCK, WAL
 from ..storage.locking import WriterLock
-from ..storage.manifest import Manifest, ManifestStore
+from ..storage.manifest import Manifest
 from ..storage.wal import RecordKind, WalWriter
 from . import activity
 from .compactor import Compactor
@@ -42,10 +42,12 @@ from .fresh import FreshIndexer
 from .indexer import IndexBuilder
 from .options import TableOptions
 from .reader import TableReader
-from .recovery import check_no_missing_versions, log_files, read_log, remove_orphans, salvage_log
+from .recovery import (check_no_missing_versions, latest_complete_manifest, latest_manifest, log_files, read_log,
+                       remove_orphans, salvage_log)
 from .retention import Retention
 from .registry import pinned, register
 from .state import TableCore
+from .text_reader import TextReader
 from .versions import Follower, cleanup, list_versions
 from .writer import WriteLog, Writer
 
@@ -83,7 +85,7 @@ class LocalTable(Table):
         if checkout is not None:
             self.core = TableCore(name, directory, options, checkout)
         elif options.read_only:
-            self.core = TableCore(name, directory, options, _latest_complete_manifest(name, directory))
+            self.core = TableCore(name, directory, options, latest_complete_manifest(name, directory))
             self._follower = Follower(self.core)
         else:
             self._writer_lock = WriterLock(directory / LOCK, name, options.lock_timeout)
@@ -96,13 +98,14 @@ class LocalTable(Table):
         self.vector_column = self.core.state.info.vector_column
         if self._writer is None:
             self._reader = TableReader(self.core)
+            self._text_reader = TextReader(self.core, self._reader)
         register(self)
 
     def _open_for_writing(self, directory: Path, workers: Workers | None, salvage: bool) -> None:
         wal_dir = directory / WAL
         wal_dir.mkdir(exist_ok=True)
         wal_files = log_files(wal_dir)  # (listed before the manifests: see _latest_complete_manifest)
-        manifest = _latest_manifest(self.name, directory)
+        manifest = latest_manifest(self.name, directory)
         hint = f"`omendb salvage --db {directory.parent} --table {self.name}`"
         salvaged = None
         if salvage:
@@ -119,6 +122,8 @@ class LocalTable(Table):
         self._flusher = Flusher(core, log, workers, after_publish=self._after_publish)
         self._reader = TableReader(core, on_bad_index=lambda handle: self._indexer.submit(handle.file),
                                    on_exact_scan=self._fresh.want)
+        self._text_reader = TextReader(core, self._reader,
+                                       on_bad_text=lambda handle: self._indexer.submit_text(handle.file))
         self._writer = Writer(core, self._reader, log, self._flusher, after_commit=self._fresh.after_commit)
         for record in records:
             self._writer.apply(record.kind, record.payload, record.seq)
@@ -287,17 +292,25 @@ class LocalTable(Table):
                     raise
         raise AssertionError("unreachable")
 
-    def search(self, q: Any, k: int = 10, *, where: str | None = None, columns: Sequence[str] | None = None,
-               exact: bool = False, ef: int | None = None, recall: float | None = None) -> pa.Table:
-        """Nearest neighbours of ``q``.
+    def search(self, q: Any = None, k: int = 10, *, text: str | None = None, where: str | None = None,
+               columns: Sequence[str] | None = None, exact: bool = False, ef: int | None = None,
+               recall: float | None = None, vector_weight: float = 1.0, text_weight: float = 1.0) -> pa.Table:
+        """Nearest neighbours of ``q``, rows matching ``text``, or both fused.
 
         Args:
             q: one vector (1-D) -> up to ``k`` rows sorted by ``_distance``; or a 2-D
                 array of queries -> up to ``k`` rows per query with a ``_query`` column
                 (the query's row number), grouped by query.
             k: neighbours per query.
+            text: words to search for in the columns of the table's text index
+                (:meth:`create_text_index`): alone, up to ``k`` rows holding them, best
+                BM25 ``_score`` first; with one vector ``q``, a hybrid search: both
+                rankings (each ``max(2 * k, 20)`` deep) fused by reciprocal rank fusion,
+                ``_relevance_score`` descending, with each row's ``_distance`` and
+                ``_score`` (null where that side did not rank it).
             where: SQL predicate over metadata columns, applied before ranking: when
-                at least ``k`` rows match, ``k`` rows come back.
+                at least ``k`` rows match, ``k`` rows come back (a text search returns
+                only rows holding a query term).
             columns: columns to return (default: all); ``_distance`` is always added.
             exact: force the exact flat scan, bypassing HNSW indexes.
             ef: HNSW candidate list size for this call; larger is slower and more
@@ -306,10 +319,17 @@ class LocalTable(Table):
                 smallest ``ef`` its build measured to reach it (default: the index
                 config's ``recall``, 0.95 for :class:`omendb.HnswSq`; without one,
                 ``ef_search``).
+            vector_weight, text_weight: each side's weight in a hybrid search's fusion
+                (``weight / (60 + rank)`` per side; default 1 each).
 
         Returns:
             A ``pyarrow.Table`` (``.to_pandas()`` / ``polars.from_arrow`` to convert).
         """
+        if text is not None:
+            return self._reading(self._text_reader.search, q, text, k, where=where, columns=columns, exact=exact,
+                                 ef=ef, recall=recall, vector_weight=vector_weight, text_weight=text_weight)
+        if q is None:
+            raise InvalidArgumentError("search needs a query vector q, text=, or both")
         return self._reading(self._reader.search, q, k, where=where, columns=columns, exact=exact, ef=ef,
                              recall=recall)
 
@@ -379,10 +399,23 @@ class LocalTable(Table):
                                                        ef_search=ef_search, min_rows=min_rows, recall=recall,
                                                        index=index))
 
+    def create_text_index(self, columns: str | Sequence[str], *, language: str | None = "english",
+                          k1: float = 1.5, b: float = 0.75) -> None:
+        """Index string ``columns`` for ``search(text=...)`` (BM25; see
+        :class:`omendb.TextIndexConfig` for the options), replacing any text index the
+        table has. Every segment's text index is built in the background (``wait_for_index``
+        waits for them too); rows without one yet are searched from their text directly.
+        """
+        self._writable()
+        config = TextIndexConfig(columns, language=language, k1=k1, b=b)
+        config.check_schema(self.core.state.info.schema, self.name)
+        self._indexer.configure_text(config)
+
     def wait_for_index(self, timeout: float | None = None) -> bool:
         """Flush the rows added so far, then wait until every segment that should have
-        an index has a current one: on return, every row added before the call is in an
-        indexed segment (or in one too small to need an index).
+        an index (and a text index, when the table has one) has a current one: on return,
+        every row added before the call is in an indexed segment (or in one too small to
+        need an index).
 
         Returns True when done, False on timeout (which bounds the wait for builds, not
         the flush itself). Raises ``IndexBuildError`` if a build failed.
@@ -435,41 +468,6 @@ class LocalTable(Table):
         """
         self._writable()
         return cleanup(self.core, older_than, keep_last)
-
-
-def _latest_manifest(name: str, directory: Path) -> Manifest:
-    try:
-        manifest = ManifestStore(directory / MANIFESTS).latest()
-    except MissingFileError:
-        raise
-    except CorruptFileError as exc:
-        raise CorruptFileError(
-            f"{exc}. It is table {name!r}'s newest version: restore the file from a backup, or move it out of "
-            f"{directory / MANIFESTS} to open the table at the version before it (the writes that version "
-            "published are then lost; `omendb salvage` keeps those still in the log)") from None
-    if manifest is None:
-        raise SchemaError(f"{directory}: table {name!r} has no manifest")
-    return manifest
-
-
-def _latest_complete_manifest(name: str, directory: Path) -> Manifest:
-    """A reader's newest manifest, refused when a newer one must have existed.
-
-    The log is listed before the manifests: a writer publishes a version before it
-    removes the log files it covers, so a reader never sees a gap that is not there.
-    A second look settles a publish that raced with the first.
-    """
-    hint = f"`omendb salvage --db {directory.parent} --table {name}` (in the writer's place)"
-    for attempt in (1, 2):
-        wal_files = log_files(directory / WAL)
-        manifest = _latest_manifest(name, directory)
-        try:
-            check_no_missing_versions(directory, manifest, wal_files, salvage_hint=hint)
-            return manifest
-        except MissingVersionError:
-            if attempt == 2:
-                raise
-    raise AssertionError("unreachable")
 
 
 def discard_table_folder(directory: Path, name: str, *, lock: WriterLock | None = None,

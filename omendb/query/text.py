@@ -1,0 +1,86 @@
+"""Full-text and hybrid search over a snapshot's parts.
+
+Text ranking is BM25 with corpus statistics over every part (``index/text.py``). A
+hybrid search runs the vector search and the text search over the same parts and the
+same allowed rows, and fuses the two rankings by reciprocal rank fusion: a row's
+relevance is ``sum over the rankings it is in of weight / (RRF_K + rank)`` (rank from
+1), as LanceDB's ``RRFReranker`` and the original paper (Cormack et al., 2009) define it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from ..index.text import Postings, TextPart, bm25_top
+from .search import DISTANCE, Hits, SearchPart, allowed_rows, hits_table
+
+__all__ = ["text_hits", "text_table", "fuse_rrf", "hybrid_table", "SCORE", "RELEVANCE", "RRF_K", "HYBRID_DEPTH"]
+
+SCORE = "_score"
+RELEVANCE = "_relevance_score"
+#: Reciprocal rank fusion's constant: larger values flatten the difference between ranks.
+RRF_K = 60
+#: Each side of a hybrid search ranks at least this many rows (or ``2 * k``) before fusing.
+HYBRID_DEPTH = 20
+
+
+def text_hits(parts: list[SearchPart], postings: list[Postings], terms: list[str], k: int, *, where: str | None,
+              vector_column: str, k1: float, b: float) -> Hits:
+    """Top-``k`` rows by BM25 score for one query's ``terms`` over all ``parts``
+    (``postings[i]`` holds ``parts[i]``'s terms); ``Hits.distances`` holds the scores,
+    best first."""
+    text_parts = [TextPart(p, part.live, None if where is None else allowed_rows(part, where, vector_column))
+                  for part, p in zip(parts, postings)]
+    found = bm25_top(text_parts, terms, k, k1=k1, b=b)
+    scores = np.concatenate([s for s, _ in found]) if found else np.zeros(0, np.float32)
+    positions = np.concatenate([p for _, p in found]) if found else np.zeros(0, np.int64)
+    part_ids = np.concatenate([np.full(p.shape[0], i, np.int32) for i, (_, p) in enumerate(found)]) \
+        if found else np.zeros(0, np.int32)
+    order = np.lexsort((positions, part_ids, -scores))[:k]  # (ties: the earlier part and row)
+    with_hits = np.unique(part_ids[order])
+    return Hits(np.zeros(order.shape[0], np.int32), part_ids[order], positions[order], scores[order],
+                int(with_hits[0]) if with_hits.shape[0] == 1 else None)
+
+
+def text_table(parts: list[SearchPart], hits: Hits, columns: list[str], empty_schema: pa.Schema) -> pa.Table:
+    """Text search hits as an Arrow table: ``columns``, then ``_score`` (descending)."""
+    return hits_table(parts, hits, columns, batch=False, empty_schema=empty_schema, score=SCORE)
+
+
+def fuse_rrf(rankings: list[list], k: int, weights: list[float]) -> list[tuple[object, float]]:
+    """The best ``k`` keys of several rankings (each a list of keys, best first) by
+    weighted reciprocal rank fusion: ``(key, relevance)``, most relevant first (ties: the
+    key ranked first by the earlier ranking)."""
+    relevance: dict[object, float] = {}
+    first_seen: dict[object, tuple[int, int]] = {}
+    for which, (ranking, weight) in enumerate(zip(rankings, weights)):
+        for rank, key in enumerate(ranking, start=1):
+            relevance[key] = relevance.get(key, 0.0) + weight / (RRF_K + rank)
+            first_seen.setdefault(key, (which, rank))
+    best = sorted(relevance, key=lambda key: (-relevance[key], first_seen[key]))[:k]
+    return [(key, relevance[key]) for key in best]
+
+
+def hybrid_table(vector: pa.Table, text: pa.Table, id_column: str, columns: list[str], k: int, *,
+                 vector_weight: float = 1.0, text_weight: float = 1.0) -> pa.Table:
+    """Fuse a vector search result (with ``_distance``) and a text search result (with
+    ``_score``), both holding ``id_column`` and ``columns``: ``columns``,
+    ``_relevance_score`` (descending), ``_distance`` and ``_score`` (null where that side
+    did not rank the row)."""
+    vector_ids, text_ids = vector.column(id_column).to_pylist(), text.column(id_column).to_pylist()
+    fused = fuse_rrf([vector_ids, text_ids], k, [vector_weight, text_weight])
+    in_vector = {key: i for i, key in enumerate(vector_ids)}
+    in_text = {key: i for i, key in enumerate(text_ids)}
+    both = pa.concat_tables([vector.select(columns), text.select(columns)])
+    picked = [in_vector[key] if key in in_vector else len(vector_ids) + in_text[key] for key, _ in fused]
+    rows = both.take(pa.array(picked, pa.int64()))
+    distances = vector.column(DISTANCE).to_pylist()
+    scores = text.column(SCORE).to_pylist()
+    extra = {RELEVANCE: pa.array([r for _, r in fused], pa.float32()),
+             DISTANCE: pa.array([distances[in_vector[key]] if key in in_vector else None for key, _ in fused],
+                                pa.float32()),
+             SCORE: pa.array([scores[in_text[key]] if key in in_text else None for key, _ in fused], pa.float32())}
+    for name, values in extra.items():
+        rows = rows.append_column(name, values)
+    return rows

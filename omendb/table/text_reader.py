@@ -1,0 +1,112 @@
+"""The full-text and hybrid side of a table's reads (``query/text.py`` does the ranking).
+
+Every segment is searched through its text index file when it has a current one, and
+otherwise through postings made from its rows and kept in memory until the file is
+published; the memtable's rows are analysed once, as searches first see them. A damaged
+text index file is reported once, never used, and rebuilt by the writer.
+"""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+from typing import Any, Callable, Sequence
+
+import pyarrow as pa
+
+from ..errors import ArgumentTypeError, CorruptFileError, InvalidArgumentError
+from ..index.text import MAX_QUERY_CHARS, Postings, TextIndexConfig
+from ..query.search import DISTANCE, SearchPart
+from ..query.text import HYBRID_DEPTH, RELEVANCE, SCORE, hybrid_table, text_hits, text_table
+from .reader import TableReader, check_k
+from .segments import SegmentHandle
+from .state import TableCore
+
+__all__ = ["TextReader", "query_terms"]
+
+
+def query_terms(text: Any, config: TextIndexConfig) -> list[str]:
+    """The terms of a text query (it must be a non-blank string of at most
+    :data:`MAX_QUERY_CHARS` characters; it may have no terms, e.g. only stop words)."""
+    if not isinstance(text, str):
+        raise ArgumentTypeError(f"text must be a string, got {type(text).__name__}")
+    if not text.strip():
+        raise InvalidArgumentError("text query is empty")
+    if len(text) > MAX_QUERY_CHARS:
+        raise InvalidArgumentError(f"text query is {len(text):,} characters; at most {MAX_QUERY_CHARS:,} are allowed")
+    return config.analyze([text])[0]
+
+
+class TextReader:
+    """Text searches (``search(text=...)``) and hybrid ones (a vector and ``text``) of a table."""
+
+    def __init__(self, core: TableCore, reader: TableReader,
+                 on_bad_text: Callable[[SegmentHandle], None] = lambda handle: None) -> None:
+        self._core = core
+        self._reader = reader
+        self._on_bad_text = on_bad_text
+
+    def search(self, q: Any, text: Any, k: int, *, where: str | None, columns: Sequence[str] | None,
+               exact: bool, ef: int | None, recall: float | None, vector_weight: float = 1.0,
+               text_weight: float = 1.0) -> pa.Table:
+        """``text`` alone: rows by BM25 score (``_score``, descending). With a vector ``q``:
+        both searches over the same rows and ``where``, fused by reciprocal rank fusion."""
+        state = self._core.state
+        config = state.info.text
+        if config is None:
+            raise InvalidArgumentError(f"table {self._core.name!r} has no text index: create one with "
+                                       f"create_text_index(columns)")
+        check_k(k)
+        terms = query_terms(text, config)
+        names = self._reader.columns(columns, state)
+        if q is None:
+            if ef is not None or recall is not None:
+                raise InvalidArgumentError("ef and recall tune the vector side of a search: give a query vector too")
+            return self._text(terms, int(k), where, names)
+        for name, weight in (("vector_weight", vector_weight), ("text_weight", text_weight)):
+            if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not 0 <= weight <= 1e6:
+                raise InvalidArgumentError(f"{name} must be a number from 0 to 1e6, got {weight!r}")
+        queries, batch = self._reader.queries(q, state.info.dim, self._core.name)
+        if batch:
+            raise InvalidArgumentError("a hybrid search takes one query vector (and one text), "
+                                       f"got {queries.shape[0]} vectors")
+        depth = max(2 * int(k), HYBRID_DEPTH)
+        id_column = state.info.id_column
+        with_id = names if id_column in names else [*names, id_column]
+        vector = self._reader.search(queries[0], depth, where=where, columns=with_id, exact=exact, ef=ef,
+                                     recall=recall)
+        found = self._text(terms, depth, where, with_id)
+        fused = hybrid_table(vector, found, id_column, with_id, int(k), vector_weight=vector_weight,
+                             text_weight=text_weight)
+        return fused.select([*names, RELEVANCE, DISTANCE, SCORE])
+
+    def _text(self, terms: list[str], k: int, where: str | None, names: list[str]) -> pa.Table:
+        with self._core.changing() as state:
+            memtables = [(m, m.view()) for m in state.memtables() if len(m)]
+        config = state.info.text
+        parts: list[SearchPart] = []
+        postings: list[Postings] = []
+        for handle in state.segments:
+            parts.append(SearchPart(handle.table, handle.vectors, handle.norms, state.deletions[handle.file].live,
+                                    cache_key=handle.cache_key))
+            postings.append(self._segment_postings(handle, config))
+        for memtable, view in memtables:
+            parts.append(SearchPart(view.table, view.vectors, view.norms, None if view.live.all() else view.live))
+            postings.append(memtable.text_postings(config, view.table))
+        hits = text_hits(parts, postings, terms, k, where=where, vector_column=state.info.vector_column,
+                         k1=config.k1, b=config.b)
+        return text_table(parts, hits, names, state.info.schema)
+
+    def _segment_postings(self, handle: SegmentHandle, config: TextIndexConfig) -> Postings:
+        core = self._core
+        if handle.entry.text_file not in core.bad_texts:
+            try:
+                return handle.text_postings(config)
+            except CorruptFileError as exc:
+                warnings.warn(f"omendb: {exc}; searching that segment's text without it and rebuilding it",
+                              RuntimeWarning, stacklevel=5)
+                with core.changing():
+                    core.bad_texts.add(handle.entry.text_file)
+                self._on_bad_text(handle)
+        return handle.text_postings(config, use_file=False)
+
