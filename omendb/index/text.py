@@ -207,8 +207,11 @@ class Postings:
         except (pa.ArrowInvalid, KeyError, IndexError) as exc:
             raise CorruptFileError(f"{path}: not a readable text index: {exc}") from None
         postings = cls(arrays["terms"], *(np.asarray(arrays[n]) for n in ("offsets", "rows", "counts", "lengths")))
-        if postings.row_count != rows or postings._offsets.shape[0] != len(postings.terms) + 1:
+        if postings.row_count != rows:
             raise CorruptFileError(f"{path}: text index covers {postings.row_count} rows, segment has {rows}")
+        if postings._offsets.shape[0] != len(postings.terms) + 1:
+            raise CorruptFileError(f"{path}: text index has {len(postings.terms)} terms but "
+                                   f"{postings._offsets.shape[0]} offsets")
         return postings
 
 

@@ -6,7 +6,7 @@ import threading
 import time
 import warnings
 from dataclasses import replace
-from typing import Callable
+from typing import Any, Callable
 
 from ..errors import ClosedError, IndexBuildError, describe
 from ..index.calibration import add_calibrated, held_out
@@ -21,6 +21,9 @@ from .state import TableCore, TableState
 from .workers import Workers, exiting
 
 __all__ = ["IndexBuilder", "build_index", "grow_index", "build_text_index"]
+
+#: The entry fields a graph build sets.
+_GRAPH_FIELDS = ("index_file", "index_bytes", "index_crc32", "index_params", "index_calibration")
 
 
 def build_index(core: TableCore, handle: SegmentHandle, config: IndexConfig,
@@ -108,25 +111,10 @@ class IndexBuilder:
 
     def _build_text(self, segment_file: str) -> None:
         """Builder thread: build one segment's text index, then publish it."""
-        core = self._core
-        state = core.state
-        handle = state.handle(segment_file)
-        config = state.info.text
-        if handle is None or core.stopping or not self.needs_text(handle, state):
-            return
-        if segment_file in core.merging or self._will_merge(segment_file):
-            return  # the merge builds its segment's text index
-        fields, postings = build_text_index(core, handle, config, cancelled=lambda: segment_file in core.merging)
-        with core.write_lock:
-            state = core.state
-            current = [e for e in state.manifest.segments if e.file == segment_file]
-            if core.closed or not current or config != state.info.text:
-                (core.directory / SEGMENTS / fields["text_file"]).unlink(missing_ok=True)  # changed meanwhile
-                return
-            entry = replace(current[0], **fields)
-            core.publish("text_index", [entry if e.file == segment_file else e for e in state.manifest.segments],
-                         texts={segment_file: postings})
-        self._progressed()
+        self._build_one(segment_file, self.needs_text, lambda state: state.info.text,
+                        lambda handle, config, cancelled: build_text_index(self._core, handle, config,
+                                                                           cancelled=cancelled),
+                        change="text_index", built_as="texts", file_field="text_file")
 
     def needs_index(self, handle: SegmentHandle, state: TableState) -> bool:
         config = state.info.index
@@ -149,28 +137,38 @@ class IndexBuilder:
         self._progressed()
 
     def _build(self, segment_file: str) -> None:
-        """Builder thread: build one segment's graph, then publish it (never under the write lock)."""
+        """Builder thread: build one segment's graph, then publish it."""
+        def build(handle: SegmentHandle, config: IndexConfig, cancelled: Callable[[], bool]) -> tuple[dict, HnswIndex]:
+            entry, index = build_index(self._core, handle, config, cancelled=cancelled)
+            return {name: getattr(entry, name) for name in _GRAPH_FIELDS}, index
+
+        self._build_one(segment_file, self.needs_index, lambda state: state.info.index, build,
+                        change="index", built_as="indexes", file_field="index_file")
+
+    def _build_one(self, segment_file: str, needs: Callable[[SegmentHandle, TableState], bool],
+                   config_of: Callable[[TableState], Any], build: Callable[..., tuple[dict, Any]], *,
+                   change: str, built_as: str, file_field: str) -> None:
+        """Build one segment's graph or text index (``build(handle, config, cancelled)``: the
+        entry fields naming its file, the built index), then publish it (never under the write lock)."""
         core = self._core
         state = core.state
         handle = state.handle(segment_file)
-        config = state.info.index
-        if handle is None or core.stopping or not self.needs_index(handle, state):
+        config = config_of(state)
+        if handle is None or core.stopping or not needs(handle, state):
             return
         if segment_file in core.merging or self._will_merge(segment_file):
-            return  # a merge gives its rows a graph; when the compaction ends, this is scheduled again
-        # A merge that takes this segment meanwhile gives its rows a graph: stop building this one.
-        entry, index = build_index(core, handle, config, cancelled=lambda: segment_file in core.merging)
+            return  # the merge builds its segment's; when the compaction ends, this is scheduled again
+        # A merge that takes this segment meanwhile builds its rows' own: stop building this one.
+        fields, built = build(handle, config, lambda: segment_file in core.merging)
         with core.write_lock:
             state = core.state
             current = [e for e in state.manifest.segments if e.file == segment_file]
-            if core.closed or not current or config != state.info.index:
-                (core.directory / SEGMENTS / entry.index_file).unlink(missing_ok=True)  # changed meanwhile
+            if core.closed or not current or config != config_of(state):
+                (core.directory / SEGMENTS / fields[file_field]).unlink(missing_ok=True)  # changed meanwhile
                 return
-            entry = replace(current[0], index_file=entry.index_file, index_bytes=entry.index_bytes,
-                            index_crc32=entry.index_crc32, index_params=entry.index_params,
-                            index_calibration=entry.index_calibration)
-            core.publish("index", [entry if e.file == segment_file else e for e in state.manifest.segments],
-                         indexes={segment_file: index})
+            entry = replace(current[0], **fields)
+            core.publish(change, [entry if e.file == segment_file else e for e in state.manifest.segments],
+                         **{built_as: {segment_file: built}})
         self._progressed()
 
     def _failed(self, segment_file: str, exc: BaseException) -> None:
