@@ -81,6 +81,21 @@ def test_rankings_equal_one_bm25_index_over_all_rows(texts_table) -> None:
         assert_same_ranking(table.search(text=query, k=10), texts, query, 10)
 
 
+def test_rows_written_between_searches_are_ranked_with_the_rest(db_path: Path, rng) -> None:
+    with omendb.open(db_path, memtable_bytes=64 << 20) as db:  # (all of it stays in the memtable)
+        texts = corpus(rng, 1_200)
+        table = db.create_table("t", data=rows(np.arange(200), texts[:200], rng))
+        table.create_text_index("summary")
+        for start in range(200, 1_200, 50):
+            table.add(rows(np.arange(start, start + 50), texts[start:start + 50], rng))
+            query = QUERIES[start // 50 % len(QUERIES)]
+            assert_same_ranking(table.search(text=query, k=10), dict(enumerate(texts[:start + 50])), query, 10)
+        ranges = table.core.state.memtable.text_postings(table.core.state.info.text,
+                                                         table.core.state.memtable.view().table)
+        assert [r[0] for r in ranges] == sorted(r[0] for r in ranges) and ranges[-1][1] == 1_200
+        assert len(ranges) <= 8  # log-many ranges, not one per write
+
+
 def test_stemming_and_stop_words(db_path: Path, rng) -> None:
     with omendb.open(db_path) as db:
         table = db.create_table("t", data=rows(np.arange(3), ["she runs daily", "the the the", "a parser"], rng))

@@ -195,10 +195,12 @@ class Memtable:
         rows = self._rows
         return MemtableView(self.table(), self._vectors[:rows], self._norms[:rows], self._live[:rows], graph)
 
-    def text_postings(self, config: TextIndexConfig, table: pa.Table) -> Postings:
+    def text_postings(self, config: TextIndexConfig, table: pa.Table) -> list[tuple[int, int, Postings]]:
         """Full-text postings of ``table`` (a view of this memtable's first rows) under
-        ``config``. Each row is analysed once (a memtable's rows never change); the postings
-        are made again only when a search sees more rows than the last one did."""
+        ``config``, as ``(start, stop, postings)`` over consecutive row ranges. Each row is
+        analysed once (a memtable's rows never change) and new rows get postings of their
+        own, merged with their neighbours as they grow, so a search after a write gathers
+        only what is new (and, now and then, a merge: log-many ranges in all)."""
         return self._text.postings(config, table)
 
     def adopt_graph(self, graph: HnswIndex) -> None:
@@ -211,22 +213,35 @@ class Memtable:
 
 
 class _TextCache:
-    """The terms of a memtable's rows, analysed as searches first see them, and the
-    postings of the latest row count."""
+    """The terms of a memtable's rows, analysed as searches first see them, and postings
+    over consecutive ranges of them: a range at most as large as the one before it, so
+    there are log-many (two neighbours are merged once the later is at least half the
+    earlier)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._config: TextIndexConfig | None = None
         self._terms: list[list[str]] = []
-        self._postings: tuple[int, Postings] | None = None
+        self._ranges: list[tuple[int, int, Postings]] = []
 
-    def postings(self, config: TextIndexConfig, table: pa.Table) -> Postings:
+    def postings(self, config: TextIndexConfig, table: pa.Table) -> list[tuple[int, int, Postings]]:
         rows = table.num_rows
         with self._lock:
             if config != self._config:
-                self._config, self._terms, self._postings = config, [], None
+                self._config, self._terms, self._ranges = config, [], []
             if len(self._terms) < rows:
                 self._terms.extend(analyze_rows(config, table.slice(len(self._terms))))
-            if self._postings is None or self._postings[0] != rows:
-                self._postings = (rows, Postings.build(self._terms[:rows]))
-            return self._postings[1]
+            covered = self._ranges[-1][1] if self._ranges else 0
+            if covered < rows:
+                self._ranges.append((covered, rows, Postings.build(self._terms[covered:rows])))
+                while len(self._ranges) > 1 and (self._ranges[-1][1] - self._ranges[-1][0]
+                                                 >= (self._ranges[-2][1] - self._ranges[-2][0]) // 2):
+                    start, stop = self._ranges[-2][0], self._ranges[-1][1]
+                    self._ranges[-2:] = [(start, stop, Postings.build(self._terms[start:stop]))]
+            ranges, terms = list(self._ranges), self._terms
+        # an older view (a search that took its rows before another one took more) ends sooner
+        clipped = [r for r in ranges if r[1] <= rows]
+        for start, stop, _ in ranges:
+            if start < rows < stop:
+                clipped.append((start, rows, Postings.build(terms[start:rows])))
+        return clipped

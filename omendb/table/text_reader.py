@@ -90,9 +90,12 @@ class TextReader:
             parts.append(SearchPart(handle.table, handle.vectors, handle.norms, state.deletions[handle.file].live,
                                     cache_key=handle.cache_key))
             postings.append(self._segment_postings(handle, config))
-        for memtable, view in memtables:
-            parts.append(SearchPart(view.table, view.vectors, view.norms, None if view.live.all() else view.live))
-            postings.append(memtable.text_postings(config, view.table))
+        for memtable, view in memtables:  # (one part per range of rows with postings of its own)
+            for start, stop, ranged in memtable.text_postings(config, view.table):
+                live = view.live[start:stop]
+                parts.append(SearchPart(view.table.slice(start, stop - start), view.vectors[start:stop],
+                                        view.norms[start:stop], None if live.all() else live))
+                postings.append(ranged)
         hits = text_hits(parts, postings, terms, k, where=where, vector_column=state.info.vector_column,
                          k1=config.k1, b=config.b)
         return text_table(parts, hits, names, state.info.schema)
