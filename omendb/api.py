@@ -72,9 +72,17 @@ class Table(ABC):
 
     # ----------------------------------------------------------------- reads
     @abstractmethod
-    def search(self, q: Any, k: int = 10, *, where: str | None = None, columns: Sequence[str] | None = None,
-               exact: bool = False, ef: int | None = None, recall: float | None = None) -> pa.Table:
-        """Nearest neighbours of ``q`` (1-D: one query; 2-D: several, with ``_query``)."""
+    def search(self, q: Any = None, k: int = 10, *, text: str | None = None, where: str | None = None,
+               columns: Sequence[str] | None = None, exact: bool = False, ef: int | None = None,
+               recall: float | None = None, vector_weight: float = 1.0, text_weight: float = 1.0) -> pa.Table:
+        """Nearest neighbours of ``q`` (1-D: one query; 2-D: several, with ``_query``), rows
+        matching ``text`` (BM25, ``_score``), or one vector and ``text`` fused by reciprocal
+        rank fusion (``_relevance_score``)."""
+
+    @abstractmethod
+    def create_text_index(self, columns: str | Sequence[str], *, language: str | None = "english",
+                          k1: float = 1.5, b: float = 0.75) -> None:
+        """Index string ``columns`` for ``search(text=...)``."""
 
     @abstractmethod
     def get(self, ids: Any, columns: Sequence[str] | None = None) -> pa.Table:

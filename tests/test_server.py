@@ -340,3 +340,40 @@ def test_one_request_cannot_ask_for_unbounded_work(server) -> None:
     assert status in (400, 422)
     assert table.search(vectors(2), k=5).num_rows == 10
     db.close()
+
+
+def test_text_and_hybrid_search_over_flight_and_http_equal_the_python_api(server) -> None:
+    from test_text import assert_same_ranking, corpus
+
+    texts = corpus(np.random.default_rng(3), 300)
+    db = server.connect()
+    name = unique("text")
+    table = db.create_table(name, data={"id": np.arange(300), "summary": texts, "vector": vectors(300)})
+    table.create_text_index("summary")
+    assert table.wait_for_index(timeout=60)
+    assert_same_ranking(table.search(text="fast arrow parser", k=10), dict(enumerate(texts)), "fast arrow parser", 10)
+    q = vectors(1, seed=9)[0]
+    hybrid = table.search(q, text="fast arrow parser", k=5, exact=True)
+    vector_ids = table.search(q, k=20, exact=True)["id"].to_pylist()
+    text_ids = table.search(text="fast arrow parser", k=20)["id"].to_pylist()
+    fused: dict[int, float] = {}
+    for ranking in (vector_ids, text_ids):
+        for rank, row_id in enumerate(ranking, start=1):
+            fused[row_id] = fused.get(row_id, 0.0) + 1 / (60 + rank)
+    for row in hybrid.to_pylist():
+        assert row["_relevance_score"] == pytest.approx(fused[row["id"]], rel=1e-6)
+    with pytest.raises(omendb.InvalidArgumentError, match="empty"):
+        table.search(text="  ", k=3)
+    status, found = server.http("POST", f"/tables/{name}/search", {"text": "fast arrow parser", "k": 10,
+                                                                   "columns": ["id"]})
+    assert status == 200 and [r["id"] for r in found["results"]] == table.search(
+        text="fast arrow parser", k=10)["id"].to_pylist()
+    status, found = server.http("POST", f"/tables/{name}/search", {"vector": q.tolist(), "text": "fast arrow parser",
+                                                                   "k": 5, "exact": True, "columns": ["id"]})
+    assert status == 200 and [r["id"] for r in found["results"]] == hybrid["id"].to_pylist()
+    assert set(found["results"][0]) == {"id", "_relevance_score", "_distance", "_score"}
+    other = unique("text")
+    db.create_table(other, data={"id": np.arange(3), "summary": ["a b", "cc dd", "ee"], "vector": vectors(3)})
+    assert server.http("POST", f"/tables/{other}/text_index", {"columns": ["summary"]}) == (200, {"created": True})
+    assert server.http("POST", f"/tables/{other}/text_index", {"columns": ["nope"]})[0] == 400
+    db.close()

@@ -131,12 +131,21 @@ class RemoteTable(Table):
         return self._channel.action("delete", self._body(ids=ids, where=where))["deleted"]
 
     # reads
-    def search(self, q: Any, k: int = 10, *, where: str | None = None, columns: Sequence[str] | None = None,
-               exact: bool = False, ef: int | None = None, recall: float | None = None) -> pa.Table:
-        """Nearest neighbours of ``q`` (1-D: one query; 2-D: several, with ``_query``)."""
-        return self._channel.get(self._body(op="search", q=encode_vectors(q), k=k, where=where,
-                                            columns=None if columns is None else list(columns),
-                                            exact=exact, ef=ef, recall=recall))
+    def search(self, q: Any = None, k: int = 10, *, text: str | None = None, where: str | None = None,
+               columns: Sequence[str] | None = None, exact: bool = False, ef: int | None = None,
+               recall: float | None = None, vector_weight: float = 1.0, text_weight: float = 1.0) -> pa.Table:
+        """Nearest neighbours of ``q`` (1-D: one query; 2-D: several, with ``_query``), rows
+        matching ``text``, or both fused (as :meth:`omendb.Table.search`)."""
+        return self._channel.get(self._body(op="search", q=None if q is None else encode_vectors(q), k=k,
+                                            where=where, columns=None if columns is None else list(columns),
+                                            exact=exact, ef=ef, recall=recall, text=text,
+                                            vector_weight=vector_weight, text_weight=text_weight))
+
+    def create_text_index(self, columns: str | Sequence[str], *, language: str | None = "english",
+                          k1: float = 1.5, b: float = 0.75) -> None:
+        """Index string ``columns`` for ``search(text=...)`` (as :meth:`omendb.Table.create_text_index`)."""
+        self._channel.action("create_text_index", self._body(
+            columns=[columns] if isinstance(columns, str) else list(columns), language=language, k1=k1, b=b))
 
     def get(self, ids: Any, columns: Sequence[str] | None = None) -> pa.Table:
         """Rows with the given primary keys, in the order asked."""

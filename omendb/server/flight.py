@@ -63,6 +63,9 @@ class OmenFlightServer(flight.FlightServerBase):
             "flush": lambda body: self._table(body).flush(),
             "compact": lambda body: self._table(body).compact(),
             "create_index": lambda body: self._table(body).create_index(**_index_params(body.get("params", {}))),
+            "create_text_index": lambda body: self._table(body).create_text_index(
+                body.get("columns"), language=body.get("language", "english"), k1=body.get("k1", 1.5),
+                b=body.get("b", 0.75)),
             "wait_for_index": lambda body: {"done": self._table(body).wait_for_index(body.get("timeout"))},
         }
 
@@ -137,12 +140,12 @@ class OmenFlightServer(flight.FlightServerBase):
             table = self._table(command)
             op = command.get("op")
             if op == "search":
-                queries = decode_vectors(command["q"])
-                check_search(queries.shape, command.get("k", 10))
+                queries = None if command.get("q") is None else decode_vectors(command["q"])
+                check_search((1,) if queries is None else queries.shape, command.get("k", 10))
                 return table.search(queries, k=command.get("k", 10), recall=command.get("recall"),
                                     where=self._where(command.get("where")),
                                     columns=command.get("columns"), exact=command.get("exact", False),
-                                    ef=command.get("ef"))
+                                    ef=command.get("ef"), **_text_options(command))
             if op == "get":
                 return table.get(command["ids"], columns=command.get("columns"))
             if op == "scan":
@@ -203,3 +206,11 @@ def _index_params(params: Any) -> dict[str, Any]:
             raise InvalidArgumentError(f"index must be an object (an index config), got {type(index).__name__}")
         params["index"] = index_config_from_dict(index)
     return params
+
+
+def _text_options(command: dict[str, Any]) -> dict[str, Any]:
+    """The text-search arguments of a search command (none when it has no ``text``)."""
+    if command.get("text") is None:
+        return {}
+    return {"text": command["text"], "vector_weight": command.get("vector_weight", 1.0),
+            "text_weight": command.get("text_weight", 1.0)}

@@ -61,7 +61,8 @@ class Delete(BaseModel):
 
 
 class Search(BaseModel):
-    """One query vector (``vector``) or several (``vectors``)."""
+    """One query vector (``vector``) or several (``vectors``), words to search for
+    (``text``, in the table's text index), or one vector and ``text`` (hybrid)."""
 
     model_config = ConfigDict(extra="forbid")
     vector: Optional[list[float]] = None
@@ -72,6 +73,19 @@ class Search(BaseModel):
     exact: bool = False
     ef: Optional[int] = Field(None, ge=1, le=100_000)
     recall: Optional[float] = Field(None, gt=0, le=1, description="recall@10 to aim for (instead of ef)")
+    text: Optional[str] = Field(None, max_length=10_000, description="words to search for (BM25; with vector: hybrid)")
+    vector_weight: float = Field(1.0, ge=0, le=1e6)
+    text_weight: float = Field(1.0, ge=0, le=1e6)
+
+
+class TextIndex(BaseModel):
+    """A full-text index over string columns (see ``Table.create_text_index``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    columns: list[str] = Field(..., min_length=1, max_length=64)
+    language: Optional[str] = "english"
+    k1: float = 1.5
+    b: float = 0.75
 
 
 def _type(name: str):
@@ -232,14 +246,25 @@ def create_app(db: Database, *, token: str | None = None, max_request_bytes: int
     @app.post("/tables/{name}/search", dependencies=secured)
     def search(name: str, body: Search) -> dict[str, Any]:
         table = db.open_table(name)
-        if (body.vector is None) == (body.vectors is None):
-            raise InvalidArgumentError("give vector (one query) or vectors (several), exactly one of them")
+        if body.vector is not None and body.vectors is not None:
+            raise InvalidArgumentError("give vector (one query) or vectors (several), not both")
+        if body.vector is None and body.vectors is None and body.text is None:
+            raise InvalidArgumentError("give vector (one query), vectors (several), text, or a vector and text")
         check_search((len(body.vectors), 0) if body.vectors is not None else (1,), body.k)
-        with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, which search() refuses by name
-            query = np.asarray(body.vector if body.vector is not None else body.vectors, dtype=np.float32)
+        query = None
+        if body.vector is not None or body.vectors is not None:
+            with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, which search() refuses by name
+                query = np.asarray(body.vector if body.vector is not None else body.vectors, dtype=np.float32)
+        text = {} if body.text is None else {"text": body.text, "vector_weight": body.vector_weight,
+                                             "text_weight": body.text_weight}
         result = table.search(query, k=body.k, where=predicate(body.where), columns=body.columns, exact=body.exact,
-                              ef=body.ef, recall=body.recall)
+                              ef=body.ef, recall=body.recall, **text)
         return {"results": _json_rows(result)}
+
+    @app.post("/tables/{name}/text_index", dependencies=secured)
+    def create_text_index(name: str, body: TextIndex) -> dict[str, Any]:
+        db.open_table(name).create_text_index(body.columns, language=body.language, k1=body.k1, b=body.b)
+        return {"created": True}
 
     @app.get("/tables/{name}/stats", dependencies=secured)
     def stats(name: str) -> dict[str, Any]:
