@@ -96,6 +96,25 @@ def test_rows_written_between_searches_are_ranked_with_the_rest(db_path: Path, r
         assert len(ranges) <= 8  # log-many ranges, not one per write
 
 
+def test_changing_k1_or_b_keeps_the_files_changing_columns_rebuilds_them(texts_table) -> None:
+    _, table, texts = texts_table
+    assert table.wait_for_index(timeout=120)
+    files = [h.entry.text_file for h in table.core.state.segments]
+    table.create_text_index("summary", k1=1.2, b=0.5)  # weights only: the counts stay
+    assert table.wait_for_index(timeout=120)
+    assert [h.entry.text_file for h in table.core.state.segments] == files
+    assert table.stats()["text_indexed_segments"] == len(files)
+    ids = sorted(texts)
+    index = bm25s.BM25(method="lucene", k1=1.2, b=0.5)
+    index.index(TextIndexConfig(("summary",)).analyze([texts[i] for i in ids]), show_progress=False)
+    want = index.get_scores(TextIndexConfig(("summary",)).analyze(["fast arrow parser"])[0])
+    got = table.search(text="fast arrow parser", k=5)
+    np.testing.assert_allclose(got["_score"].to_numpy(), np.sort(want)[::-1][:5], rtol=1e-4)
+    table.create_text_index("summary", language=None)  # other terms: other files
+    assert table.wait_for_index(timeout=120)
+    assert not set(h.entry.text_file for h in table.core.state.segments) & set(files)
+
+
 def test_stemming_and_stop_words(db_path: Path, rng) -> None:
     with omendb.open(db_path) as db:
         table = db.create_table("t", data=rows(np.arange(3), ["she runs daily", "the the the", "a parser"], rng))

@@ -82,6 +82,10 @@ class TextIndexConfig:
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "columns": list(self.columns)}
 
+    def build_params(self) -> dict[str, Any]:
+        """What a segment's postings depend on (``k1`` and ``b`` only weigh them at query time)."""
+        return {"columns": list(self.columns), "language": self.language}
+
     def check_schema(self, schema: pa.Schema, table: str) -> None:
         """Refuse columns ``schema`` lacks or that do not hold strings."""
         for column in self.columns:

@@ -70,7 +70,7 @@ def build_text_index(core: TableCore, handle: SegmentHandle, config: TextIndexCo
                                            should_stop=lambda: core.stopping or exiting() or cancelled()))
     name = text_file_name(handle.file)
     size, crc = postings.save(core.directory / SEGMENTS / name)
-    return {"text_file": name, "text_bytes": size, "text_crc32": crc, "text_params": config.to_dict()}, postings
+    return {"text_file": name, "text_bytes": size, "text_crc32": crc, "text_params": config.build_params()}, postings
 
 
 class IndexBuilder:
@@ -99,7 +99,7 @@ class IndexBuilder:
         config = state.info.text
         entry = handle.entry
         return (config is not None and f"{handle.file} (text)" not in self._errors
-                and (entry.text_file is None or entry.text_params != config.to_dict()
+                and (entry.text_file is None or entry.text_params != config.build_params()
                      or entry.text_file in self._core.bad_texts))
 
     def submit_text(self, segment_file: str) -> None:

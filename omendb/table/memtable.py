@@ -220,15 +220,15 @@ class _TextCache:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._config: TextIndexConfig | None = None
+        self._config: dict | None = None  # the build params the terms were analysed under
         self._terms: list[list[str]] = []
         self._ranges: list[tuple[int, int, Postings]] = []
 
     def postings(self, config: TextIndexConfig, table: pa.Table) -> list[tuple[int, int, Postings]]:
         rows = table.num_rows
         with self._lock:
-            if config != self._config:
-                self._config, self._terms, self._ranges = config, [], []
+            if config.build_params() != self._config:
+                self._config, self._terms, self._ranges = config.build_params(), [], []
             if len(self._terms) < rows:
                 self._terms.extend(analyze_rows(config, table.slice(len(self._terms))))
             covered = self._ranges[-1][1] if self._ranges else 0

@@ -288,7 +288,7 @@ class TableReader:
             "index": info.index.to_dict(),
             "text_index": None if info.text is None else info.text.to_dict(),
             "text_indexed_segments": 0 if info.text is None else sum(
-                h.entry.text_file is not None and h.entry.text_params == info.text.to_dict()
+                h.entry.text_file is not None and h.entry.text_params == info.text.build_params()
                 and h.entry.text_file not in self._core.bad_texts for h in segments),
             "memtable_rows": mem_rows,
             "bytes": folder_bytes(self._core.directory),

@@ -47,7 +47,8 @@ class SegmentHandle:
         self._hnsw_file: str | None = None
         self._text: Postings | None = None
         self._text_file: str | None = None
-        self._text_made: tuple[TextIndexConfig, Postings] | None = None  # made from the rows, no file yet
+        self._text_made: tuple[dict, Postings] | None = None  # (build params, postings) made from the rows
+        self._text_lock = threading.Lock()
         #: Until the segment's own graph is published: a graph over its first
         #: ``provisional.rows`` rows, in memory only (``fresh.py``).
         self.provisional: HnswIndex | None = None
@@ -137,7 +138,7 @@ class SegmentHandle:
         verification), else (or without ``use_file``) made from its rows and kept in memory
         (a search of rows with no text index yet)."""
         entry = self.entry
-        if use_file and entry.text_file is not None and entry.text_params == config.to_dict():
+        if use_file and entry.text_file is not None and entry.text_params == config.build_params():
             if self._text_file != entry.text_file:
                 with self._lock:
                     if self._text_file != entry.text_file:
@@ -145,10 +146,10 @@ class SegmentHandle:
                                                    crc32=entry.text_crc32, rows=entry.rows)
                         self._text_file = entry.text_file
             return self._text
-        made = self._text_made
-        if made is None or made[0] != config:
-            postings = Postings.build(analyze_rows(config, self.table))
-            made = self._text_made = (config, postings)
+        with self._text_lock:  # (one analysis of the rows, however many searches want it at once)
+            made = self._text_made
+            if made is None or made[0] != config.build_params():
+                made = self._text_made = (config.build_params(), Postings.build(analyze_rows(config, self.table)))
         return made[1]
 
     def adopt_text(self, entry: SegmentEntry, postings: Postings) -> None:
