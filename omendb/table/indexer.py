@@ -186,40 +186,35 @@ class IndexBuilder:
 
     def configure(self, config: IndexConfig) -> None:
         """Publish new HNSW parameters (caller checked the table is writable); rebuilds follow."""
-        core = self._core
-        with core.write_lock:
-            core.check_open()
-            state = core.state
-            if config != state.info.index:
-                core.publish("create_index", state.manifest.segments,
-                             table=dict(state.manifest.table, index=config.to_dict()))
-                with self._progress:
-                    self._errors.clear()
-        if not core.options.build_indexes:  # no builder thread: build here
-            state = core.state
-            for handle in state.segments:
-                if self.needs_index(handle, state):
-                    self._build(handle.file)
-        self.schedule()
+        self._configure(config, "index", lambda state: state.info.index, self.needs_index, self._build,
+                        is_mine=lambda key: not key.endswith(" (text)"))
 
     def configure_text(self, config: TextIndexConfig) -> None:
         """Publish a full-text index config (caller checked the table is writable and the
-        columns); every segment's text index is (re)built in the background."""
+        columns); the text indexes it changes are (re)built in the background."""
+        self._configure(config, "text_index", lambda state: state.info.text, self.needs_text, self._build_text,
+                        is_mine=lambda key: key.endswith(" (text)"))
+
+    def _configure(self, config: Any, field: str, current: Callable[[TableState], Any],
+                   needs: Callable[[SegmentHandle, TableState], bool], build: Callable[[str], None], *,
+                   is_mine: Callable[[str], bool]) -> None:
+        """Publish ``config`` as the manifest's ``table[field]``, forget the build failures
+        ``is_mine`` names (they may not recur), then build what it changes."""
         core = self._core
         with core.write_lock:
             core.check_open()
             state = core.state
-            if config != state.info.text:
-                core.publish("create_text_index", state.manifest.segments,
-                             table=dict(state.manifest.table, text_index=config.to_dict()))
+            if config != current(state):
+                core.publish(f"create_{field}", state.manifest.segments,  # (create_index, create_text_index)
+                             table=dict(state.manifest.table, **{field: config.to_dict()}))
                 with self._progress:
-                    for key in [k for k in self._errors if k.endswith(" (text)")]:
+                    for key in [k for k in self._errors if is_mine(k)]:
                         del self._errors[key]
         if not core.options.build_indexes:  # no builder thread: build here
             state = core.state
             for handle in state.segments:
-                if self.needs_text(handle, state):
-                    self._build_text(handle.file)
+                if needs(handle, state):
+                    build(handle.file)
         self.schedule()
 
     def wait(self, timeout: float | None, wait_for_flush: Callable[[float | None], bool]) -> bool:
