@@ -331,3 +331,30 @@ def test_a_kill_during_a_text_index_build_leaves_the_table_searchable(db_path: P
         assert table.wait_for_index(timeout=60)
         assert table.core.state.segments[0].entry.text_file
         assert not [p.name for p in (db_path / "t" / "segments").iterdir() if ".tmp" in p.name]
+
+
+def test_a_full_disk_during_a_text_index_build_fails_the_wait_and_keeps_the_table(db_path: Path, rng,
+                                                                                    monkeypatch) -> None:
+    import errno
+
+    import pyarrow as pa
+
+    texts = corpus(rng, 400)
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with omendb.open(db_path) as db:
+        table = db.create_table("t", data=rows(np.arange(400), texts, rng))
+        table.flush()
+        monkeypatch.setattr(pa, "OSFile", no_space)  # (the text index file's writer)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # (the builder's report of the failure)
+            table.create_text_index("summary")
+            with pytest.raises(omendb.IndexBuildError, match="no space left"):
+                table.wait_for_index(timeout=60)  # ends with the failure, not at the timeout
+        monkeypatch.undo()
+        assert table.count() == 400 and table.core.state.segments[0].entry.text_file is None
+        assert not [p.name for p in (db_path / "t" / "segments").iterdir() if ".tmp" in p.name]
+        assert_same_ranking(table.search(text="fast arrow parser", k=10), dict(enumerate(texts)),
+                            "fast arrow parser", 10)  # searched from the rows meanwhile
