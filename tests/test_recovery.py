@@ -404,7 +404,7 @@ def test_an_older_log_file_cut_at_a_record_boundary_is_reported(db_path: Path) -
     """
     subprocess.run([sys.executable, "-c", textwrap.dedent(code)], check=True, env=_env(), timeout=120)
     older, newer = sorted((db_path / "t" / "wal").glob("*.wal"))[:2]
-    from omendb.storage.wal import read_wal
+    from omendb.storage.wal_read import read_wal
 
     records = list(read_wal(older, repair=False, last=False))
     end_of_second_last = 16 + sum(24 + r.size for r in records[:-1])
@@ -578,7 +578,7 @@ def test_damage_that_looks_torn_but_has_records_after_it_is_damage(db_path: Path
     # zeros in a record followed by acknowledged records are damage.
     _wal_only_table(db_path, batches=20, rows=10)
     (wal,) = (db_path / "t" / "wal").glob("*.wal")
-    from omendb.storage.wal import read_wal
+    from omendb.storage.wal_read import read_wal
 
     records = list(read_wal(wal, repair=False))
     starts = np.cumsum([16] + [24 + r.size for r in records])

@@ -24,7 +24,8 @@ from omendb.storage import segment as segment_module
 from omendb.storage.deletions import read_deletions, write_deletions
 from omendb.storage.manifest import Manifest, ManifestStore, SegmentEntry
 from omendb.storage.segment import open_segment, write_segment
-from omendb.storage.wal import WRITE_PIECE, RecordKind, WalWriter, _pieces, encode_table, read_wal
+from omendb.storage.wal import WRITE_PIECE, RecordKind, WalWriter, _pieces, encode_table
+from omendb.storage.wal_read import read_wal
 
 WAL_HEADER = 16
 RECORD_HEADER = 24

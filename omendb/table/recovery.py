@@ -28,7 +28,8 @@ from pathlib import Path
 from ..errors import CorruptFileError, MissingFileError, MissingVersionError, SchemaError, WalDamageError, storage_error
 from ..storage.fileio import fsync_dir
 from ..storage.manifest import Manifest, ManifestStore
-from ..storage.wal import RecordKind, WalRecord, first_seq_of, read_wal, scan_wal
+from ..storage.wal import RecordKind, WalRecord, first_seq_of
+from ..storage.wal_read import read_wal, scan_wal
 from ..storage.layout import MANIFESTS, SALVAGE, SEGMENTS, WAL, deletions_version, is_omendb_segment_file
 
 __all__ = ["log_files", "read_log", "check_no_missing_versions", "salvage_log", "SalvagedLog",
