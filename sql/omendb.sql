@@ -24,3 +24,27 @@ CREATE OR REPLACE MACRO omen_knn(t, q, k,
             k, filter, ef, exact), t)) AS hit
     )
     ORDER BY hit._rank;
+
+-- The k rows of table t that best match the words of query (a string), best BM25 score
+-- first, with all of t's columns plus _score (larger is better). t needs a text index
+-- (Table.create_text_index); rows that hold no query term never come back. filter: as
+-- for omen_knn. Correlated use runs one search per query row, with one set of parts.
+CREATE OR REPLACE MACRO omen_text(t, query, k, filter := NULL) AS TABLE
+    SELECT hit.* EXCLUDE (_rank)
+    FROM (SELECT unnest(struct_extract(omen_text_rows(t, query, k, filter), t)) AS hit)
+    ORDER BY hit._rank;
+
+-- Hybrid search: the vector search for q and the text search for query (each
+-- max(2k, 20) deep, with the same filter) fused by reciprocal rank fusion, as
+-- Table.search(q, text=query) fuses them: _relevance_score = sum over the two rankings
+-- of weight / (60 + rank), descending, then _distance and _score (NULL where that side
+-- did not rank the row).
+CREATE OR REPLACE MACRO omen_hybrid(t, q, query, k, filter := NULL, ef := NULL, exact := false,
+                                    vector_weight := 1.0, text_weight := 1.0) AS TABLE
+    SELECT hit.* EXCLUDE (_rank)
+    FROM (
+        SELECT unnest(struct_extract(omen_hybrid_rows(
+            t, CASE WHEN typeof(q) = 'BLOB' THEN omen_vector(q::BLOB) ELSE q::FLOAT[] END,
+            query, k, filter, ef, exact, vector_weight, text_weight), t)) AS hit
+    )
+    ORDER BY hit._rank;

@@ -103,13 +103,13 @@ def test_knn_in_join_cte_and_subquery(db) -> None:
 
 def test_lateral_runs_batched_and_matches_per_query_search(db, monkeypatch) -> None:
     calls: list[int] = []
-    original = SqlSession._knn_rows
+    original = SqlSession._rows
 
-    def counting(self, tables, *columns, **options):
-        calls.append(len(tables))
-        return original(self, tables, *columns, **options)
+    def counting(self, udf, columns, layout):
+        calls.append(len(columns[0]))
+        return original(self, udf, columns, layout)
 
-    monkeypatch.setattr(SqlSession, "_knn_rows", counting)
+    monkeypatch.setattr(SqlSession, "_rows", counting)
     db.sql("CREATE TEMP TABLE queries AS SELECT id AS qid, vector AS vec FROM omen_scan('docs') WHERE id < 300")
     rows = db.sql("SELECT qid, id FROM queries q, LATERAL omen_knn('docs', q.vec, 3) ORDER BY qid, _distance").fetchall()
     assert len(rows) == 300 * 3

@@ -13,10 +13,15 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from ..index.text import Postings, TextPart, bm25_top
+import numbers
+from typing import Any
+
+from ..errors import ArgumentTypeError, InvalidArgumentError
+from ..index.text import MAX_QUERY_CHARS, Postings, TextIndexConfig, TextPart, bm25_top
 from .search import DISTANCE, Hits, SearchPart, allowed_rows, hits_table
 
-__all__ = ["text_hits", "text_table", "fuse_rrf", "hybrid_table", "SCORE", "RELEVANCE", "RRF_K", "HYBRID_DEPTH"]
+__all__ = ["query_terms", "check_weights", "text_parts", "text_hits", "text_table", "fuse_rrf", "hybrid_table", "SCORE", "RELEVANCE",
+           "RRF_K", "HYBRID_DEPTH"]
 
 SCORE = "_score"
 RELEVANCE = "_relevance_score"
@@ -26,14 +31,37 @@ RRF_K = 60
 HYBRID_DEPTH = 20
 
 
-def text_hits(parts: list[SearchPart], postings: list[Postings], terms: list[str], k: int, *, where: str | None,
-              vector_column: str, k1: float, b: float) -> Hits:
-    """Top-``k`` rows by BM25 score for one query's ``terms`` over all ``parts``
-    (``postings[i]`` holds ``parts[i]``'s terms); ``Hits.distances`` holds the scores,
-    best first."""
-    text_parts = [TextPart(p, part.live, None if where is None else allowed_rows(part, where, vector_column))
-                  for part, p in zip(parts, postings)]
-    found = bm25_top(text_parts, terms, k, k1=k1, b=b)
+def query_terms(text: Any, config: TextIndexConfig) -> list[str]:
+    """The terms of a text query (it must be a non-blank string of at most
+    :data:`MAX_QUERY_CHARS` characters; it may have no terms, e.g. only stop words)."""
+    if not isinstance(text, str):
+        raise ArgumentTypeError(f"text must be a string, got {type(text).__name__}")
+    if not text.strip():
+        raise InvalidArgumentError("text query is empty")
+    if len(text) > MAX_QUERY_CHARS:
+        raise InvalidArgumentError(f"text query is {len(text):,} characters; at most {MAX_QUERY_CHARS:,} are allowed")
+    return config.analyze([text])[0]
+
+
+def check_weights(vector_weight: Any, text_weight: Any) -> None:
+    """Refuse hybrid fusion weights that are not numbers from 0 to 1e6."""
+    for name, weight in (("vector_weight", vector_weight), ("text_weight", text_weight)):
+        if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not 0 <= weight <= 1e6:
+            raise InvalidArgumentError(f"{name} must be a number from 0 to 1e6, got {weight!r}")
+
+
+def text_parts(parts: list[SearchPart], postings: list[Postings], *, where: str | None,
+               vector_column: str) -> list[TextPart]:
+    """``parts`` as text searches see them (``postings[i]`` holds ``parts[i]``'s terms),
+    with the rows ``where`` allows: made once for any number of queries."""
+    return [TextPart(p, part.live, None if where is None else allowed_rows(part, where, vector_column))
+            for part, p in zip(parts, postings)]
+
+
+def text_hits(parts: list[TextPart], terms: list[str], k: int, *, k1: float, b: float) -> Hits:
+    """Top-``k`` rows by BM25 score for one query's ``terms`` over all ``parts``;
+    ``Hits.distances`` holds the scores, best first."""
+    found = bm25_top(parts, terms, k, k1=k1, b=b)
     scores = np.concatenate([s for s, _ in found]) if found else np.zeros(0, np.float32)
     positions = np.concatenate([p for _, p in found]) if found else np.zeros(0, np.int64)
     part_ids = np.concatenate([np.full(p.shape[0], i, np.int32) for i, (_, p) in enumerate(found)]) \

@@ -28,7 +28,7 @@ from ..index.keys import keys_to_numpy
 from ..query.search import SearchPart, graph_knn, knn, result_schema, split_at_graph
 from ..query.snapshot import Snapshot
 from .fresh import needs_own_graph
-from .memtable import Memtable
+from .memtable import Memtable, MemtableView
 from .segments import SegmentHandle
 from .state import TableCore, TableState
 from .workers import background_running
@@ -81,10 +81,21 @@ class TableReader:
         yet are searched through their fresh graph (``fresh.py``) as far as it reaches, and
         exactly past it.
         """
+        state, views = self.capture()
+        return state, self._parts_of(state, views, exact, k, recall, ef)
+
+    def capture(self) -> tuple[TableState, list[tuple[Memtable, MemtableView]]]:
+        """The current state and a view of each of its memtables, taken in one step.
+
+        An empty memtable adds nothing, unless it is all there is (it gives the schema).
+        """
         with self._core.changing() as state:
-            # An empty memtable adds nothing (unless it is all there is: it gives the schema).
-            views = [m.view() for m in state.memtables() if len(m)] or (
-                [] if state.segments else [state.memtable.view()])
+            views = [(m, m.view()) for m in state.memtables() if len(m)] or (
+                [] if state.segments else [(state.memtable, state.memtable.view())])
+        return state, views
+
+    def _parts_of(self, state: TableState, views: list[tuple[Memtable, MemtableView]], exact: bool, k: int,
+                  recall: float | None, ef: int | None) -> list[SearchPart]:
         parts = []
         for handle in state.segments:
             part = self._segment_part(handle, state, exact, k, recall, ef)
@@ -96,13 +107,13 @@ class TableReader:
                 parts.append(part)
             else:
                 parts += split_at_graph(part, provisional, _fresh_ef(provisional, state, k, recall, ef))
-        for v in views:
+        for _, v in views:
             part = SearchPart(v.table, v.vectors, v.norms, None if v.live.all() else v.live)
             if exact or v.graph is None or v.vectors.shape[0] < state.info.index.min_rows:
                 parts.append(part)
             else:
                 parts += split_at_graph(part, v.graph, _fresh_ef(v.graph, state, k, recall, ef))
-        return state, parts
+        return parts
 
     def _segment_part(self, handle: SegmentHandle, state: TableState, exact: bool, k: int, recall: float | None,
                       ef: int | None) -> SearchPart:
@@ -260,11 +271,11 @@ class TableReader:
             pieces.append(table if part.live is None else table.filter(pa.array(part.live)))
         return pa.concat_tables(pieces)
 
-    def snapshot(self) -> Snapshot:
-        """A frozen view of the live rows now (unflushed rows included), for SQL glue."""
-        state, parts = self.parts(exact=False)
+    def snapshot_of(self, state: TableState, views: list[tuple[Memtable, MemtableView]]) -> Snapshot:
+        """A frozen view of the live rows of ``state`` and ``views`` (from :meth:`capture`)."""
         info = state.info
-        return Snapshot(self._core.name, parts, info.schema, info.metric, info.vector_column, info.index.ef_search)
+        return Snapshot(self._core.name, self._parts_of(state, views, False, 10, None, None), info.schema,
+                        info.metric, info.vector_column, info.index.ef_search)
 
     def stats(self) -> dict[str, Any]:
         """Rows, deleted rows, segments, index state, bytes on disk and version."""

@@ -351,7 +351,7 @@ class LocalTable(Table):
 
     def snapshot(self) -> Snapshot:
         """A frozen view of the live rows now (unflushed rows included), for SQL glue."""
-        return self._reading(self._reader.snapshot)
+        return self._reading(self._text_reader.snapshot)
 
     def state_token(self) -> tuple:
         """A value that changes whenever the table's visible rows may have changed (cheap)."""

@@ -8,33 +8,23 @@ text index file is reported once, never used, and rebuilt by the writer.
 
 from __future__ import annotations
 
-import numbers
 import warnings
 from typing import Any, Callable, Sequence
 
 import pyarrow as pa
 
-from ..errors import ArgumentTypeError, CorruptFileError, InvalidArgumentError
-from ..index.text import MAX_QUERY_CHARS, Postings, TextIndexConfig
+from ..errors import CorruptFileError, InvalidArgumentError
+from ..index.text import Postings, TextIndexConfig
 from ..query.search import DISTANCE, SearchPart
-from ..query.text import HYBRID_DEPTH, RELEVANCE, SCORE, hybrid_table, text_hits, text_table
+from ..query.snapshot import Snapshot, SnapshotText
+from ..query.text import (HYBRID_DEPTH, RELEVANCE, SCORE, check_weights, hybrid_table, query_terms, text_hits,
+                          text_parts, text_table)
 from .reader import TableReader, check_k
+from .memtable import Memtable, MemtableView
 from .segments import SegmentHandle
-from .state import TableCore
+from .state import TableCore, TableState
 
-__all__ = ["TextReader", "query_terms"]
-
-
-def query_terms(text: Any, config: TextIndexConfig) -> list[str]:
-    """The terms of a text query (it must be a non-blank string of at most
-    :data:`MAX_QUERY_CHARS` characters; it may have no terms, e.g. only stop words)."""
-    if not isinstance(text, str):
-        raise ArgumentTypeError(f"text must be a string, got {type(text).__name__}")
-    if not text.strip():
-        raise InvalidArgumentError("text query is empty")
-    if len(text) > MAX_QUERY_CHARS:
-        raise InvalidArgumentError(f"text query is {len(text):,} characters; at most {MAX_QUERY_CHARS:,} are allowed")
-    return config.analyze([text])[0]
+__all__ = ["TextReader"]
 
 
 class TextReader:
@@ -63,9 +53,7 @@ class TextReader:
             if ef is not None or recall is not None:
                 raise InvalidArgumentError("ef and recall tune the vector side of a search: give a query vector too")
             return self._text(terms, int(k), where, names)
-        for name, weight in (("vector_weight", vector_weight), ("text_weight", text_weight)):
-            if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not 0 <= weight <= 1e6:
-                raise InvalidArgumentError(f"{name} must be a number from 0 to 1e6, got {weight!r}")
+        check_weights(vector_weight, text_weight)
         queries, batch = self._reader.queries(q, state.info.dim, self._core.name)
         if batch:
             raise InvalidArgumentError("a hybrid search takes one query vector (and one text), "
@@ -81,8 +69,18 @@ class TextReader:
         return fused.select([*names, RELEVANCE, DISTANCE, SCORE])
 
     def _text(self, terms: list[str], k: int, where: str | None, names: list[str]) -> pa.Table:
-        with self._core.changing() as state:
-            memtables = [(m, m.view()) for m in state.memtables() if len(m)]
+        state, views = self._reader.capture()
+        config = state.info.text
+        parts, postings = self._text_parts(state, views)
+        hits = text_hits(text_parts(parts, postings, where=where, vector_column=state.info.vector_column), terms, k,
+                         k1=config.k1, b=config.b)
+        return text_table(parts, hits, names, state.info.schema)
+
+    def _text_parts(self, state: TableState, views: list[tuple[Memtable, MemtableView]]
+                    ) -> tuple[list[SearchPart], list[Postings]]:
+        """The rows of ``state`` and ``views`` in table order (segments, then memtables) as
+        parts, each with the postings of its terms: a memtable gives one part per range of
+        rows with postings of its own."""
         config = state.info.text
         parts: list[SearchPart] = []
         postings: list[Postings] = []
@@ -90,15 +88,22 @@ class TextReader:
             parts.append(SearchPart(handle.table, handle.vectors, handle.norms, state.deletions[handle.file].live,
                                     cache_key=handle.cache_key))
             postings.append(self._segment_postings(handle, config))
-        for memtable, view in memtables:  # (one part per range of rows with postings of its own)
+        for memtable, view in views:
             for start, stop, ranged in memtable.text_postings(config, view.table):
                 live = view.live[start:stop]
                 parts.append(SearchPart(view.table.slice(start, stop - start), view.vectors[start:stop],
                                         view.norms[start:stop], None if live.all() else live))
                 postings.append(ranged)
-        hits = text_hits(parts, postings, terms, k, where=where, vector_column=state.info.vector_column,
-                         k1=config.k1, b=config.b)
-        return text_table(parts, hits, names, state.info.schema)
+        return parts, postings
+
+    def snapshot(self) -> Snapshot:
+        """A frozen view of the live rows now (unflushed rows included), for SQL glue; its
+        text searches (a table with a text index) read the same rows."""
+        state, views = self._reader.capture()
+        snapshot = self._reader.snapshot_of(state, views)
+        if state.info.text is not None:
+            snapshot.text = SnapshotText(state.info.text, lambda: self._text_parts(state, views))
+        return snapshot
 
     def _segment_postings(self, handle: SegmentHandle, config: TextIndexConfig) -> Postings:
         core = self._core
