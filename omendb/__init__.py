@@ -16,8 +16,10 @@ import os
 from .api import Table
 from .database import Database
 from .duck import SqlError, duckdb_connect
+from .embedding import Embedding, FastEmbedEmbedding, HashEmbedding, SentenceTransformerEmbedding
 from .errors import (ArgumentTypeError, AuthenticationError, BackgroundTaskError, ClosedError, CorruptFileError,
-                     DimensionError, DiskFullError, DuplicateKeyError, FilterError, FormatVersionError,
+                     DimensionError, DiskFullError, DuplicateKeyError, EmbeddingError, FilterError,
+                     FormatVersionError,
                      IndexBuildError, InvalidArgumentError, InvalidNameError, InvalidVectorError,
                      MissingDependencyError, MissingFileError, MissingVersionError, NotADatabaseError, OmenError,
                      ReadOnlyError, SchemaError, SourceError, StorageError, TableExistsError, TableLockedError,
@@ -32,6 +34,7 @@ __version__ = "0.1.0"
 __all__ = [
     "open", "connect", "connect_async", "duckdb_connect", "salvage", "Database", "Table", "TableOptions",
     "HnswSq", "HnswFlat", "HnswConfig", "TextIndexConfig", "CompactionPolicy", "__version__",
+    "Embedding", "HashEmbedding", "SentenceTransformerEmbedding", "FastEmbedEmbedding", "EmbeddingError",
     "OmenError", "SchemaError", "DimensionError", "InvalidVectorError", "DuplicateKeyError",
     "TableNotFoundError", "TableExistsError", "InvalidNameError", "FilterError", "CorruptFileError",
     "FormatVersionError", "NotADatabaseError", "ReadOnlyError", "ClosedError", "TableLockedError",

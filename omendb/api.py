@@ -53,6 +53,12 @@ class Table(ABC):
     def version(self) -> int:
         """Number of the latest published version."""
 
+    @property
+    @abstractmethod
+    def embedding(self) -> dict[str, Any] | None:
+        """The table's embedding function as recorded (``name``, ``params``,
+        ``source_column``), or None when its rows come with their vectors."""
+
     # ---------------------------------------------------------------- writes
     @abstractmethod
     def add(self, data: Any) -> int:
@@ -75,9 +81,10 @@ class Table(ABC):
     def search(self, q: Any = None, k: int = 10, *, text: str | None = None, where: str | None = None,
                columns: Sequence[str] | None = None, exact: bool = False, ef: int | None = None,
                recall: float | None = None, vector_weight: float = 1.0, text_weight: float = 1.0) -> pa.Table:
-        """Nearest neighbours of ``q`` (1-D: one query; 2-D: several, with ``_query``), rows
-        matching ``text`` (BM25, ``_score``), or one vector and ``text`` fused by reciprocal
-        rank fusion (``_relevance_score``)."""
+        """Nearest neighbours of ``q`` (1-D: one query; 2-D: several, with ``_query``; a
+        string or list of strings in a table with an embedding function), rows matching
+        ``text`` (BM25, ``_score``), or one query and ``text`` fused by reciprocal rank
+        fusion (``_relevance_score``)."""
 
     @abstractmethod
     def create_text_index(self, columns: str | Sequence[str], *, language: str | None = "english",

@@ -17,10 +17,11 @@ from typing import Any, Callable
 
 import pyarrow as pa
 
-from .convert import to_arrow_table
+from .convert import to_arrow_table, vector_type
+from .embedding import embedding_record
 from .errors import (ClosedError, CorruptFileError, FormatVersionError, InvalidArgumentError, InvalidNameError,
-                     MissingDependencyError, NotADatabaseError, ReadOnlyError, TableExistsError, TableLockedError,
-                     TableNotFoundError, describe, storage_error)
+                     MissingDependencyError, NotADatabaseError, ReadOnlyError, SchemaError, TableExistsError,
+                     TableLockedError, TableNotFoundError, describe, storage_error)
 from .index.configs import IndexConfig, check_index_config
 from .shorthand import ShorthandMixin
 from .storage.fileio import atomic_write, fsync_dir
@@ -28,6 +29,7 @@ from .storage.layout import LOCK, MANIFESTS
 from .storage.locking import WriterLock
 from .storage.manifest import ManifestStore
 from .table import LocalTable, TableOptions, Workers, discard_table_folder, new_table_manifest
+from .table.embedder import TableEmbedder
 from .table.options import new_table_schema
 
 __all__ = ["Database", "use_sql_engine"]
@@ -75,6 +77,42 @@ def _close_open_databases() -> None:
             db.close()
         except Exception as exc:  # exit must go on; the WAL still holds every acknowledged write
             warnings.warn(f"omendb: closing {db.path} at exit failed: {describe(exc)}", RuntimeWarning, stacklevel=1)
+
+
+def _embedded_start(name: str, embedding: Any, source_column: Any, data: pa.Table | None, dim: int | None,
+                    schema: pa.Schema | None, id_column: str, vector_column: str
+                    ) -> tuple[dict[str, Any], pa.Table | None, int | None, pa.Schema | None]:
+    """A new table's embedding record, its first rows with their vectors embedded, and the
+    dim and schema of an empty table (its source column a string column)."""
+    if embedding is None:
+        raise InvalidArgumentError("source_column= names the column an embedding function embeds: give embedding=")
+    if not isinstance(source_column, str):
+        raise InvalidArgumentError(f"embedding= needs source_column=, the name of the string column it embeds "
+                                   f"(got {source_column!r})")
+    if source_column in (id_column, vector_column):
+        raise InvalidArgumentError(f"source_column {source_column!r} is the table's "
+                                   f"{'key' if source_column == id_column else 'vector'} column")
+    record = {**embedding_record(embedding), "source_column": source_column}
+    embedder = TableEmbedder(name, record, vector_column, dim, embedding)
+    if data is not None:
+        if source_column in data.column_names:
+            _check_source_column(data.schema, source_column)
+        return record, embedder.fill(data), dim, schema
+    if schema is None:
+        if dim is None:
+            dim = getattr(embedding, "dim", None) or embedder.queries("omendb dimension probe").shape[0]
+        schema = pa.schema([pa.field(id_column, pa.int64(), nullable=False),
+                            pa.field(vector_column, vector_type(dim), nullable=False),
+                            pa.field(source_column, pa.string())])
+    return record, None, dim, schema
+
+
+def _check_source_column(schema: pa.Schema, source_column: str) -> None:
+    if source_column not in schema.names:
+        raise SchemaError(f"source_column {source_column!r} is not a column of the table ({', '.join(schema.names)})")
+    kind = schema.field(source_column).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        raise SchemaError(f"source_column {source_column!r} must be a string column to embed, got {kind}")
 
 
 class Database(ShorthandMixin):
@@ -177,6 +215,8 @@ class Database(ShorthandMixin):
         format: str = "arrow",
         exist_ok: bool = False,
         index: IndexConfig | None = None,
+        embedding: Callable[[list[str]], Any] | None = None,
+        source_column: str | None = None,
     ) -> LocalTable:
         """Create a table, from ``data`` (schema inferred) or empty (``dim`` or ``schema``).
 
@@ -196,6 +236,14 @@ class Database(ShorthandMixin):
             index: the index config: :class:`omendb.HnswSq` (default: quantized graphs,
                 exact re-ranking) or :class:`omendb.HnswFlat`; change it later with
                 ``Table.create_index``.
+            embedding: a function from a list of strings to one vector per string (any
+                callable, or an adapter: :class:`omendb.SentenceTransformerEmbedding`,
+                :class:`omendb.FastEmbedEmbedding`, :class:`omendb.HashEmbedding`). Rows
+                added without vectors are then embedded from ``source_column``, and
+                ``search("some words")`` embeds the query. Its name and parameters are
+                recorded in the table's manifest (``Table.embedding``).
+            source_column: the string column ``embedding`` embeds (required with it;
+                an empty table without ``schema`` gets it as a string column).
         """
         self._check_writable()
         _check_name(name)
@@ -208,10 +256,14 @@ class Database(ShorthandMixin):
                 raise MissingDependencyError("format='lance' needs pylance: pip install 'omendb[lance]'") from None
         if data is not None:  # once: a RecordBatchReader can be read only once
             data = to_arrow_table(data, vector_column)
+        record = None
+        if embedding is not None or source_column is not None:
+            record, data, dim, schema = _embedded_start(name, embedding, source_column, data, dim, schema,
+                                                        id_column, vector_column)
         with self._lock:
             if name in self.table_names():
                 if exist_ok:
-                    return self.open_table(name)
+                    return self.open_table(name, embedding=embedding)
                 raise TableExistsError(f"table {name!r} already exists in {self.path}")
             target = self.path / name
             if os.path.lexists(target):
@@ -221,15 +273,18 @@ class Database(ShorthandMixin):
             if index is not None:
                 check_index_config(index)
             table_schema, auto_ids = new_table_schema(data, dim, schema, id_column, vector_column)
+            if record is not None:
+                _check_source_column(table_schema, source_column)
             manifest = new_table_manifest(table_schema, id_column=id_column, vector_column=vector_column,
-                                          metric=metric, auto_ids=auto_ids, index=index, format=format)
+                                          metric=metric, auto_ids=auto_ids, index=index, format=format,
+                                          embedding=record)
             try:
                 self._create_folder(name, manifest)
             except TableExistsError:
                 if exist_ok and name in self.table_names():  # another process won the race
-                    return self.open_table(name)
+                    return self.open_table(name, embedding=embedding)
                 raise
-            table = self.open_table(name)
+            table = self.open_table(name, embedding=embedding)
         if data is not None:
             try:
                 table.add(data)
@@ -267,18 +322,24 @@ class Database(ShorthandMixin):
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
 
-    def open_table(self, name: str) -> LocalTable:
-        """Open an existing table (the same object on every call)."""
+    def open_table(self, name: str, *, embedding: Callable[[list[str]], Any] | None = None) -> LocalTable:
+        """Open an existing table (the same object on every call).
+
+        ``embedding``: the table's embedding function, for a table created with a plain
+        callable (see ``Table.embedding`` for what it was; an adapter is made again from
+        the record by itself).
+        """
         self._check_open()
         _check_name(name)
         with self._lock:
             table = self._tables.get(name)
-            if table is not None and not table.closed:
-                return table
-            if name not in self.table_names():
-                raise TableNotFoundError(f"table {name!r} does not exist in {self.path}")
-            table = LocalTable(name, self.path / name, self._options, self._workers, owner=self)
-            self._tables[name] = table
+            if table is None or table.closed:
+                if name not in self.table_names():
+                    raise TableNotFoundError(f"table {name!r} does not exist in {self.path}")
+                table = LocalTable(name, self.path / name, self._options, self._workers, owner=self)
+                self._tables[name] = table
+            if embedding is not None:
+                table.use_embedding(embedding)
             return table
 
     def salvage(self, name: str) -> dict[str, Any]:
@@ -319,7 +380,7 @@ class Database(ShorthandMixin):
                 discard_table_folder(self.path / name, name, lock_timeout=self._options.lock_timeout)
 
     def sql(self, query: str, params: Any = None) -> Any:
-        """Run SQL with omendb's functions (``omen_knn``, ``omen_scan``) on this database.
+        """Run SQL with omendb's functions (``omen_knn``, ``omen_text``, ``omen_hybrid``, ``omen_scan``) here.
 
         Tables are re-registered first if they changed, so the statement sees every
         acknowledged write. Returns a DuckDB relation (``.fetchall()``, ``.arrow()``,

@@ -171,6 +171,11 @@ class MissingDependencyError(OmenError, ImportError):
     """An optional package a feature needs is not installed (the message says which extra)."""
 
 
+class EmbeddingError(OmenError, RuntimeError):
+    """A table's embedding function is missing, failed, or returned something that is not
+    one vector per text; the message names the function and the table."""
+
+
 class IndexBuildError(OmenError, RuntimeError):
     """Building a segment's index failed; the segment is searched exactly meanwhile."""
 

@@ -74,7 +74,7 @@ def table_description(table: Any) -> dict[str, Any]:
     return {"name": table.name, "dim": table.dim, "metric": table.metric, "format": table.format,
             "id_column": table.id_column, "vector_column": table.vector_column, "rows": table.count(),
             "version": table.version, "columns": {f.name: str(f.type) for f in table.schema},
-            "schema": encode_schema(table.schema)}
+            "schema": encode_schema(table.schema), "embedding": table.embedding}
 
 
 def error_text(exc: BaseException) -> str:

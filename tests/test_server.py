@@ -377,3 +377,32 @@ def test_text_and_hybrid_search_over_flight_and_http_equal_the_python_api(server
     assert server.http("POST", f"/tables/{other}/text_index", {"columns": ["summary"]}) == (200, {"created": True})
     assert server.http("POST", f"/tables/{other}/text_index", {"columns": ["nope"]})[0] == 400
     db.close()
+
+
+def test_a_table_embedding_its_text_over_flight_and_http(server) -> None:
+    from omendb.embedding import HashEmbedding
+
+    texts = ["fast arrow parser", "json schema validator", "async http client", "arrow flight server"]
+    db = server.connect()
+    name = unique("embed")
+    table = db.create_table(name, data={"id": np.arange(4), "summary": texts}, embedding=HashEmbedding(16),
+                            source_column="summary")
+    assert table.embedding == {"name": "hash", "params": {"dim": 16}, "source_column": "summary"}
+    table.add({"id": [4], "summary": ["postgres driver"]})  # (embedded by the server)
+    want = HashEmbedding(16)(texts + ["postgres driver"])
+    np.testing.assert_array_equal(np.stack(table.get([0, 4])["vector"].to_numpy(zero_copy_only=False)), want[[0, 4]])
+    assert table.search("arrow flight", k=1)["id"].to_pylist() == [3]
+    assert table.search(["postgres driver", "json validator"], k=1)["id"].to_pylist() == [4, 1]
+    status, found = server.http("POST", f"/tables/{name}/search", {"query": "arrow flight", "k": 2, "columns": ["id"]})
+    assert status == 200 and [r["id"] for r in found["results"]] == table.search("arrow flight", k=2)["id"].to_pylist()
+    status, found = server.http("POST", f"/tables/{name}/search", {"queries": ["json validator"], "k": 1})
+    assert status == 200 and found["results"][0]["id"] == 1
+    assert server.http("POST", f"/tables/{name}/search", {"query": "x", "vector": [0.0] * 16})[0] == 400
+    with pytest.raises(omendb.ArgumentTypeError, match="adapters"):
+        db.create_table(unique("embed"), data={"id": [0], "summary": ["a"]}, embedding=lambda texts: [[0.0]],
+                        source_column="summary")
+    plain = unique("plain")
+    db.create_table(plain, data={"id": np.arange(3), "vector": vectors(3)})
+    with pytest.raises(omendb.InvalidArgumentError, match="no embedding function"):
+        db.open_table(plain).search("words")
+    db.close()

@@ -12,7 +12,8 @@ import pyarrow.flight as flight
 
 from ..api import Table
 from ..convert import to_arrow_table
-from ..errors import ClosedError, InvalidArgumentError, OmenError
+from ..embedding import Embedding, embedding_record, is_text_query
+from ..errors import ArgumentTypeError, ClosedError, InvalidArgumentError, OmenError
 from ..index.configs import IndexConfig, check_index_config
 from ..shorthand import ShorthandMixin
 from ..wire import (DEFAULT_PORT, AuthenticationError, decode, decode_schema, encode, encode_schema,
@@ -97,6 +98,7 @@ class RemoteTable(Table):
         self.id_column: str = info["id_column"]
         self.vector_column: str = info["vector_column"]
         self._format: str = info.get("format", "arrow")
+        self._embedding: dict[str, Any] | None = info.get("embedding")
 
     def __repr__(self) -> str:
         return f"<omendb.RemoteTable {self.name!r} on {self._channel.uri}>"
@@ -105,6 +107,8 @@ class RemoteTable(Table):
     dim = property(lambda self: self._dim, doc="Number of components of every vector.")
     metric = property(lambda self: self._metric, doc="Distance metric.")
     format = property(lambda self: self._format, doc="Segment file format on the server.")
+    embedding = property(lambda self: self._embedding,
+                         doc="The table's embedding function record (name, params, source_column), or None.")
 
     def _body(self, **extra: Any) -> dict[str, Any]:
         return {"table": self.name, **extra}
@@ -135,8 +139,13 @@ class RemoteTable(Table):
                columns: Sequence[str] | None = None, exact: bool = False, ef: int | None = None,
                recall: float | None = None, vector_weight: float = 1.0, text_weight: float = 1.0) -> pa.Table:
         """Nearest neighbours of ``q`` (1-D: one query; 2-D: several, with ``_query``), rows
-        matching ``text``, or both fused (as :meth:`omendb.Table.search`)."""
-        return self._channel.get(self._body(op="search", q=None if q is None else encode_vectors(q), k=k,
+        matching ``text``, or both fused (as :meth:`omendb.Table.search`). A string ``q``
+        (or a list of them) is embedded by the server, with the table's embedding function."""
+        if is_text_query(q):  # (embedded by the server, with the table's embedding function)
+            query = {"q_text": q if isinstance(q, str) else list(q)}
+        else:
+            query = {"q": None if q is None else encode_vectors(q)}
+        return self._channel.get(self._body(op="search", **query, k=k,
                                             where=where, columns=None if columns is None else list(columns),
                                             exact=exact, ef=ef, recall=recall, text=text,
                                             vector_weight=vector_weight, text_weight=text_weight))
@@ -229,11 +238,21 @@ class RemoteDatabase(ShorthandMixin):
 
     def create_table(self, name: str, data: Any = None, *, dim: int | None = None, metric: str = "l2",
                      schema: pa.Schema | None = None, id_column: str = "id", vector_column: str = "vector",
-                     format: str = "arrow", exist_ok: bool = False, index: IndexConfig | None = None) -> RemoteTable:
+                     format: str = "arrow", exist_ok: bool = False, index: IndexConfig | None = None,
+                     embedding: Embedding | None = None, source_column: str | None = None) -> RemoteTable:
         """Create a table on the server (from ``data``, or empty with ``dim``/``schema``);
-        the arguments are those of :meth:`omendb.Database.create_table`."""
+        the arguments are those of :meth:`omendb.Database.create_table`. ``embedding`` must
+        be one of omendb's adapters (:class:`omendb.HashEmbedding`, ...): the server makes
+        and runs it, on rows added without vectors and on string queries."""
         options: dict[str, Any] = {"metric": metric, "id_column": id_column, "vector_column": vector_column,
                                    "format": format, "exist_ok": exist_ok}
+        if embedding is not None or source_column is not None:
+            if embedding is not None and not isinstance(embedding, Embedding):
+                raise ArgumentTypeError("over a server, embedding must be one of omendb's adapters "
+                                        "(HashEmbedding, SentenceTransformerEmbedding, FastEmbedEmbedding): the server "
+                                        f"makes the function itself, and cannot run a local {type(embedding).__name__}")
+            options.update(embedding=None if embedding is None else embedding_record(embedding),
+                           source_column=source_column)
         if index is not None:
             options["index"] = check_index_config(index).to_dict()
         if data is not None:

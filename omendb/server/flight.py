@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from ..database import Database
+from ..embedding import embedding_from_record
 from ..errors import InvalidArgumentError
 from ..index.configs import index_config_from_dict
 from ..query.filters import check_bounded_predicate
@@ -140,8 +141,9 @@ class OmenFlightServer(flight.FlightServerBase):
             table = self._table(command)
             op = command.get("op")
             if op == "search":
-                queries = None if command.get("q") is None else decode_vectors(command["q"])
-                check_search((1,) if queries is None else queries.shape, command.get("k", 10))
+                queries = _queries(command)
+                check_search((1,) if queries is None or isinstance(queries, str) else
+                             (len(queries), 0) if isinstance(queries, list) else queries.shape, command.get("k", 10))
                 return table.search(queries, k=command.get("k", 10), recall=command.get("recall"),
                                     where=self._where(command.get("where")),
                                     columns=command.get("columns"), exact=command.get("exact", False),
@@ -181,7 +183,8 @@ class OmenFlightServer(flight.FlightServerBase):
 
 
 #: What a client may pass to ``create_table`` (the rest of its arguments are the server's).
-_CREATE_OPTIONS = frozenset({"dim", "metric", "schema", "id_column", "vector_column", "format", "exist_ok", "index"})
+_CREATE_OPTIONS = frozenset({"dim", "metric", "schema", "id_column", "vector_column", "format", "exist_ok", "index",
+                             "embedding", "source_column"})
 
 
 def _create_options(options: Any) -> dict[str, Any]:
@@ -192,6 +195,17 @@ def _create_options(options: Any) -> dict[str, Any]:
     if unknown:
         raise InvalidArgumentError(f"unknown create_table option(s): {', '.join(unknown)}")
     options = dict(options)
+    if options.get("embedding") is not None:  # (an adapter's record: the server makes the function)
+        record = options["embedding"]
+        made = None
+        if isinstance(record, dict) and isinstance(record.get("params", {}), dict):
+            try:
+                made = embedding_from_record(record)
+            except TypeError:  # (params the adapter does not take)
+                made = None
+        if made is None:
+            raise InvalidArgumentError(f"embedding must name one of omendb's embedding adapters, got {record!r}")
+        options["embedding"] = made
     return _index_params(options)
 
 
@@ -206,6 +220,19 @@ def _index_params(params: Any) -> dict[str, Any]:
             raise InvalidArgumentError(f"index must be an object (an index config), got {type(index).__name__}")
         params["index"] = index_config_from_dict(index)
     return params
+
+
+def _queries(command: dict[str, Any]) -> Any:
+    """A search command's query: vectors (``q``), text to embed (``q_text``: a string or a
+    list of them), or None."""
+    if command.get("q_text") is not None:
+        if command.get("q") is not None:
+            raise InvalidArgumentError("give q (vectors) or q_text (text to embed), not both")
+        given = command["q_text"]
+        if not (isinstance(given, str) or (isinstance(given, list) and given and all(isinstance(t, str) for t in given))):
+            raise InvalidArgumentError("q_text must be a string or a non-empty list of strings")
+        return given
+    return None if command.get("q") is None else decode_vectors(command["q"])
 
 
 def _text_options(command: dict[str, Any]) -> dict[str, Any]:

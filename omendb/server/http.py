@@ -61,12 +61,16 @@ class Delete(BaseModel):
 
 
 class Search(BaseModel):
-    """One query vector (``vector``) or several (``vectors``), words to search for
-    (``text``, in the table's text index), or one vector and ``text`` (hybrid)."""
+    """One query vector (``vector``) or several (``vectors``), or text the table embeds
+    into them (``query``, ``queries``); words to search for (``text``, in the table's text
+    index); or one vector and ``text`` (hybrid)."""
 
     model_config = ConfigDict(extra="forbid")
     vector: Optional[list[float]] = None
     vectors: Optional[list[list[float]]] = Field(None, max_length=MAX_QUERIES)
+    query: Optional[str] = Field(None, max_length=10_000,
+                                 description="text to embed as the query vector (a table with an embedding function)")
+    queries: Optional[list[str]] = Field(None, min_length=1, max_length=MAX_QUERIES, description="several texts to embed")
     k: int = Field(10, ge=1, le=10_000)
     where: Optional[str] = None
     columns: Optional[list[str]] = None
@@ -246,12 +250,15 @@ def create_app(db: Database, *, token: str | None = None, max_request_bytes: int
     @app.post("/tables/{name}/search", dependencies=secured)
     def search(name: str, body: Search) -> dict[str, Any]:
         table = db.open_table(name)
-        if body.vector is not None and body.vectors is not None:
-            raise InvalidArgumentError("give vector (one query) or vectors (several), not both")
-        if body.vector is None and body.vectors is None and body.text is None:
-            raise InvalidArgumentError("give vector (one query), vectors (several), text, or a vector and text")
-        check_search((len(body.vectors), 0) if body.vectors is not None else (1,), body.k)
-        query = None
+        given = [name for name in ("vector", "vectors", "query", "queries") if getattr(body, name) is not None]
+        if len(given) > 1:
+            raise InvalidArgumentError(f"give one of vector, vectors, query and queries, not {' and '.join(given)}")
+        if not given and body.text is None:
+            raise InvalidArgumentError("give vector (one query), vectors (several), query or queries (text to "
+                                       "embed), text, or a query and text")
+        many = body.vectors if body.vectors is not None else body.queries
+        check_search((len(many), 0) if many is not None else (1,), body.k)
+        query: Any = body.query if body.query is not None else body.queries
         if body.vector is not None or body.vectors is not None:
             with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, which search() refuses by name
                 query = np.asarray(body.vector if body.vector is not None else body.vectors, dtype=np.float32)

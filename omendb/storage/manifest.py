@@ -21,8 +21,9 @@ from .fileio import atomic_write
 __all__ = ["SegmentEntry", "Manifest", "ManifestStore", "FORMAT_VERSION"]
 
 #: The newest manifest format: 2 adds text indexes (``table.text_index``, the segments'
-#: ``text_*`` fields). A manifest without them is written as version 1, which omendb
-#: releases before text indexes read; one with them as 2, which they refuse by name.
+#: ``text_*`` fields) and embedding functions (``table.embedding``). A manifest without
+#: them is written as version 1, which omendb releases before them read; one with them
+#: as 2, which they refuse by name.
 FORMAT_VERSION = 2
 _READS = (1, 2)
 _NAME = re.compile(r"^v(\d{10})\.json$")
@@ -82,8 +83,9 @@ class Manifest:
         body = asdict(self)
         body["segments"] = [s.to_dict() for s in self.segments]
         text = json.dumps(body, sort_keys=True, separators=(",", ":"))
-        texts = "text_index" in self.table or any(s.text_file or s.text_params for s in self.segments)
-        envelope = {"format": "omendb.manifest", "format_version": FORMAT_VERSION if texts else 1,
+        newer = ("text_index" in self.table or "embedding" in self.table
+                 or any(s.text_file or s.text_params for s in self.segments))
+        envelope = {"format": "omendb.manifest", "format_version": FORMAT_VERSION if newer else 1,
                     "crc32": crc32(text.encode()), "body": body}
         return json.dumps(envelope, sort_keys=True, indent=1).encode()
 

@@ -129,8 +129,9 @@ def _check_int(name: str, value: object, low: int, high: int | None = None) -> N
 
 
 def new_table_manifest(schema: pa.Schema, *, id_column: str, vector_column: str, metric: str,
-                       auto_ids: bool, index: IndexConfig | None = None, format: str = "arrow") -> Manifest:
-    """Version 1 of a new, empty table."""
+                       auto_ids: bool, index: IndexConfig | None = None, format: str = "arrow",
+                       embedding: dict[str, Any] | None = None) -> Manifest:
+    """Version 1 of a new, empty table (``embedding``: its embedding function's record)."""
     if metric not in METRICS:
         raise InvalidArgumentError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
     if format not in SEGMENT_SUFFIXES:
@@ -142,6 +143,8 @@ def new_table_manifest(schema: pa.Schema, *, id_column: str, vector_column: str,
     info = {"schema": schema_to_text(schema), "id_column": id_column, "vector_column": vector_column,
             "metric": metric, "dim": dim, "auto_ids": auto_ids, "format": format,
             "index": (index or HnswSq()).to_dict()}
+    if embedding is not None:
+        info["embedding"] = embedding
     return Manifest(version=1, table=info, created_at=time.time(), change="create")
 
 

@@ -298,6 +298,7 @@ class TableReader:
             "unindexed_rows": seg_rows - sum(h.entry.rows for h in indexed) + mem_rows,
             "index": info.index.to_dict(),
             "text_index": None if info.text is None else info.text.to_dict(),
+            "embedding": info.embedding,
             "text_indexed_segments": 0 if info.text is None else sum(
                 h.entry.text_file is not None and h.entry.text_params == info.text.build_params()
                 and h.entry.text_file not in self._core.bad_texts for h in segments),

@@ -52,6 +52,7 @@ class TableInfo:
     format: str
     index: IndexConfig
     text: TextIndexConfig | None = None  # the full-text index, when one was created
+    embedding: dict[str, Any] | None = None  # the embedding function's record (name, params, source_column)
 
     @classmethod
     def of(cls, manifest: Manifest) -> "TableInfo":
@@ -59,7 +60,7 @@ class TableInfo:
         text = info.get("text_index")
         return cls(schema_from_text(info["schema"]), info["id_column"], info["vector_column"], info["metric"],
                    int(info["dim"]), info.get("format", "arrow"), index_config_from_dict(info.get("index")),
-                   None if text is None else TextIndexConfig.from_dict(text))
+                   None if text is None else TextIndexConfig.from_dict(text), info.get("embedding"))
 
 
 @dataclass

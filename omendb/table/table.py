@@ -20,11 +20,13 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import pyarrow as pa
 
 from ..api import Table
+from ..convert import to_arrow_table
+from ..embedding import is_text_query
 from ..errors import InvalidArgumentError, MissingFileError, ReadOnlyError, VersionNotFoundError, storage_error
 from ..index.configs import IndexConfig, requested_index_config
 from ..index.text import TextIndexConfig
@@ -36,6 +38,7 @@ from ..storage.manifest import Manifest
 from ..storage.wal import RecordKind, WalWriter
 from . import activity
 from .compactor import Compactor
+from .embedder import TableEmbedder
 from .export import export_table
 from .flusher import Flusher
 from .fresh import FreshIndexer
@@ -66,7 +69,8 @@ class LocalTable(Table):
     """
 
     def __init__(self, name: str, directory: Path, options: TableOptions, workers: Workers | None, *,
-                 checkout: Manifest | None = None, salvage: bool = False, owner: object = None) -> None:
+                 checkout: Manifest | None = None, salvage: bool = False, owner: object = None,
+                 embedding: Callable[[list[str]], Any] | None = None) -> None:
         self.name = name
         # The database that opened the table: while the table is in use, its database stays
         # alive, and so does the close-at-exit that flushes it and stops its background work.
@@ -94,8 +98,13 @@ class LocalTable(Table):
             except BaseException:
                 self._writer_lock.release()
                 raise
-        self.id_column = self.core.state.info.id_column
-        self.vector_column = self.core.state.info.vector_column
+        info = self.core.state.info
+        self.id_column = info.id_column
+        self.vector_column = info.vector_column
+        self._embedder = None if info.embedding is None else \
+            TableEmbedder(name, info.embedding, info.vector_column, info.dim)
+        if embedding is not None:
+            self.use_embedding(embedding)
         if self._writer is None:
             self._reader = TableReader(self.core)
             self._text_reader = TextReader(self.core, self._reader)
@@ -242,6 +251,28 @@ class LocalTable(Table):
         return self.core.state.version
 
     @property
+    def embedding(self) -> dict[str, Any] | None:
+        """What the table embeds its text with, as its manifest records it: ``name`` and
+        ``params`` of the function and ``source_column``; None for a table without one."""
+        record = self.core.state.info.embedding
+        return None if record is None else dict(record)
+
+    def use_embedding(self, fn: Callable[[list[str]], Any]) -> None:
+        """Embed with ``fn`` from now on: the function this table was created with (a plain
+        callable must be given again after a reopen; an adapter is made again by itself).
+        A function other than the recorded one raises ``InvalidArgumentError``."""
+        if self._embedder is None:
+            raise InvalidArgumentError(f"table {self.name!r} has no embedding function: only a table created with "
+                                       "create_table(..., embedding=fn, source_column=...) embeds its text")
+        self._embedder = TableEmbedder(self.name, self._embedder.record, self.vector_column, self.dim, fn)
+
+    def _with_vectors(self, data: Any) -> Any:
+        """``data`` with a vector for each row given without one (a table with an embedding function)."""
+        if self._embedder is None:
+            return data
+        return self._embedder.fill(to_arrow_table(data, self.vector_column))
+
+    @property
     def index_config(self) -> IndexConfig:
         """The table's index config (:class:`omendb.HnswSq` or :class:`omendb.HnswFlat`)."""
         return self.core.state.info.index
@@ -256,17 +287,21 @@ class LocalTable(Table):
         ``data``: a pandas/polars DataFrame, pyarrow Table/RecordBatch/RecordBatchReader,
         list of dicts, dict of columns, or a 2-D NumPy array of vectors (ids assigned).
         Returns once the rows are durable (see ``TableOptions.fsync``; ``fsync=False``
-        skips this call's sync).
+        skips this call's sync). In a table with an embedding function, rows without a
+        vector get one embedded from their text (before anything is logged).
         """
-        return self._writable().write(RecordKind.ADD, data, fsync)
+        writer = self._writable()
+        return writer.write(RecordKind.ADD, self._with_vectors(data), fsync)
 
     def upsert(self, data: Any, *, fsync: bool | None = None) -> int:
         """Insert rows, replacing any live row with the same primary key."""
-        return self._writable().write(RecordKind.UPSERT, data, fsync)
+        writer = self._writable()
+        return writer.write(RecordKind.UPSERT, self._with_vectors(data), fsync)
 
     def insert(self, data: Any, *, fsync: bool | None = None) -> pa.Array:
         """Like :meth:`add`, but return the primary keys of the new rows (assigned or given)."""
-        return self._writable().write(RecordKind.ADD, data, fsync, keys=True)
+        writer = self._writable()
+        return writer.write(RecordKind.ADD, self._with_vectors(data), fsync, keys=True)
 
     def delete(self, ids: Any = None, *, where: str | None = None, fsync: bool | None = None) -> int:
         """Delete rows by primary key, or every row matching the SQL predicate ``where``.
@@ -300,7 +335,8 @@ class LocalTable(Table):
         Args:
             q: one vector (1-D) -> up to ``k`` rows sorted by ``_distance``; or a 2-D
                 array of queries -> up to ``k`` rows per query with a ``_query`` column
-                (the query's row number), grouped by query.
+                (the query's row number), grouped by query. In a table with an
+                embedding function, a string (or a list of strings) is embedded first.
             k: neighbours per query.
             text: words to search for in the columns of the table's text index
                 (:meth:`create_text_index`): alone, up to ``k`` rows holding them, best
@@ -325,6 +361,12 @@ class LocalTable(Table):
         Returns:
             A ``pyarrow.Table`` (``.to_pandas()`` / ``polars.from_arrow`` to convert).
         """
+        if is_text_query(q):
+            if self._embedder is None:
+                raise InvalidArgumentError(
+                    f"q is text, but table {self.name!r} has no embedding function to turn it into a vector: give a "
+                    "vector, or text= for a full-text search")
+            q = self._embedder.queries(q)
         if text is not None:
             return self._reading(self._text_reader.search, q, text, k, where=where, columns=columns, exact=exact,
                                  ef=ef, recall=recall, vector_weight=vector_weight, text_weight=text_weight)
@@ -447,8 +489,11 @@ class LocalTable(Table):
             if version not in available:
                 retained = f"retained: {available[0]}..{available[-1]}" if available else "none retained"
                 raise VersionNotFoundError(f"table {self.name!r} has no version {version!r} ({retained})")
-            return LocalTable(self.name, self.core.directory, self._options, None,
-                              checkout=self.core.store.load(version))
+            table = LocalTable(self.name, self.core.directory, self._options, None,
+                               checkout=self.core.store.load(version))
+        if self._embedder is not None and table._embedder is not None:
+            table._embedder = self._embedder  # (the same function: a table's embedding never changes)
+        return table
 
     def refresh(self) -> int:
         """Adopt the newest published version (readers; the writer is always current)."""
