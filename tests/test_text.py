@@ -358,3 +358,20 @@ def test_a_full_disk_during_a_text_index_build_fails_the_wait_and_keeps_the_tabl
         assert not [p.name for p in (db_path / "t" / "segments").iterdir() if ".tmp" in p.name]
         assert_same_ranking(table.search(text="fast arrow parser", k=10), dict(enumerate(texts)),
                             "fast arrow parser", 10)  # searched from the rows meanwhile
+
+
+def test_a_hybrid_search_reads_one_state_of_the_table(texts_table, rng, monkeypatch) -> None:
+    """Both sides rank the same rows: a write landing between them cannot split the answer."""
+    from omendb.table.reader import TableReader
+
+    _, table, _ = texts_table
+    taken: list[int] = []
+    original = TableReader.capture
+
+    def counting(self):
+        taken.append(1)
+        return original(self)
+
+    monkeypatch.setattr(TableReader, "capture", counting)
+    table.search(rng.standard_normal(DIM).astype(np.float32), text="fast arrow parser", k=5)
+    assert len(taken) == 1

@@ -1,8 +1,8 @@
 """Full-text and hybrid search over a snapshot's parts.
 
 Text ranking is BM25 with corpus statistics over every part (``index/text.py``). A
-hybrid search runs the vector search and the text search with the same ``where`` (the
-table layer takes each side's state as it is then) and fuses the two rankings, keyed
+hybrid search runs the vector search and the text search over one state of the table
+(the table layer takes it once) with the same ``where``, and fuses the two rankings, keyed
 by primary key, by reciprocal rank fusion: a row's
 relevance is ``sum over the rankings it is in of weight / (RRF_K + rank)`` (rank from
 1), as LanceDB's ``RRFReranker`` and the original paper (Cormack et al., 2009) define it.

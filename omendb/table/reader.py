@@ -159,9 +159,11 @@ class TableReader:
         return queries, batch
 
     def search(self, q: Any, k: int, *, where: str | None, columns: Sequence[str] | None, exact: bool,
-               ef: int | None, recall: float | None = None) -> pa.Table:
-        """Nearest neighbours (see ``Table.search``)."""
-        state = self._core.state
+               ef: int | None, recall: float | None = None,
+               captured: tuple[TableState, list[tuple[Memtable, MemtableView]]] | None = None) -> pa.Table:
+        """Nearest neighbours (see ``Table.search``); ``captured``: search that state and
+        those memtable views (from :meth:`capture`) rather than the current ones."""
+        state = self._core.state if captured is None else captured[0]
         info = state.info
         check_k(k)
         queries, batch = self.queries(q, info.dim, self._core.name)
@@ -177,13 +179,14 @@ class TableReader:
         asked_ef = None if ef is None else int(ef)
         k = min(int(k), _rows_at_most(state))  # (memory follows k: never past the rows there are)
         ef = max(info.index.ef_search if ef is None else int(ef), k)
-        if where is None and not exact:
+        if where is None and not exact and captured is None:
             part = self._whole_table_graph(k, recall, asked_ef)
             if part is not None:
                 found = graph_knn(part, queries, k, ef=ef, columns=names, result_schema=schema, batch=batch)
                 if found is not None:
                     return found
-        state, parts = self.parts(exact, k=k, recall=recall, ef=asked_ef)
+        state, views = self.capture() if captured is None else captured
+        parts = self._parts_of(state, views, exact, k, recall, asked_ef)
         with _scan_threads(queries.shape[0]):
             return knn(parts, queries, k, info.metric, where=where, columns=names,
                        vector_column=info.vector_column, batch=batch, empty_schema=info.schema, exact=exact, ef=ef)

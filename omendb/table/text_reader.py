@@ -40,8 +40,10 @@ class TextReader:
                exact: bool, ef: int | None, recall: float | None, vector_weight: float = 1.0,
                text_weight: float = 1.0) -> pa.Table:
         """``text`` alone: rows by BM25 score (``_score``, descending). With a vector ``q``:
-        both searches over the same rows and ``where``, fused by reciprocal rank fusion."""
-        state = self._core.state
+        both searches over the same rows (one state, taken once) and ``where``, fused by
+        reciprocal rank fusion."""
+        captured = self._reader.capture()
+        state = captured[0]
         config = state.info.text
         if config is None:
             raise InvalidArgumentError(f"table {self._core.name!r} has no text index: create one with "
@@ -52,7 +54,7 @@ class TextReader:
         if q is None:
             if ef is not None or recall is not None:
                 raise InvalidArgumentError("ef and recall tune the vector side of a search: give a query vector too")
-            return self._text(terms, int(k), where, names)
+            return self._text(terms, int(k), where, names, captured)
         check_weights(vector_weight, text_weight)
         queries, batch = self._reader.queries(q, state.info.dim, self._core.name)
         if batch:
@@ -62,14 +64,15 @@ class TextReader:
         id_column = state.info.id_column
         with_id = names if id_column in names else [*names, id_column]
         vector = self._reader.search(queries[0], depth, where=where, columns=with_id, exact=exact, ef=ef,
-                                     recall=recall)
-        found = self._text(terms, depth, where, with_id)
+                                     recall=recall, captured=captured)
+        found = self._text(terms, depth, where, with_id, captured)
         fused = hybrid_table(vector, found, id_column, with_id, int(k), vector_weight=vector_weight,
                              text_weight=text_weight)
         return fused.select([*names, RELEVANCE, DISTANCE, SCORE])
 
-    def _text(self, terms: list[str], k: int, where: str | None, names: list[str]) -> pa.Table:
-        state, views = self._reader.capture()
+    def _text(self, terms: list[str], k: int, where: str | None, names: list[str],
+              captured: tuple[TableState, list[tuple[Memtable, MemtableView]]]) -> pa.Table:
+        state, views = captured
         config = state.info.text
         parts, postings = self._text_parts(state, views)
         hits = text_hits(text_parts(parts, postings, where=where, vector_column=state.info.vector_column), terms, k,
