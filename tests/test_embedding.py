@@ -160,7 +160,7 @@ def test_bad_functions_and_bad_rows_are_refused_and_change_nothing(db) -> None:
         db.create_table("bad", embedding="all-MiniLM", source_column="summary")
     assert "bad" not in db.table_names()
     plain = db.create_table("plain", dim=6)
-    with pytest.raises(omendb.InvalidArgumentError, match="no embedding function"):
+    with pytest.raises(omendb.InvalidVectorError, match="no embedding function"):
         plain.search("words")
     with pytest.raises(omendb.InvalidArgumentError, match="no embedding function"):
         db.open_table("plain", embedding=letters)

@@ -403,6 +403,6 @@ def test_a_table_embedding_its_text_over_flight_and_http(server) -> None:
                         source_column="summary")
     plain = unique("plain")
     db.create_table(plain, data={"id": np.arange(3), "vector": vectors(3)})
-    with pytest.raises(omendb.InvalidArgumentError, match="no embedding function"):
+    with pytest.raises(omendb.InvalidVectorError, match="no embedding function"):
         db.open_table(plain).search("words")
     db.close()

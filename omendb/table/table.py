@@ -27,7 +27,7 @@ import pyarrow as pa
 from ..api import Table
 from ..convert import to_arrow_table
 from ..embedding import is_text_query
-from ..errors import InvalidArgumentError, MissingFileError, ReadOnlyError, VersionNotFoundError, storage_error
+from ..errors import InvalidArgumentError, InvalidVectorError, MissingFileError, ReadOnlyError, VersionNotFoundError, storage_error
 from ..index.configs import IndexConfig, requested_index_config
 from ..index.text import TextIndexConfig
 from ..query.snapshot import Snapshot
@@ -363,9 +363,9 @@ class LocalTable(Table):
         """
         if is_text_query(q):
             if self._embedder is None:
-                raise InvalidArgumentError(
-                    f"q is text, but table {self.name!r} has no embedding function to turn it into a vector: give a "
-                    "vector, or text= for a full-text search")
+                raise InvalidVectorError(
+                    f"q is text, not a numeric vector, and table {self.name!r} has no embedding function to embed "
+                    "it: give a vector, or text= for a full-text search")
             q = self._embedder.queries(q)
         if text is not None:
             return self._reading(self._text_reader.search, q, text, k, where=where, columns=columns, exact=exact,
