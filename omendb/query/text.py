@@ -20,8 +20,8 @@ from ..errors import ArgumentTypeError, InvalidArgumentError
 from ..index.text import MAX_QUERY_CHARS, Postings, TextIndexConfig, TextPart, bm25_top
 from .search import DISTANCE, Hits, SearchPart, allowed_rows, hits_table
 
-__all__ = ["query_terms", "check_weights", "text_parts", "text_hits", "text_table", "fuse_rrf", "hybrid_table", "SCORE", "RELEVANCE",
-           "RRF_K", "HYBRID_DEPTH"]
+__all__ = ["query_terms", "check_weights", "text_parts", "text_hits", "text_table", "fuse_rrf", "hybrid_table",
+           "SCORE", "RELEVANCE", "RRF_K", "HYBRID_DEPTH"]
 
 SCORE = "_score"
 RELEVANCE = "_relevance_score"

@@ -229,7 +229,8 @@ def _queries(command: dict[str, Any]) -> Any:
         if command.get("q") is not None:
             raise InvalidArgumentError("give q (vectors) or q_text (text to embed), not both")
         given = command["q_text"]
-        if not (isinstance(given, str) or (isinstance(given, list) and given and all(isinstance(t, str) for t in given))):
+        if not (isinstance(given, str) or (isinstance(given, list) and given
+                                           and all(isinstance(t, str) for t in given))):
             raise InvalidArgumentError("q_text must be a string or a non-empty list of strings")
         return given
     return None if command.get("q") is None else decode_vectors(command["q"])

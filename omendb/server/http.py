@@ -70,7 +70,8 @@ class Search(BaseModel):
     vectors: Optional[list[list[float]]] = Field(None, max_length=MAX_QUERIES)
     query: Optional[str] = Field(None, max_length=10_000,
                                  description="text to embed as the query vector (a table with an embedding function)")
-    queries: Optional[list[str]] = Field(None, min_length=1, max_length=MAX_QUERIES, description="several texts to embed")
+    queries: Optional[list[str]] = Field(None, min_length=1, max_length=MAX_QUERIES,
+                                         description="several texts to embed")
     k: int = Field(10, ge=1, le=10_000)
     where: Optional[str] = None
     columns: Optional[list[str]] = None

@@ -27,7 +27,8 @@ import pyarrow as pa
 from ..api import Table
 from ..convert import to_arrow_table
 from ..embedding import is_text_query
-from ..errors import InvalidArgumentError, InvalidVectorError, MissingFileError, ReadOnlyError, VersionNotFoundError, storage_error
+from ..errors import (InvalidArgumentError, InvalidVectorError, MissingFileError, ReadOnlyError,
+                      VersionNotFoundError, storage_error)
 from ..index.configs import IndexConfig, requested_index_config
 from ..index.text import TextIndexConfig
 from ..query.snapshot import Snapshot
