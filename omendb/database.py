@@ -19,8 +19,8 @@ import pyarrow as pa
 
 from .convert import to_arrow_table, vector_type
 from .embedding import embedding_record
-from .errors import (ClosedError, CorruptFileError, FormatVersionError, InvalidArgumentError, InvalidNameError,
-                     MissingDependencyError, NotADatabaseError, ReadOnlyError, SchemaError, TableExistsError,
+from .errors import (ClosedError, CorruptFileError, DimensionError, FormatVersionError, InvalidArgumentError,
+                     InvalidNameError, MissingDependencyError, NotADatabaseError, ReadOnlyError, SchemaError, TableExistsError,
                      TableLockedError, TableNotFoundError, describe, storage_error)
 from .index.configs import IndexConfig, check_index_config
 from .shorthand import ShorthandMixin
@@ -97,14 +97,23 @@ def _embedded_start(name: str, embedding: Any, source_column: Any, data: pa.Tabl
     if data is not None:
         if source_column in data.column_names:
             _check_source_column(data.schema, source_column)
-        return record, embedder.fill(data), dim, schema
+        filled = embedder.fill(data)
+        kind = filled.schema.field(vector_column).type
+        if dim is None and pa.types.is_fixed_size_list(kind):  # (zero rows tell no dimension by themselves)
+            dim = kind.list_size
+        return record, filled, dim, schema
+    made = embedder.probe_dim()
+    if schema is not None and vector_column in schema.names and pa.types.is_fixed_size_list(
+            schema.field(vector_column).type):
+        dim = dim or schema.field(vector_column).type.list_size
+    if dim is not None and dim != made:
+        raise DimensionError(f"the embedding function makes vectors of {made} components, but the table would have "
+                             f"dim {dim}")
     if schema is None:
-        if dim is None:
-            dim = getattr(embedding, "dim", None) or embedder.queries("omendb dimension probe").shape[0]
         schema = pa.schema([pa.field(id_column, pa.int64(), nullable=False),
-                            pa.field(vector_column, vector_type(dim), nullable=False),
+                            pa.field(vector_column, vector_type(made), nullable=False),
                             pa.field(source_column, pa.string())])
-    return record, None, dim, schema
+    return record, None, made, schema
 
 
 def _check_source_column(schema: pa.Schema, source_column: str) -> None:
@@ -257,13 +266,15 @@ class Database(ShorthandMixin):
         if data is not None:  # once: a RecordBatchReader can be read only once
             data = to_arrow_table(data, vector_column)
         record = None
+        if exist_ok and name in self.table_names():  # (before embedding anything: the rows are not added)
+            return self._existing(name, embedding, source_column)
         if embedding is not None or source_column is not None:
             record, data, dim, schema = _embedded_start(name, embedding, source_column, data, dim, schema,
                                                         id_column, vector_column)
         with self._lock:
             if name in self.table_names():
                 if exist_ok:
-                    return self.open_table(name, embedding=embedding)
+                    return self._existing(name, embedding, source_column)
                 raise TableExistsError(f"table {name!r} already exists in {self.path}")
             target = self.path / name
             if os.path.lexists(target):
@@ -282,7 +293,7 @@ class Database(ShorthandMixin):
                 self._create_folder(name, manifest)
             except TableExistsError:
                 if exist_ok and name in self.table_names():  # another process won the race
-                    return self.open_table(name, embedding=embedding)
+                    return self._existing(name, embedding, source_column)
                 raise
             table = self.open_table(name, embedding=embedding)
         if data is not None:
@@ -291,6 +302,17 @@ class Database(ShorthandMixin):
             except BaseException:
                 self.drop_table(name)
                 raise
+        return table
+
+    def _existing(self, name: str, embedding: Any, source_column: str | None) -> LocalTable:
+        """``create_table(..., exist_ok=True)`` of a table that exists: it, checked against
+        the embedding asked for."""
+        table = self.open_table(name, embedding=embedding)
+        recorded = table.embedding
+        if source_column is not None and (recorded is None or recorded["source_column"] != source_column):
+            raise InvalidArgumentError(f"table {name!r} exists and embeds "
+                                       f"{'nothing' if recorded is None else repr(recorded['source_column'])}, "
+                                       f"not {source_column!r}")
         return table
 
     def _create_folder(self, name: str, manifest: Any) -> None:

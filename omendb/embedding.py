@@ -21,7 +21,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .errors import ArgumentTypeError, DimensionError, EmbeddingError, InvalidArgumentError, MissingDependencyError
+from .errors import (ArgumentTypeError, DimensionError, EmbeddingError, InvalidArgumentError, MissingDependencyError,
+                     OmenError)
 
 __all__ = ["Embedding", "HashEmbedding", "SentenceTransformerEmbedding", "FastEmbedEmbedding", "embedding_record",
            "embedding_from_record", "embed_texts", "is_text_query", "EMBED_BATCH_ROWS"]
@@ -199,6 +200,9 @@ def embedding_record(fn: Any) -> dict[str, Any]:
     :class:`Embedding`'s own; for another callable its import path and no params)."""
     if isinstance(fn, Embedding):
         return {"name": fn.name, "params": fn.params()}
+    if isinstance(fn, type):
+        raise ArgumentTypeError(f"embedding must be a function or an adapter instance (e.g. {fn.__name__}(...)), "
+                                f"not the class {fn.__name__}")
     if not callable(fn):
         raise ArgumentTypeError(f"embedding must be a callable from a list of strings to vectors, "
                                 f"got {type(fn).__name__}")
@@ -221,15 +225,17 @@ def embed_texts(fn: Callable[[list[str]], Any], texts: Sequence[str], dim: int |
         batch = list(texts[start:start + EMBED_BATCH_ROWS])
         try:
             vectors = fn(batch)
+        except OmenError:  # (an adapter's own: its model is missing, say)
+            raise
         except Exception as exc:
             raise EmbeddingError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
-        try:
-            vectors = np.asarray(vectors, dtype=np.float32)
+        try:  # (a copy: a function may hand back the same buffer every call)
+            vectors = np.array(vectors, dtype=np.float32, copy=True)
         except (TypeError, ValueError) as exc:
             raise EmbeddingError(f"{what} returned something that is not numeric vectors: {exc}") from None
-        if vectors.ndim != 2 or vectors.shape[0] != len(batch):
+        if vectors.ndim != 2 or vectors.shape[0] != len(batch) or vectors.shape[1] == 0:
             raise EmbeddingError(f"{what} returned an array of shape {vectors.shape} for {len(batch)} texts; "
-                                 "it must return one vector per text")
+                                 "it must return one vector (of at least one component) per text")
         if dim is not None and vectors.shape[1] != dim:
             raise DimensionError(f"{what} returned vectors of {vectors.shape[1]} components; the table has dim {dim}")
         if not np.isfinite(vectors).all():

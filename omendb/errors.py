@@ -31,6 +31,7 @@ __all__ = [
     "MissingVersionError",
     "MissingDependencyError",
     "IndexBuildError",
+    "EmbeddingError",
     "BackgroundTaskError",
     "SourceError",
     "MissingFileError",

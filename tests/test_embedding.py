@@ -135,7 +135,7 @@ def test_bad_functions_and_bad_rows_are_refused_and_change_nothing(db) -> None:
     moody.__qualname__ = "letters"  # (the same recorded name: the table accepts it)
     table = db.open_table("docs", embedding=moody)
     for mode, error, message in [("raise", omendb.EmbeddingError, "RuntimeError: model fell over"),
-                                 ("short", omendb.EmbeddingError, "one vector per text"),
+                                 ("short", omendb.EmbeddingError, "must return one vector"),
                                  ("wide", omendb.DimensionError, "7 components; the table has dim 6"),
                                  ("nan", omendb.EmbeddingError, "NaN")]:
         calls["mode"] = mode
@@ -233,3 +233,71 @@ def test_fastembed_never_downloads_a_model(tmp_path: Path) -> None:
     with pytest.raises(omendb.EmbeddingError, match="not on this machine"):
         omendb.FastEmbedEmbedding("BAAI/bge-small-en-v1.5", cache_dir=str(tmp_path))(["x"])
     assert not any(p.is_file() and p.stat().st_size > 1 << 20 for p in tmp_path.rglob("*"))
+
+
+def test_an_embedding_subclass_its_record_and_reused_buffers(db_path: Path) -> None:
+    class Letters(omendb.Embedding):
+        name = "letters"
+        settings = ("batch",)
+
+        def __init__(self, offset: float = 0.5, batch: int = 8) -> None:
+            self.offset, self.batch = offset, batch
+
+        def params(self):
+            return {"offset": self.offset, "batch": self.batch}
+
+        def __call__(self, texts):
+            return letters(texts) - 0.5 + self.offset
+
+    buffer = np.zeros((4_096, 6), np.float32)
+
+    def reusing(texts):  # (hands back the same memory every call)
+        buffer[:len(texts)] = letters(texts)
+        return buffer[:len(texts)]
+
+    texts = [("a" * (i % 5)) + " e" * (i % 3) + f" u{i % 7}" for i in range(5_000)]
+    with omendb.open(db_path) as db:
+        table = db.create_table("sub", [{"id": 0, "summary": "aa"}], embedding=Letters(), source_column="summary")
+        table.embedding["params"]["offset"] = 99.0  # (a copy: the table's record is not touched)
+        assert table.embedding["params"] == {"offset": 0.5, "batch": 8}
+        many = db.create_table("many", [{"id": i, "summary": t} for i, t in enumerate(texts)], embedding=reusing,
+                               source_column="summary")
+        stored = np.stack(many.get(list(range(5_000)))["vector"].to_numpy(zero_copy_only=False))
+        np.testing.assert_array_equal(stored, letters(texts))  # (each batch copied as it came)
+    with omendb.open(db_path) as db:
+        with pytest.raises(omendb.EmbeddingError, match="cannot make again"):
+            db.open_table("sub").search("aa")  # (not one of omendb's adapters: give it again)
+        table = db.open_table("sub", embedding=Letters(batch=64))  # (a setting, not the vectors: the same)
+        assert table.search("aa", k=1)["id"].to_pylist() == [0]
+        with pytest.raises(omendb.InvalidArgumentError, match="do not compare"):
+            table.use_embedding(Letters(offset=1.0))
+
+
+def test_create_table_checks_the_dimension_and_an_existing_table(db) -> None:
+    with pytest.raises(omendb.DimensionError, match="8 components, but the table would have dim 4"):
+        db.create_table("t", dim=4, embedding=HashEmbedding(8), source_column="summary")
+    schema = pa.schema([("id", pa.int64()), ("vector", pa.list_(pa.float32(), 4)), ("summary", pa.string())])
+    with pytest.raises(omendb.DimensionError):
+        db.create_table("t", schema=schema, embedding=letters, source_column="summary")
+    with pytest.raises(omendb.ArgumentTypeError, match="not the class HashEmbedding"):
+        db.create_table("t", embedding=HashEmbedding, source_column="summary")
+    with pytest.raises(omendb.EmbeddingError, match="at least one component"):
+        db.create_table("t", {"id": [1], "summary": ["a"]}, embedding=lambda texts: np.zeros((len(texts), 0)),
+                        source_column="summary")
+    assert db.table_names() == []
+    empty = db.create_table("empty", pa.table({"id": pa.array([], pa.int64()), "summary": pa.array([], pa.string())}),
+                            embedding=HashEmbedding(8), source_column="summary")
+    assert empty.dim == 8 and empty.count() == 0
+    calls = []
+
+    def counting(texts):
+        calls.append(len(texts))
+        return letters(texts)
+
+    db.create_table("docs", [{"id": 0, "summary": "aa"}], embedding=counting, source_column="summary")
+    calls.clear()
+    again = db.create_table("docs", [{"id": 5, "summary": "ee"}], embedding=counting, source_column="summary",
+                            exist_ok=True)
+    assert calls == [] and again.count() == 1  # (exists: nothing embedded, nothing added)
+    with pytest.raises(omendb.InvalidArgumentError, match="embeds 'summary', not 'title'"):
+        db.create_table("docs", embedding=counting, source_column="title", exist_ok=True)

@@ -401,6 +401,14 @@ def test_a_table_embedding_its_text_over_flight_and_http(server) -> None:
     with pytest.raises(omendb.ArgumentTypeError, match="adapters"):
         db.create_table(unique("embed"), data={"id": [0], "summary": ["a"]}, embedding=lambda texts: [[0.0]],
                         source_column="summary")
+    wide = db.create_table(unique("wide"), embedding=HashEmbedding(65_536), source_column="summary")
+    with pytest.raises(omendb.InvalidArgumentError, match="MiB in one request"):  # (a few KB of text, GBs of vectors)
+        wide.add({"id": np.arange(2_000), "summary": ["a"] * 2_000})
+    with pytest.raises(omendb.InvalidArgumentError, match="MiB in one request"):
+        wide.search(["a"] * 2_000, k=1)
+    assert wide.count() == 0
+    status, found = server.http("POST", f"/tables/{wide.name}/add", {"rows": [{"summary": "a"}] * 2_000})
+    assert status == 400 and "MiB in one request" in str(found)
     plain = unique("plain")
     db.create_table(plain, data={"id": np.arange(3), "vector": vectors(3)})
     with pytest.raises(omendb.InvalidVectorError, match="no embedding function"):

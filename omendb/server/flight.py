@@ -22,7 +22,7 @@ from ..errors import InvalidArgumentError
 from ..index.configs import index_config_from_dict
 from ..query.filters import check_bounded_predicate
 from ..wire import decode, decode_schema, decode_vectors, encode, error_text, table_description
-from .limits import check_columns, check_search
+from .limits import check_columns, check_embedded, check_search
 
 __all__ = ["OmenFlightServer"]
 
@@ -123,8 +123,11 @@ class OmenFlightServer(flight.FlightServerBase):
             if op == "create_table":
                 options = _create_options(command.get("options", {}))
                 options.pop("schema", None)
+                if options.get("embedding") is not None:
+                    check_embedded(data.num_rows, _Embedded(options["embedding"]))
                 return table_description(self.db.create_table(command["table"], data=data, **options))
             table = self._table(command)
+            check_embedded(data.num_rows, table)
             if op == "add":
                 return {"rows": table.add(data)}
             if op == "insert":
@@ -144,6 +147,8 @@ class OmenFlightServer(flight.FlightServerBase):
                 queries = _queries(command)
                 check_search((1,) if queries is None or isinstance(queries, str) else
                              (len(queries), 0) if isinstance(queries, list) else queries.shape, command.get("k", 10))
+                if isinstance(queries, list):
+                    check_embedded(len(queries), table)
                 return table.search(queries, k=command.get("k", 10), recall=command.get("recall"),
                                     where=self._where(command.get("where")),
                                     columns=command.get("columns"), exact=command.get("exact", False),
@@ -220,6 +225,15 @@ def _index_params(params: Any) -> dict[str, Any]:
             raise InvalidArgumentError(f"index must be an object (an index config), got {type(index).__name__}")
         params["index"] = index_config_from_dict(index)
     return params
+
+
+class _Embedded:
+    """What :func:`check_embedded` needs of a table not made yet: its embedding and dim."""
+
+    def __init__(self, embedding: Any) -> None:
+        self.embedding = embedding
+        dim = getattr(embedding, "dim", None)
+        self.dim = dim if isinstance(dim, int) else 1
 
 
 def _queries(command: dict[str, Any]) -> Any:

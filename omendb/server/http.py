@@ -22,7 +22,7 @@ from ..database import Database
 from ..errors import TableLockedError
 from ..query.filters import check_bounded_predicate
 from ..wire import table_description
-from .limits import MAX_COLUMNS, MAX_QUERIES, check_columns, check_search
+from .limits import MAX_COLUMNS, MAX_QUERIES, check_columns, check_embedded, check_search
 
 __all__ = ["create_app"]
 
@@ -235,11 +235,15 @@ def create_app(db: Database, *, token: str | None = None, max_request_bytes: int
 
     @app.post("/tables/{name}/add", dependencies=secured)
     def add(name: str, body: Rows) -> dict[str, int]:
-        return {"added": db.open_table(name).add(body.rows)}
+        table = db.open_table(name)
+        check_embedded(len(body.rows), table)
+        return {"added": table.add(body.rows)}
 
     @app.post("/tables/{name}/upsert", dependencies=secured)
     def upsert(name: str, body: Rows) -> dict[str, int]:
-        return {"upserted": db.open_table(name).upsert(body.rows)}
+        table = db.open_table(name)
+        check_embedded(len(body.rows), table)
+        return {"upserted": table.upsert(body.rows)}
 
     @app.post("/tables/{name}/delete", dependencies=secured)
     def delete(name: str, body: Delete) -> dict[str, int]:
@@ -259,6 +263,8 @@ def create_app(db: Database, *, token: str | None = None, max_request_bytes: int
                                        "embed), text, or a query and text")
         many = body.vectors if body.vectors is not None else body.queries
         check_search((len(many), 0) if many is not None else (1,), body.k)
+        if body.queries is not None:
+            check_embedded(len(body.queries), table)
         query: Any = body.query if body.query is not None else body.queries
         if body.vector is not None or body.vectors is not None:
             with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, which search() refuses by name

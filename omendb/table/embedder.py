@@ -31,12 +31,14 @@ class TableEmbedder:
             self.check_same(fn)
 
     def check_same(self, fn: Callable[[list[str]], Any]) -> None:
-        """Refuse ``fn`` when it is not the function the table was embedded with."""
+        """Refuse ``fn`` when it is not the function the table was embedded with (another
+        name, or an adapter with other parameters than those that decide its vectors)."""
         given = embedding_record(fn)
         same = given["name"] == self.record["name"]
         if same and isinstance(fn, Embedding):
-            recorded = embedding_from_record(self.record)
-            same = recorded is not None and recorded.identity() == fn.identity()
+            recorded = {key: value for key, value in (self.record.get("params") or {}).items()
+                        if key not in fn.settings}
+            same = recorded == fn.identity()
         if not same:
             raise InvalidArgumentError(
                 f"table {self.table!r} was embedded with {self._described(self.record)}; the function given is "
@@ -60,6 +62,14 @@ class TableEmbedder:
     def _embed(self, texts: list[str]) -> np.ndarray:
         return embed_texts(self.function(), texts, self.dim,
                            f"embedding function {self._described(self.record)} of table {self.table!r}")
+
+    def probe_dim(self) -> int:
+        """The dimension of the function's vectors: its own ``dim``, or that of one probe text."""
+        fn = self.function()
+        dim = getattr(fn, "dim", None)
+        if isinstance(dim, int) and not isinstance(dim, bool) and dim > 0:
+            return dim
+        return self._embed(["omendb dimension probe"]).shape[1]
 
     def queries(self, q: str | list[str] | tuple[str, ...]) -> np.ndarray:
         """A text query as a vector (one string) or a (Q, dim) matrix (a list of them)."""
@@ -89,7 +99,7 @@ class TableEmbedder:
             if not isinstance(text, str):
                 raise SchemaError(f"row {int(row)} has no vector and no text in {self.source_column!r} to embed "
                                   f"(got {text!r})")
-        vectors = self._embed(texts)
+        vectors = self._embed(texts) if texts else np.zeros((0, self.dim or self.probe_dim()), np.float32)
         dim = vectors.shape[1]
         if given is None:
             column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim)

@@ -15,6 +15,7 @@ replays on open.
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import os
 import shutil
@@ -256,7 +257,7 @@ class LocalTable(Table):
         """What the table embeds its text with, as its manifest records it: ``name`` and
         ``params`` of the function and ``source_column``; None for a table without one."""
         record = self.core.state.info.embedding
-        return None if record is None else dict(record)
+        return None if record is None else copy.deepcopy(record)
 
     def use_embedding(self, fn: Callable[[list[str]], Any]) -> None:
         """Embed with ``fn`` from now on: the function this table was created with (a plain
