@@ -614,9 +614,9 @@ class TestManifest:
         store.publish(_manifest(1))
         path = store.path_of(1)
         doc = json.loads(path.read_text())
-        doc["format_version"] = 4  # (1 to 3 are read: 2 adds text indexes, 3 recall by rank)
+        doc["format_version"] = 3  # (1 and 2 are read: 2 adds text indexes)
         path.write_text(json.dumps(doc))
-        with pytest.raises(FormatVersionError, match="v0000000001.json.*version 4"):
+        with pytest.raises(FormatVersionError, match="v0000000001.json.*version 3"):
             store.load(1)
 
     @pytest.mark.parametrize("content", [b"", b"{not json", b"[]", b'{"format": "something else"}',

@@ -11,20 +11,10 @@ dataset's real queries reach 0.965; held-out rows read 0.967-0.971. Midpoints of
 of rows, used before, read 0.93 there and 0.87 at 1M rows, where mixture queries reach
 0.945.) The curve is stored with the index (in the manifest), so a search can ask for a
 recall and get, per segment, the smallest ``ef`` measured to reach it.
-
-Each rung holds the recall of the true top-1, top-2, ... top-10 within the 10 rows the
-walk returns. A table of several segments needs less of each: its answer takes only a
-share of its rows from any one segment (about ``k * rows / table rows``), and the nearest
-of a segment's rows are the ones a walk finds most surely. :func:`share_rank` says how
-many of a segment's rows an answer takes, but for 1 in 20 queries, and a search aims the
-segment's ``ef`` at that rank; a query that takes more from a segment than its ``ef`` was
-aimed at is walked there once more with the ``ef`` for what it took
-(``query/search.py``).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import numpy as np
@@ -32,8 +22,8 @@ import numpy as np
 from .flat import exact_search
 from .hnsw import HnswIndex
 
-__all__ = ["EF_LADDER", "calibrate", "add_calibrated", "held_out", "ef_for_recall", "efs_by_rank", "share_rank",
-           "CALIBRATION_QUERIES", "RECALL_MARGIN"]
+__all__ = ["EF_LADDER", "calibrate", "add_calibrated", "held_out", "ef_for_recall", "CALIBRATION_QUERIES",
+           "RECALL_MARGIN"]
 
 #: The ``ef`` values a calibration measures.
 EF_LADDER = (10, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
@@ -47,11 +37,7 @@ MIN_HELD_OUT = 50
 CALIBRATION_BYTES = 32 << 20
 #: A search aims this much above the recall asked for, for the sampling error.
 RECALL_MARGIN = 0.015
-#: Queries whose answer takes more rows from a segment than its ``ef`` was aimed at.
-SHARE_TAIL = 0.05
 _K = 10
-#: Rungs ``[ef, recall of the top-1, ..., recall of the top-10]`` (or ``[ef, recall@10]``,
-#: as calibrations before ranks were measured read).
 Curve = list[list[float]]
 
 
@@ -81,20 +67,17 @@ def add_calibrated(index: HnswIndex, vectors: np.ndarray, norms: np.ndarray, met
 
 def calibrate(index: HnswIndex, vectors: np.ndarray, norms: np.ndarray, metric: str, candidates: np.ndarray, *,
               queries: int = CALIBRATION_QUERIES, seed: int = 0) -> Curve | None:
-    """``[[ef, recall@1, ..., recall@10], ...]`` of ``index``, which holds ``vectors``,
-    ascending in ``ef`` (recall@j: the share of the exact top-``j`` among the 10 rows the
-    walk returns), measured with up to ``queries`` rows sampled from ``candidates`` (rows it
-    does not hold).
+    """``[[ef, recall@10], ...]`` of ``index``, which holds ``vectors``, ascending in ``ef``:
+    measured with up to ``queries`` rows sampled from ``candidates`` (rows it does not hold).
 
-    None with fewer than :data:`MIN_HELD_OUT` candidates; ``[[10, 1.0, ..., 1.0]]`` for a
-    graph of at most 10 rows. Stops early once a rung reaches recall 1.0 (more ``ef``
-    cannot do better).
+    None with fewer than :data:`MIN_HELD_OUT` candidates; ``[[10, 1.0]]`` for a graph of at
+    most 10 rows. Stops early once a rung reaches recall 1.0 (more ``ef`` cannot do better).
     """
     rows = vectors.shape[0]
     if candidates.shape[0] < MIN_HELD_OUT:
         return None
     if rows <= _K:
-        return [[float(EF_LADDER[0])] + [1.0] * _K]
+        return [[float(EF_LADDER[0]), 1.0]]
     rng = np.random.default_rng(seed)
     picked = np.sort(rng.choice(candidates.shape[0], size=min(queries, candidates.shape[0]), replace=False))
     sample = np.ascontiguousarray(candidates[picked], dtype=np.float32)
@@ -104,10 +87,9 @@ def calibrate(index: HnswIndex, vectors: np.ndarray, norms: np.ndarray, metric: 
         if ef > max(rows // 4, 64) and curve:  # (a list past a quarter of the rows is a scan)
             break
         _, found = index.search(sample, _K, max(ef, _K), vectors=vectors, norms=norms)
-        hit = np.array([np.isin(t, f[f >= 0]) for f, t in zip(found, truth)])  # (queries, rank): found?
-        by_rank = (np.cumsum(hit, axis=1) / np.arange(1, _K + 1)).mean(axis=0)
-        curve.append([float(ef)] + [round(float(r), 4) for r in by_rank])
-        if by_rank[-1] >= 1.0:
+        recall = float(np.mean([np.intersect1d(f[f >= 0], t).size / _K for f, t in zip(found, truth)]))
+        curve.append([float(ef), round(recall, 4)])
+        if recall >= 1.0:
             break
     return curve
 
@@ -128,41 +110,16 @@ def _exact_top(vectors: np.ndarray, norms: np.ndarray, queries: np.ndarray, k: i
     return best_pos
 
 
-def ef_for_recall(curve: list[list[float]] | None, recall: float, *, default: int, k: int,
-                  rank: int = _K) -> int:
-    """The smallest calibrated ``ef`` at which the top-``rank`` rows (1 to 10) are found
-    with ``recall`` (plus :data:`RECALL_MARGIN`), at least ``k``.
+def ef_for_recall(curve: list[list[float]] | None, recall: float, *, default: int, k: int) -> int:
+    """The smallest calibrated ``ef`` reaching ``recall`` (plus :data:`RECALL_MARGIN`), at least ``k``.
 
     Without a curve (an index from before calibrations) ``default``; when no rung
-    reaches the target, the largest one measured. A curve from before ranks were
-    measured answers for the top-10 whatever ``rank`` asks.
+    reaches the target, the largest one measured.
     """
     if not curve:
         return max(default, k)
     target = min(1.0, recall + RECALL_MARGIN)
-    for rung in curve:
-        reached = rung[rank] if len(rung) == _K + 1 else rung[-1]
+    for ef, reached in curve:
         if reached >= target:
-            return max(int(rung[0]), k)
+            return max(int(ef), k)
     return max(int(curve[-1][0]), k)
-
-
-def efs_by_rank(curve: list[list[float]] | None, recall: float, *, default: int, k: int) -> tuple[int, ...]:
-    """:func:`ef_for_recall` for ranks 1 to 10: what a walk needs to find the top-``j``."""
-    return tuple(ef_for_recall(curve, recall, default=default, k=k, rank=j) for j in range(1, _K + 1))
-
-
-def share_rank(k: int, share: float) -> int:
-    """How many rows (1 to 10) an answer of ``k`` takes from a part holding ``share`` of
-    the rows searched, but for :data:`SHARE_TAIL` of queries: the smallest ``j`` with
-    ``P(Binomial(min(k, 10), share) > j) <= SHARE_TAIL``."""
-    n = min(k, _K)
-    if share >= 1.0:
-        return n
-    share = max(share, 0.0)
-    tail = 1.0
-    for j in range(n + 1):
-        tail -= math.comb(n, j) * share ** j * (1 - share) ** (n - j)
-        if tail <= SHARE_TAIL:
-            return max(j, 1)
-    return n

@@ -8,7 +8,7 @@ snapshot; this module never touches files or locks.
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -35,8 +35,6 @@ class SearchPart:
     index: HnswIndex | None = None
     cache_key: str | None = None  # set for immutable parts: their filter masks are cached
     ef: int | None = None         # this part's own candidate list size (from its recall calibration)
-    # the ef to find the part's top-1 ... top-10 (its calibration), when ``ef`` was aimed at a share
-    ef_by_rank: tuple[int, ...] | None = None
 
 
 _MASKS = MaskCache()
@@ -93,7 +91,8 @@ def search_part(part: SearchPart, queries: np.ndarray, k: int, metric: str,
     """
     rows = part.vectors.shape[0]
     n_allowed = rows if allowed is None else int(np.count_nonzero(allowed))
-    if not _walks(part, n_allowed, exact):
+    if (exact or part.index is None or n_allowed <= EXACT_MAX_ALLOWED
+            or n_allowed < EXACT_MAX_FRACTION * rows):
         return exact_search(part.vectors, part.norms, queries, k, metric, allowed)
     if part.ef is not None:
         ef = max(part.ef, k)
@@ -112,12 +111,6 @@ def search_part(part: SearchPart, queries: np.ndarray, k: int, metric: str,
     return dist, pos
 
 
-def _walks(part: SearchPart, n_allowed: int, exact: bool) -> bool:
-    """Whether :func:`search_part` walks the part's graph (rather than scanning exactly)."""
-    rows = part.vectors.shape[0]
-    return not (exact or part.index is None or n_allowed <= EXACT_MAX_ALLOWED or n_allowed < EXACT_MAX_FRACTION * rows)
-
-
 @dataclass(frozen=True)
 class Hits:
     """Flat kNN results: for every hit its query, part, row position in the part and distance.
@@ -134,19 +127,12 @@ class Hits:
 
 def knn_hits(parts: list[SearchPart], queries: np.ndarray, k: int, metric: str, *, where: str | None,
              vector_column: str, exact: bool = False, ef: int | None = None) -> Hits:
-    """Top-``k`` of every query over all parts (exact or through each part's graph).
-
-    A part whose ``ef`` was aimed at the share of the answer it should give
-    (``SearchPart.ef_by_rank``) and that gave a query more rows than that is walked once
-    more for those queries, with the ``ef`` for the rows it gave; then the answers are
-    merged again.
-    """
+    """Top-``k`` of every query over all parts (exact or through each part's graph)."""
     found: list[tuple[int, np.ndarray, np.ndarray]] = []
-    allowed_of: dict[int, np.ndarray | None] = {}
     for part_id, part in enumerate(parts):
         if part.vectors.shape[0] == 0:
             continue
-        allowed = allowed_of[part_id] = allowed_rows(part, where, vector_column)
+        allowed = allowed_rows(part, where, vector_column)
         dist, pos = search_part(part, queries, k, metric, allowed, exact=exact, ef=ef)
         found.append((part_id, dist, pos))
     if where is not None and not found and parts:
@@ -158,9 +144,13 @@ def knn_hits(parts: list[SearchPart], queries: np.ndarray, k: int, metric: str, 
         part_id, dist, pos = found[0]
         pid = np.full(pos.shape, part_id, dtype=np.int32)
     else:
-        dist, pos, pid = _merge(found, k)
-        if _walk_again(parts, found, pid, queries, k, metric, allowed_of, exact):
-            dist, pos, pid = _merge(found, k)
+        dist = np.concatenate([d for _, d, _ in found], axis=1)
+        pos = np.concatenate([p for _, _, p in found], axis=1)
+        pid = np.concatenate([np.full(p.shape, i, dtype=np.int32) for i, _, p in found], axis=1)
+        order = np.argsort(dist, axis=1, kind="stable")[:, :k]
+        dist = np.take_along_axis(dist, order, axis=1)
+        pos = np.take_along_axis(pos, order, axis=1)
+        pid = np.take_along_axis(pid, order, axis=1)
     query_ids = np.repeat(np.arange(queries.shape[0], dtype=np.int32), dist.shape[1])
     dist, pos, pid = dist.reshape(-1), pos.reshape(-1), pid.reshape(-1)
     if pos.size and pos.min() < 0:  # empty slots: fewer allowed rows than k
@@ -168,42 +158,6 @@ def knn_hits(parts: list[SearchPart], queries: np.ndarray, k: int, metric: str, 
         dist, pos, pid, query_ids = dist[hit], pos[hit], pid[hit], query_ids[hit]
     return Hits(query_ids, pid, pos, dist.astype(np.float32, copy=False),
                 found[0][0] if len(found) == 1 else None)
-
-
-def _merge(found: list[tuple[int, np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The best ``k`` of several parts' answers per query: (distances, positions, part ids)."""
-    dist = np.concatenate([d for _, d, _ in found], axis=1)
-    pos = np.concatenate([p for _, _, p in found], axis=1)
-    pid = np.concatenate([np.full(p.shape, i, dtype=np.int32) for i, _, p in found], axis=1)
-    order = np.argsort(dist, axis=1, kind="stable")[:, :k]
-    return (np.take_along_axis(dist, order, axis=1), np.take_along_axis(pos, order, axis=1),
-            np.take_along_axis(pid, order, axis=1))
-
-
-def _walk_again(parts: list[SearchPart], found: list[tuple[int, np.ndarray, np.ndarray]], pid: np.ndarray,
-                queries: np.ndarray, k: int, metric: str, allowed_of: dict[int, np.ndarray | None],
-                exact: bool) -> bool:
-    """Walk again, in ``found`` (in place), the queries that took more rows from a part
-    than its ``ef`` was aimed at; True when any was."""
-    again = False
-    for i, (part_id, dist, pos) in enumerate(found):
-        part = parts[part_id]
-        allowed = allowed_of[part_id]
-        if part.ef_by_rank is None or not _walks(part, part.vectors.shape[0] if allowed is None
-                                                 else int(np.count_nonzero(allowed)), exact):
-            continue
-        taken = np.count_nonzero(pid == part_id, axis=1)
-        needed = np.asarray(part.ef_by_rank)[np.clip(taken, 1, len(part.ef_by_rank)) - 1]
-        short = np.flatnonzero((taken > 0) & (needed > max(part.ef or 0, k)))
-        if short.size == 0:
-            continue
-        wider = replace(part, ef=int(needed[short].max()))
-        more_dist, more_pos = search_part(wider, queries[short], k, metric, allowed, exact=False, ef=wider.ef)
-        dist, pos = dist.copy(), pos.copy()
-        dist[short], pos[short] = more_dist, more_pos
-        found[i] = (part_id, dist, pos)
-        again = True
-    return again
 
 
 def knn(parts: list[SearchPart], queries: np.ndarray, k: int, metric: str, *,

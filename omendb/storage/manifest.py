@@ -21,12 +21,11 @@ from .fileio import atomic_write
 __all__ = ["SegmentEntry", "Manifest", "ManifestStore", "FORMAT_VERSION"]
 
 #: The newest manifest format: 2 adds text indexes (``table.text_index``, the segments'
-#: ``text_*`` fields) and embedding functions (``table.embedding``); 3 adds recall by rank
-#: to the segments' ``index_calibration``. A manifest is written at the oldest version
-#: that holds what it says (1 without any of them), which releases before that version
-#: refuse by name.
-FORMAT_VERSION = 3
-_READS = (1, 2, 3)
+#: ``text_*`` fields) and embedding functions (``table.embedding``). A manifest without
+#: them is written as version 1, which omendb releases before them read; one with them
+#: as 2, which they refuse by name.
+FORMAT_VERSION = 2
+_READS = (1, 2)
 _NAME = re.compile(r"^v(\d{10})\.json$")
 
 
@@ -44,9 +43,7 @@ class SegmentEntry:
     index_bytes: int = 0
     index_crc32: int = 0
     index_params: dict[str, Any] | None = None  # build parameters of that graph
-    # [[ef, recall of the top-1, ..., of the top-10], ...] measured at build (version 1 and 2:
-    # [[ef, recall@10], ...])
-    index_calibration: list[list[float]] | None = None
+    index_calibration: list[list[float]] | None = None  # [[ef, recall@10], ...] measured at build
     text_file: str | None = None       # the segment's full-text postings, when built
     text_bytes: int = 0
     text_crc32: int = 0
@@ -86,10 +83,9 @@ class Manifest:
         body = asdict(self)
         body["segments"] = [s.to_dict() for s in self.segments]
         text = json.dumps(body, sort_keys=True, separators=(",", ":"))
-        ranked = any(s.index_calibration and len(s.index_calibration[0]) > 2 for s in self.segments)
-        texts = ("text_index" in self.table or "embedding" in self.table
+        newer = ("text_index" in self.table or "embedding" in self.table
                  or any(s.text_file or s.text_params for s in self.segments))
-        envelope = {"format": "omendb.manifest", "format_version": 3 if ranked else 2 if texts else 1,
+        envelope = {"format": "omendb.manifest", "format_version": FORMAT_VERSION if newer else 1,
                     "crc32": crc32(text.encode()), "body": body}
         return json.dumps(envelope, sort_keys=True, indent=1).encode()
 

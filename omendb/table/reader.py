@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from ..convert import check_valid_arrow
 from ..errors import CorruptFileError, DimensionError, InvalidArgumentError, InvalidVectorError, SchemaError
-from ..index.calibration import ef_for_recall, efs_by_rank, share_rank
+from ..index.calibration import ef_for_recall
 from ..index.blas import one_blas_thread
 from ..index.configs import MAX_EF
 from ..index.hnsw import FRESH_EF_SEARCH, HnswIndex
@@ -55,7 +55,6 @@ class TableReader:
         self._on_exact_scan = on_exact_scan
         self._plans: dict[tuple[Any, bool], tuple[list[str], pa.Schema]] = {}
         self._plans_lock = threading.Lock()
-        self._efs: dict[tuple, tuple[int, ...]] = {}  # (index file, target, default ef, k) -> ef per rank
 
     # ------------------------------------------------------------------ parts
     def segment_index(self, handle: SegmentHandle, state: TableState) -> HnswIndex | None:
@@ -98,10 +97,8 @@ class TableReader:
     def _parts_of(self, state: TableState, views: list[tuple[Memtable, MemtableView]], exact: bool, k: int,
                   recall: float | None, ef: int | None) -> list[SearchPart]:
         parts = []
-        rows = sum(h.entry.rows - h.entry.deleted for h in state.segments) + sum(len(v.live) for _, v in views)
         for handle in state.segments:
-            share = (handle.entry.rows - handle.entry.deleted) / rows if rows else 1.0
-            part = self._segment_part(handle, state, exact, k, recall, ef, share)
+            part = self._segment_part(handle, state, exact, k, recall, ef)
             provisional = handle.provisional  # (rows the segment's own graph does not serve yet)
             if exact or part.index is not None or not needs_own_graph(handle, state):
                 parts.append(part)
@@ -119,32 +116,16 @@ class TableReader:
         return parts
 
     def _segment_part(self, handle: SegmentHandle, state: TableState, exact: bool, k: int, recall: float | None,
-                      ef: int | None, share: float = 1.0) -> SearchPart:
-        """``handle`` as a search part. With a recall target, its ``ef`` is the one its
-        calibration gives for the rows of an answer it should hold (``share`` of the
-        rows searched are its own; see ``calibration.share_rank``)."""
+                      ef: int | None) -> SearchPart:
         index = None if exact else self.segment_index(handle, state)
-        part_ef, by_rank = None, None
+        part_ef = None
         if index is not None and ef is None:
             config = state.info.index
             target = config.recall if recall is None else recall
             if target is not None:
-                by_rank = self._efs_by_rank(handle, target, config.ef_search, k)
-                part_ef = by_rank[share_rank(k, share) - 1]
+                part_ef = ef_for_recall(handle.entry.index_calibration, target, default=config.ef_search, k=k)
         return SearchPart(handle.table, handle.vectors, handle.norms, state.deletions[handle.file].live, index,
-                          cache_key=handle.cache_key, ef=part_ef, ef_by_rank=None if share >= 1.0 else by_rank)
-
-    def _efs_by_rank(self, handle: SegmentHandle, target: float, default: int, k: int) -> tuple[int, ...]:
-        """``efs_by_rank`` of the segment's calibration, kept per index file (it never changes)."""
-        key = (handle.entry.index_file, target, default, k)
-        found = self._efs.get(key)
-        if found is None:
-            found = efs_by_rank(handle.entry.index_calibration, target, default=default, k=k)
-            with self._plans_lock:
-                if len(self._efs) >= 4_096:
-                    self._efs.clear()
-                self._efs[key] = found
-        return found
+                          cache_key=handle.cache_key, ef=part_ef)
 
     # ----------------------------------------------------------------- queries
     def queries(self, q: Any, dim: int, name: str) -> tuple[np.ndarray, bool]:
