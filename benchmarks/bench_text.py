@@ -12,7 +12,13 @@ On the ``summary`` column of pypi-minilm-100k (100,000 one-line package summarie
    bm25s' fastest path for one query (``get_scores`` of the same tokens, then the top 10
    by ``argpartition``; its ``retrieve`` call is also timed, for information), tokenizing
    included on both sides; both rankings compared (score of each rank);  target <= 1.3x
-3. hybrid p50: ``tbl.search(vector, text=s, k=10)`` with each query's own embedding.
+3. hybrid p50: ``tbl.search(vector, text=s, k=10)`` with each query's own embedding;
+4. when the ``tantivy`` package is installed (``pip install 'omendb[bench]'``), tantivy
+   (the Rust engine's official bindings) on the same texts, for the choice of library:
+   build (``en_stem`` tokenizer, 2 writer threads, one commit, merges waited for), bytes
+   on disk (its stored row number included) and single-query p50/p99 (the query's
+   punctuation removed for its query parser, top 10 with ids). Its BM25 has its own
+   parameters and no stop words, so only speed and size compare.
 
 Results: benchmarks/results/text.json and text.md (``--quick``: 20K rows, 200 queries).
 
@@ -21,6 +27,7 @@ Results: benchmarks/results/text.json and text.md (``--quick``: 20K rows, 200 qu
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 import time
@@ -94,15 +101,17 @@ def main() -> int:
             theirs = scores[scores > 0]
             compared += 1
             same += int(len(ours) == len(theirs) and np.allclose(ours, theirs, rtol=1e-4))
-        lat: dict[str, list[int]] = {"omendb": [], "bm25s": [], "bm25s_retrieve": []}
         sides = {"omendb": lambda s: table.search(text=s, k=K, columns=["id"]), "bm25s": raw_search,
                  "bm25s_retrieve": raw_retrieve}
+        tantivy_search = _tantivy(summaries, work / "tantivy", res)
+        if tantivy_search is not None:
+            sides["tantivy"] = tantivy_search
+        lat: dict[str, list[int]] = {name: [] for name in sides}
         for name, run in sides.items():
             for text in texts[:WARMUP]:
                 run(text)
         for block in range(0, len(texts), 100):
-            for name in (("omendb", "bm25s", "bm25s_retrieve") if block % 200 == 0
-                         else ("bm25s_retrieve", "bm25s", "omendb")):
+            for name in (list(sides) if block % 200 == 0 else list(sides)[::-1]):
                 for text in texts[block:block + 100]:
                     t = now_ns()
                     sides[name](text)
@@ -132,6 +141,40 @@ def main() -> int:
     return 0
 
 
+def _tantivy(summaries: list[str], path: Path, res: dict):
+    """Build a tantivy index of ``summaries`` (figures into ``res["tantivy"]``) and return
+    its single-query search, or None when tantivy is not installed."""
+    try:
+        import tantivy
+    except ImportError:
+        return None
+    builder = tantivy.SchemaBuilder()
+    builder.add_integer_field("row", stored=True, indexed=False)
+    builder.add_text_field("summary", stored=False, tokenizer_name="en_stem")
+    schema = builder.build()
+    path.mkdir()
+    t0 = time.perf_counter()
+    index = tantivy.Index(schema, path=str(path))
+    writer = index.writer(heap_size=256 << 20, num_threads=2)
+    for row, text in enumerate(summaries):
+        writer.add_document(tantivy.Document(row=row, summary=text))
+    writer.commit()
+    writer.wait_merging_threads()
+    build_s = time.perf_counter() - t0
+    index.reload()
+    searcher = index.searcher()
+    res["tantivy"] = {"build_s": build_s, "bytes": dir_bytes(path), "version": getattr(tantivy, "__version__", "")}
+
+    def search(text: str):
+        words = re.sub(r"[^\w\s]", " ", text)
+        if not words.strip():
+            return []
+        hits = searcher.search(index.parse_query(words, ["summary"]), K).hits
+        return [searcher.doc(address)["row"][0] for _, address in hits]
+
+    return search
+
+
 def markdown(res: dict) -> str:
     b, s = res["build"], res["bm25"]
     lines = [f"# Full-text benchmark: {res['rows']:,} summaries, {res['queries']:,} queries", "",
@@ -151,7 +194,20 @@ def markdown(res: dict) -> str:
              f"| bm25s `retrieve` p50, ms (its query call, for information) | | "
              f"{num(s['bm25s_retrieve']['p50_ms'])} | | | |", "",
              f"Same top-10 scores as bm25s (rtol 1e-4): {s['same_scores']['equal']} of "
-             f"{s['same_scores']['queries']} queries.", "",
+             f"{s['same_scores']['queries']} queries.", ""]
+    if "tantivy" in res:
+        t = res["tantivy"]
+        lines += [f"tantivy {t['version']} on the same texts (for the choice of library; its own BM25 "
+                  "parameters, no stop words):", "",
+                  "| check | omendb | tantivy | ratio |", "| --- | ---: | ---: | ---: |",
+                  f"| build, s | {num(b['omendb_s'], 2)} | {num(t['build_s'], 2)} | "
+                  f"{num(b['omendb_s'] / t['build_s'], 2)}x |",
+                  f"| bytes on disk | {b['omendb_bytes']:,} | {t['bytes']:,} | {num(b['omendb_bytes'] / t['bytes'], 2)}x |",
+                  f"| single query p50, ms | {num(s['omendb']['p50_ms'])} | {num(s['tantivy']['p50_ms'])} | "
+                  f"{num(s['omendb']['p50_ms'] / s['tantivy']['p50_ms'], 2)}x |",
+                  f"| single query p99, ms | {num(s['omendb']['p99_ms'])} | {num(s['tantivy']['p99_ms'])} | "
+                  f"{num(s['omendb']['p99_ms'] / s['tantivy']['p99_ms'], 2)}x |", ""]
+    lines += [
              "| search | p50 ms | p99 ms |", "| --- | ---: | ---: |",
              f"| hybrid (vector + text, RRF) | {num(res['hybrid']['p50_ms'])} | {num(res['hybrid']['p99_ms'])} |",
              f"| vector alone (default recall) | {num(res['vector']['p50_ms'])} | {num(res['vector']['p99_ms'])} |",

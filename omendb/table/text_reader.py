@@ -19,8 +19,8 @@ from ..query.search import DISTANCE, SearchPart
 from ..query.snapshot import Snapshot, SnapshotText
 from ..query.text import (HYBRID_DEPTH, RELEVANCE, SCORE, check_weights, hybrid_table, query_terms, text_hits,
                           text_parts, text_table)
-from .reader import TableReader, check_k
 from .memtable import Memtable, MemtableView
+from .reader import TableReader, check_k
 from .segments import SegmentHandle
 from .state import TableCore, TableState
 
