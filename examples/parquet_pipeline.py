@@ -6,8 +6,8 @@
 The same step in a shell script (summaries are one JSON line each when piped):
 
     omendb ingest IN.parquet --db DB --table TABLE --upsert --batch-size 10000 | jq .rows_per_s
-    omendb search --db DB --table TABLE --query queries.parquet -k 10 --output parquet --out hits.parquet
-    omendb export --db DB --table TABLE --out snapshot.parquet --overwrite
+    omendb search --db DB --table TABLE --query queries.parquet -k 10 -o hits.parquet
+    omendb export --db DB --table TABLE -o snapshot.parquet --overwrite
 
 `--upsert` makes a re-run after a failure safe: rows already loaded are replaced, not
 refused. Exit status 0 means every row is durable; non-zero prints one error line.
@@ -67,10 +67,10 @@ def main() -> None:
         if queries is not None:
             hits = [json.loads(line) for line in
                     omendb_cli("search", "--db", db, "--table", table, "--query", str(queries), "-k", "3",
-                               "--output", "json", "--where", "kind <> 'view'").splitlines()]
+                               "--json", "--where", "kind <> 'view'").splitlines()]
             print(f"search: {len(hits)} hits for 3 queries; query 0 -> ids {[h['id'] for h in hits if h['_query'] == 0]}")
             out = tmp / "snapshot.parquet"
-            exported = json.loads(omendb_cli("export", "--db", db, "--table", table, "--out", str(out)))
+            exported = json.loads(omendb_cli("export", "--db", db, "--table", table, "-o", str(out)))
             print(f"export: {exported['rows']:,} rows to {out.name}, read back {pq.read_metadata(out).num_rows:,}")
 
 

@@ -109,7 +109,7 @@ def test_search_outputs(loaded, tmp_path):
     np.save(tmp_path / "q.npy", vectors[:2])
     rows = [json.loads(line) for line in
             ok(omendb_cli("search", "--db", db_path, "--table", "docs", "-q", tmp_path / "q.npy", "-k", "3",
-                          "--output", "json")).stdout.splitlines()]
+                          "--json")).stdout.splitlines()]
     assert len(rows) == 6 and [r["_query"] for r in rows] == [0, 0, 0, 1, 1, 1]
     assert rows[0]["id"] == 0 and rows[3]["id"] == 1 and "vector" not in rows[0]
 
@@ -117,25 +117,29 @@ def test_search_outputs(loaded, tmp_path):
     table_out = ok(omendb_cli("search", "--db", db_path, "-q", one, "-k", "2")).stdout  # the only table
     assert "_distance" in table_out and " 5 " in table_out
 
-    csv_out = ok(omendb_cli("search", "--db", db_path, "--table", "docs", "-q", "-", "-k", "2", "--output", "csv",
+    csv_out = ok(omendb_cli("search", "--db", db_path, "--table", "docs", "-q", "-", "-k", "2", "--format", "csv",
                             "--where", "lang = 'de'", "--columns", "id,vector", input=json.dumps({"vector": vectors[5].tolist()}))).stdout
     header, first, second = csv_out.strip().splitlines()
     assert header == '"id","vector","_distance"' and first.startswith("5,") and "[" in first
 
     parquet = subprocess.run([sys.executable, "-m", "omendb.cli", "search", "--db", str(db_path), "--table", "docs",
-                              "-q", one, "-k", "4", "--output", "parquet", "--exact"], capture_output=True)
+                              "-q", one, "-k", "4", "-f", "parquet", "--exact"], capture_output=True)
     assert parquet.returncode == 0, parquet.stderr
     result = pq.read_table(pa.BufferReader(parquet.stdout))
     assert result.num_rows == 4 and result["id"][0].as_py() == 5
 
-    ok(omendb_cli("search", "--db", db_path, "--table", "docs", "-q", one, "--output", "parquet",
-                  "--out", tmp_path / "hits.parquet", "--columns", "*", "--ef", "50"))
+    ok(omendb_cli("search", "--db", db_path, "--table", "docs", "-q", one, "-o", tmp_path / "hits.parquet",
+                  "--columns", "*", "--ef", "50"))  # (the format from the suffix)
     hits = pq.read_table(tmp_path / "hits.parquet")
     assert hits.num_rows == 10 and "vector" in hits.column_names
-    ok(omendb_cli("export", "--db", db_path, "--table", "docs", "--out", tmp_path / "q.parquet"))
+    ok(omendb_cli("export", "--db", db_path, "--table", "docs", "-o", tmp_path / "q.parquet"))
     rows = ok(omendb_cli("search", "--db", db_path, "--table", "docs", "-q", tmp_path / "q.parquet", "-k", "1",
-                         "--output", "json")).stdout.splitlines()
-    assert len(rows) == 600  # a table file of queries: one search per row
+                         "--output", tmp_path / "hits.jsonl")).stdout.splitlines()
+    assert rows == [] and len((tmp_path / "hits.jsonl").read_text().splitlines()) == 600  # one search per row
+    old = omendb_cli("search", "--db", db_path, "-q", one, "-k", "2", "-o", "json")  # (-o once took the format)
+    assert old.returncode == 0 and "--format json" in old.stderr and len(old.stdout.splitlines()) == 2
+    fails(omendb_cli("search", "--db", db_path, "-q", one, "--json", "--format", "csv"), 2, "disagree", "search")
+    fails(omendb_cli("export", "--db", db_path, "--table", "docs"), 2, "-o/--output", "export")
 
 
 def test_search_errors(loaded, tmp_path):
@@ -185,9 +189,9 @@ def test_compact_and_export(loaded, tmp_path):
         summary = json.loads(ok(omendb_cli("export", "--db", db_path, "--table", "docs", "--out",
                                            tmp_path / name)).stdout)
         assert summary["format"] == fmt and summary["rows"] == 500
-    fails(omendb_cli("export", "--db", db_path, "--table", "docs", "--out", tmp_path / "out.parquet"), 1,
+    fails(omendb_cli("export", "--db", db_path, "--table", "docs", "-o", tmp_path / "out.parquet"), 1,
           "already exists", "export")
-    ok(omendb_cli("export", "--db", db_path, "--out", tmp_path / "out.parquet", "--overwrite", "--format", "parquet"))
+    ok(omendb_cli("export", "--db", db_path, "--output", tmp_path / "out.parquet", "--overwrite", "--format", "parquet"))
     assert pq.read_table(tmp_path / "out.parquet").num_rows == 500
     fails(omendb_cli("export", "--db", db_path, "--table", "docs", "--out", tmp_path / "x", "--format", "csv"), 2,
           "Invalid value for '--format'", "export")

@@ -139,7 +139,7 @@ def run_demo(path: str | Path = "omendb-demo.omen", rows: int = 50_000, dim: int
         exported = export_table(table, Path(tmp) / "products-export.parquet")
         console.print(f"exported {exported.rows:,} live rows back to Parquet in {exported.seconds:.2f} s "
                       f"({exported.bytes / 2**20:.1f} MiB; CLI: omendb export --db {path} --table products "
-                      "--out products.parquet)")
+                      "-o products.parquet)")
         stats = table.stats()
         report["stats"] = stats
         console.print(f"table 'products': {stats['rows']:,} rows in {stats['segments']} segment(s), "

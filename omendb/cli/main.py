@@ -23,8 +23,8 @@ from ..errors import TableNotFoundError
 from ..table.export import EXPORT_FORMATS
 from ..io.sources import FILE_FORMATS
 from .errors import OmenGroup, handle_errors
-from .output import (console, environment, json_default, load_queries, parse_columns, size_text, table_info,
-                     write_results)
+from .output import (RESULT_FORMATS, console, environment, json_default, load_queries, parse_columns,
+                     result_format_of, size_text, table_info, write_results)
 
 __all__ = ["main"]
 
@@ -50,7 +50,7 @@ def main(ctx: click.Context, debug: bool) -> None:
     omendb ingest data.parquet --db ./vectors.omen --table docs
     omendb search --db ./vectors.omen --table docs --query q.npy -k 5
     omendb info --db ./vectors.omen
-    omendb export --db ./vectors.omen --table docs --out docs.parquet
+    omendb export --db ./vectors.omen --table docs -o docs.parquet
     """
     ctx.obj = {"debug": debug}
 
@@ -218,25 +218,48 @@ def ingest(sources: tuple[str, ...], db_path: str, table_name: str, vector_colum
                                                "vectors; '*' for all). _distance is always added.")
 @click.option("--ef", default=None, type=click.IntRange(min=1), help="HNSW candidate list size (recall vs speed).")
 @click.option("--exact", is_flag=True, help="Exact scan, bypassing the HNSW indexes.")
-@click.option("--output", "-o", type=click.Choice(["table", "json", "csv", "parquet"]), default="table",
-              show_default=True, help="Result format (json: one object per line).")
-@click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write results to FILE, not stdout.")
+@click.option("--output", "-o", "output", default=None, type=click.Path(dir_okay=False),
+              help="Write results to FILE, not stdout.")
+@click.option("--out", "output_alias", default=None, type=click.Path(dir_okay=False), hidden=True)
+@click.option("--format", "-f", "result_format", type=click.Choice(RESULT_FORMATS), default=None,
+              help="Result format (default: from the --output suffix, else table; json: one object per line).")
+@click.option("--json", "as_json", is_flag=True, help="The same as --format json.")
 @click.option("--vector-column", default=None, help="Vector column of a query file (default: the table's).")
 @handle_errors
 def search(db_path: str, table_name: str | None, query: str, k: int, where: str | None, columns: str | None,
-           ef: int | None, exact: bool, output: str, out: str | None, vector_column: str | None) -> None:
+           ef: int | None, exact: bool, output: str | None, output_alias: str | None, result_format: str | None,
+           as_json: bool, vector_column: str | None) -> None:
     """Find the k nearest rows to each query vector.
 
     One query gives k rows sorted by _distance (smaller is closer); several give k rows
     per query with a _query column (the query's position). The database is opened
     read-only: it sees what writers have flushed and never waits for them.
     """
+    output = _one_output(output, output_alias, required=False)
+    if output in RESULT_FORMATS and result_format is None:  # (-o used to take the format)
+        click.echo(f"omendb: -o/--output names the file to write; for the result format use --format "
+                   f"{output} (taken as the format this time)", err=True)
+        output, result_format = None, output
+    if as_json:
+        if result_format not in (None, "json"):
+            raise click.UsageError(f"--json and --format {result_format} disagree: give one of them")
+        result_format = "json"
     with _open_existing(db_path, read_only=True) as db:
         table = _table(db, table_name)
         queries = load_queries(query, vector_column or table.vector_column)
         result = table.search(queries, k=k, where=where, columns=parse_columns(columns, table),
                               exact=exact, ef=ef)
-        write_results(result, output, out)
+        write_results(result, result_format or result_format_of(output), output)
+
+
+def _one_output(output: str | None, alias: str | None, *, required: bool) -> str | None:
+    """The file to write, given as ``-o/--output`` or as the older ``--out``."""
+    if output is not None and alias is not None and output != alias:
+        raise click.UsageError("give -o/--output or --out (the same option), not both")
+    output = output if output is not None else alias
+    if required and output is None:
+        raise click.UsageError("missing option -o/--output FILE")
+    return output
 
 
 # ------------------------------------------------------------------ info
@@ -386,14 +409,16 @@ def _export_format(out: str, given: str | None) -> str:
 @main.command()
 @click.option("--db", "db_path", required=True, type=click.Path(file_okay=False), help="Database folder.")
 @click.option("--table", "-t", "table_name", default=None, help="Table to export (default: the only one).")
-@click.option("--out", required=True, type=click.Path(), help="File (parquet, arrow) or folder (lance) to write.")
+@click.option("--output", "-o", "output", default=None, type=click.Path(),
+              help="File (parquet, arrow) or folder (lance) to write (required).")
+@click.option("--out", "output_alias", default=None, type=click.Path(), hidden=True)
 @click.option("--format", "export_format", type=click.Choice(EXPORT_FORMATS), default=None,
-              help="Output format (default: from the --out suffix, else parquet).")
-@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+              help="Output format (default: from the --output suffix, else parquet).")
+@click.option("--overwrite", is_flag=True, help="Replace --output if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON even on a terminal.")
 @handle_errors
-def export(db_path: str, table_name: str | None, out: str, export_format: str | None, overwrite: bool,
-           as_json: bool) -> None:
+def export(db_path: str, table_name: str | None, output: str | None, output_alias: str | None,
+           export_format: str | None, overwrite: bool, as_json: bool) -> None:
     """Write a table's live rows to Parquet, a Lance dataset (LanceDB reads it) or an Arrow IPC file.
 
     Streams one consistent snapshot segment by segment; the output appears complete
@@ -401,6 +426,7 @@ def export(db_path: str, table_name: str | None, out: str, export_format: str | 
     """
     from ..table.export import export_table
 
+    out = _one_output(output, output_alias, required=True)
     with _open_existing(db_path, read_only=True) as db:
         table = _table(db, table_name)
         result = export_table(table, out, _export_format(out, export_format), overwrite=overwrite)

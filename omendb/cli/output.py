@@ -22,7 +22,7 @@ import omendb
 from ..errors import InvalidVectorError
 
 __all__ = ["load_queries", "parse_columns", "write_results", "environment", "table_info", "size_text",
-           "json_default", "console"]
+           "json_default", "console", "RESULT_FORMATS", "result_format_of"]
 
 def _json_queries(value: Any, vector_column: str) -> Any:
     if isinstance(value, dict):
@@ -108,13 +108,24 @@ def _flatten_lists(result: pa.Table) -> pa.Table:
     return result
 
 
+#: Formats ``omendb search`` writes its results in.
+RESULT_FORMATS = ("table", "json", "csv", "parquet")
+
+
+def result_format_of(path: str | None) -> str:
+    """The result format a file's suffix names (``table`` for stdout or another suffix)."""
+    suffix = "" if path is None else Path(path).suffix.lower()
+    return {".json": "json", ".jsonl": "json", ".ndjson": "json", ".csv": "csv", ".parquet": "parquet"}.get(
+        suffix, "table")
+
+
 def write_results(result: pa.Table, output: str, out: str | None) -> None:
     """Write search results as a table, JSON Lines, CSV or Parquet, to ``out`` or stdout."""
     if output == "parquet":
         import pyarrow.parquet as pq
 
         if out is None and sys.stdout.isatty():
-            raise click.UsageError("parquet output is binary: pass --out FILE or redirect standard output")
+            raise click.UsageError("parquet output is binary: pass -o FILE or redirect standard output")
         pq.write_table(result, out if out is not None else pa.PythonFile(sys.stdout.buffer, mode="w"))
         if out is None:
             sys.stdout.buffer.flush()

@@ -176,6 +176,8 @@ array_extract array_length list_count list_sum list_min list_max list_avg list_a
 list_bool_and list_bool_or list_distinct list_unique list_sort list_reverse_sort array_sort
 list_slice array_slice struct_extract struct_extract_at map_extract element_at cardinality
 map_keys map_values map_contains
+json_extract json_extract_string json_extract_path json_extract_path_text json_contains json_exists json_type
+json_array_length json_valid -> ->>
 """.split())
 
 
