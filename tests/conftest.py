@@ -237,3 +237,19 @@ def served_vectors(n: int, seed: int = 0) -> np.ndarray:
 def unique(prefix: str) -> str:
     """A table name no other test uses."""
     return f"{prefix}_{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def sql_udf_calls(monkeypatch) -> list[int]:
+    """Query rows per call of omendb's SQL UDFs, as they happen (they come in batches)."""
+    from omendb.duck.session import SqlSession
+
+    calls: list[int] = []
+    original = SqlSession._rows
+
+    def counting(self, udf, columns, layout):
+        calls.append(len(columns[0]))
+        return original(self, udf, columns, layout)
+
+    monkeypatch.setattr(SqlSession, "_rows", counting)
+    return calls

@@ -10,7 +10,6 @@ import pyarrow as pa
 import pytest
 
 import omendb
-from omendb.duck import SqlSession
 
 pytestmark = pytest.mark.usefixtures("segment_format")  # every test over Arrow IPC and Lance
 
@@ -101,15 +100,8 @@ def test_knn_in_join_cte_and_subquery(db) -> None:
     assert sorted(joined) == want
 
 
-def test_lateral_runs_batched_and_matches_per_query_search(db, monkeypatch) -> None:
-    calls: list[int] = []
-    original = SqlSession._rows
-
-    def counting(self, udf, columns, layout):
-        calls.append(len(columns[0]))
-        return original(self, udf, columns, layout)
-
-    monkeypatch.setattr(SqlSession, "_rows", counting)
+def test_lateral_runs_batched_and_matches_per_query_search(db, sql_udf_calls) -> None:
+    calls = sql_udf_calls
     db.sql("CREATE TEMP TABLE queries AS SELECT id AS qid, vector AS vec FROM omen_scan('docs') WHERE id < 300")
     rows = db.sql("SELECT qid, id FROM queries q, LATERAL omen_knn('docs', q.vec, 3) ORDER BY qid, _distance").fetchall()
     assert len(rows) == 300 * 3

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 import omendb
-from omendb.duck.session import SqlSession
 from test_text import DIM, QUERIES, corpus, rows
 
 
@@ -68,16 +67,9 @@ def test_omen_hybrid_equals_the_python_hybrid_search(texts_db, rng) -> None:
     assert [i for (i,) in blob] == table.search(q, text="running database", k=8, exact=True)["id"].to_pylist()
 
 
-def test_per_row_of_another_table_each_query_gets_its_own_answer(texts_db, rng, monkeypatch) -> None:
+def test_per_row_of_another_table_each_query_gets_its_own_answer(texts_db, rng, sql_udf_calls) -> None:
     db, table = texts_db
-    calls: list[int] = []
-    original = SqlSession._rows
-
-    def counting(self, udf, columns, layout):
-        calls.append(len(columns[0]))
-        return original(self, udf, columns, layout)
-
-    monkeypatch.setattr(SqlSession, "_rows", counting)
+    calls = sql_udf_calls
     queries = QUERIES[:4]
     vectors = rng.standard_normal((4, DIM)).astype(np.float32)
     db.sql("CREATE TABLE asks (qid INTEGER, words VARCHAR, vec FLOAT[])")
