@@ -17,6 +17,7 @@ import pytest
 
 import omendb
 from omendb.embedding import HashEmbedding
+from omendb.storage.checksum import crc32
 
 TEXTS = ["fast arrow parser", "json schema validator", "async http client", "vector store for arrow",
          "command line tool for csv", "arrow flight server", "postgres driver", "image resizing library"]
@@ -301,3 +302,19 @@ def test_create_table_checks_the_dimension_and_an_existing_table(db) -> None:
     assert calls == [] and again.count() == 1  # (exists: nothing embedded, nothing added)
     with pytest.raises(omendb.InvalidArgumentError, match="embeds 'summary', not 'title'"):
         db.create_table("docs", embedding=counting, source_column="title", exist_ok=True)
+
+
+def test_a_record_this_omendb_cannot_make_again_says_so(db_path: Path) -> None:
+    with omendb.open(db_path) as db:
+        db.create_table("docs", [{"id": 0, "summary": "aa"}], embedding=HashEmbedding(8), source_column="summary")
+    manifests = db_path / "docs" / "manifests"
+    newest = sorted(manifests.glob("*.json"))[-1]
+    envelope = json.loads(newest.read_bytes())
+    envelope["body"]["table"]["embedding"]["params"] = {"dim": 8, "salt": 3}  # (a later release's parameter)
+    envelope["crc32"] = crc32(json.dumps(envelope["body"], sort_keys=True, separators=(",", ":")).encode())
+    newest.write_text(json.dumps(envelope))
+    with omendb.open(db_path) as db:
+        table = db.open_table("docs")
+        assert table.count() == 1
+        with pytest.raises(omendb.EmbeddingError, match="cannot make again"):
+            table.search("aa")

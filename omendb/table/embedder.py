@@ -51,7 +51,12 @@ class TableEmbedder:
 
     def function(self) -> Callable[[list[str]], Any]:
         if self._fn is None:
-            self._fn = embedding_from_record(self.record)
+            try:
+                self._fn = embedding_from_record(self.record)
+            except (TypeError, ValueError) as exc:  # (params this omendb's adapter does not take)
+                raise EmbeddingError(f"table {self.table!r} records {self._described(self.record)}, which this "
+                                     f"omendb cannot make again ({exc}): give the function with open_table("
+                                     f"{self.table!r}, embedding=...)") from None
             if self._fn is None:
                 raise EmbeddingError(
                     f"table {self.table!r} embeds {self.source_column!r} with {self._described(self.record)}, "
