@@ -43,6 +43,7 @@ class SqlError(OmenError, duckdb.Error):
     It is also a ``duckdb.Error``, so code that catches DuckDB's errors keeps working.
     """
 
+
 @dataclass(frozen=True)
 class _Udf:
     """One of the vectorised UDFs behind the macros: for each row of queries, the hit rows
