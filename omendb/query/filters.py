@@ -31,8 +31,10 @@ class _ConnectionPool:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._returned = threading.Condition(self._lock)
         self._database: duckdb.DuckDBPyConnection | None = None
         self._idle: list[duckdb.DuckDBPyConnection] = []
+        self._lent = 0  # cursors in use
         self._closed = False
 
     @staticmethod
@@ -51,6 +53,8 @@ class _ConnectionPool:
                 if self._database is None:
                     self._database = self._new_database()
                 con = self._database.cursor()
+            if con is not None:
+                self._lent += 1
         if con is None:
             with contextlib.closing(self._new_database()) as own:
                 yield own
@@ -59,20 +63,26 @@ class _ConnectionPool:
             yield con
         finally:
             with self._lock:
+                self._lent -= 1
                 keep = not self._closed
                 if keep:
                     self._idle.append(con)
+                self._returned.notify_all()
             if not keep:
                 con.close()
 
-    def close(self) -> None:
+    def close(self, wait: float = 10.0) -> None:
+        """Close every cursor and the database, once the cursors lent out are back (a
+        thread may still be filtering at exit: DuckDB refuses to close a busy database).
+        After ``wait`` seconds the database is left open for the process's end to free."""
         with self._lock:
             self._closed = True
+            back = self._returned.wait_for(lambda: self._lent == 0, timeout=wait)
             idle, self._idle = self._idle, []
             database, self._database = self._database, None
         for con in idle:
             con.close()
-        if database is not None:
+        if database is not None and back:
             database.close()
 
 
