@@ -20,8 +20,8 @@ import pyarrow as pa
 from .convert import to_arrow_table, vector_type
 from .embedding import embedding_record
 from .errors import (ClosedError, CorruptFileError, DimensionError, FormatVersionError, InvalidArgumentError,
-                     InvalidNameError, MissingDependencyError, NotADatabaseError, ReadOnlyError, SchemaError, TableExistsError,
-                     TableLockedError, TableNotFoundError, describe, storage_error)
+                     InvalidNameError, MissingDependencyError, NotADatabaseError, ReadOnlyError, SchemaError,
+                     TableExistsError, TableLockedError, TableNotFoundError, describe, storage_error)
 from .index.configs import IndexConfig, check_index_config
 from .shorthand import ShorthandMixin
 from .storage.fileio import atomic_write, fsync_dir
