@@ -406,7 +406,9 @@ class Database(ShorthandMixin):
 
         Tables are re-registered first if they changed, so the statement sees every
         acknowledged write. Returns a DuckDB relation (``.fetchall()``, ``.arrow()``,
-        ``.df()``, ``.pl()``); a statement DuckDB refuses raises ``omendb.SqlError``.
+        ``.df()``, ``.pl()``; see ``omendb.duck.SqlRelation``), or None for a statement
+        without rows. A statement DuckDB refuses raises ``omendb.SqlError`` (also a
+        ``duckdb.Error``), when it is bound or when its rows are fetched.
         """
         self._check_open()
         if _SQL_ENGINE is None:

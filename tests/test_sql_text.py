@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pytest
 
@@ -110,6 +109,6 @@ def test_bad_sql_text_input_is_refused(texts_db) -> None:
              ("SELECT * FROM omen_hybrid('docs', repeat([0.5], 8), 'arrow', 5, text_weight := -1)",
               "text_weight must be a number")]
     for statement, message in cases:
-        with pytest.raises(duckdb.Error, match=message):
+        with pytest.raises(omendb.SqlError, match=message):  # (an OmenError, and a duckdb.Error)
             db.sql(statement).fetchall()
     assert table.count() == before

@@ -4,8 +4,8 @@ A face above the database: it registers itself as the engine ``Database.sql`` ru
 """
 
 from ..database import use_sql_engine
-from .session import SqlError, SqlSession, definitions_sql, duckdb_connect
+from .session import SqlError, SqlRelation, SqlSession, definitions_sql, duckdb_connect
 
 use_sql_engine(SqlSession.for_database)
 
-__all__ = ["duckdb_connect", "SqlSession", "SqlError", "definitions_sql"]
+__all__ = ["duckdb_connect", "SqlSession", "SqlError", "SqlRelation", "definitions_sql"]

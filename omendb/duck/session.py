@@ -34,7 +34,7 @@ from ..index.blas import one_blas_thread
 from ..query.snapshot import ROW_NUMBER, Snapshot
 from ..query.text import check_weights
 
-__all__ = ["duckdb_connect", "SqlSession", "SqlError", "definitions_sql"]
+__all__ = ["duckdb_connect", "SqlSession", "SqlError", "SqlRelation", "definitions_sql"]
 
 
 class SqlError(OmenError, duckdb.Error):
@@ -42,6 +42,44 @@ class SqlError(OmenError, duckdb.Error):
 
     It is also a ``duckdb.Error``, so code that catches DuckDB's errors keeps working.
     """
+
+
+class SqlRelation:
+    """A DuckDB relation (``.fetchall()``, ``.arrow()``, ``.df()``, ``.pl()``, ``.filter()``,
+    ...: every method of ``duckdb.DuckDBPyRelation``) whose errors are :class:`SqlError`.
+
+    A relation runs its query when its rows are asked for, so errors of the query itself
+    (an empty text query in ``omen_text``, a wrong dimension) come from those calls;
+    relations they return are wrapped the same way. ``.relation`` is DuckDB's own.
+    """
+
+    __slots__ = ("relation",)
+
+    def __init__(self, relation: duckdb.DuckDBPyRelation) -> None:
+        self.relation = relation
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self.relation, name)
+        if not callable(value):
+            return value
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                result = value(*args, **kwargs)
+            except duckdb.Error as exc:
+                raise SqlError(str(exc)) from exc
+            return SqlRelation(result) if isinstance(result, duckdb.DuckDBPyRelation) else result
+
+        return call
+
+    def __len__(self) -> int:
+        return len(self.relation)
+
+    def __repr__(self) -> str:
+        try:
+            return repr(self.relation)
+        except duckdb.Error as exc:
+            raise SqlError(str(exc)) from exc
 
 
 @dataclass(frozen=True)
@@ -122,12 +160,14 @@ class SqlSession:
         return cls(db, duckdb.connect())
 
     def run(self, query: str, params: Any = None) -> Any:
-        """``query`` as a DuckDB relation, after re-registering the tables that changed."""
+        """``query`` as a DuckDB relation (see :class:`SqlRelation`), after re-registering
+        the tables that changed; None for a statement that returns no rows."""
         self.refresh()
         try:
-            return self.con.sql(query, params=params)
+            relation = self.con.sql(query, params=params)
         except duckdb.Error as exc:
             raise SqlError(str(exc)) from exc
+        return None if relation is None else SqlRelation(relation)
 
     def close(self) -> None:
         self.con.close()
