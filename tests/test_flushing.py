@@ -4,10 +4,12 @@ killed halfway."""
 
 from __future__ import annotations
 
+import select
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 import threading
 import warnings
 from pathlib import Path
@@ -160,14 +162,16 @@ def test_sigkill_during_a_background_flush_loses_no_acknowledged_write(tmp_path:
         threading.Event().wait()
     """))
     env = dict(__import__("os").environ, PYTHONPATH=str(Path(omendb.__file__).resolve().parent.parent))
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                            bufsize=0)  # (unbuffered: select() must see every line not yet read)
     try:
-        seen = b""
-        while b"acked\n" not in seen:
+        seen, deadline = b"", time.monotonic() + 60
+        while not (b"acked\n" in seen and b"flushing\n" in seen):  # (in either order: a loaded machine
+            left = deadline - time.monotonic()                       # may start the flush after the ack)
+            assert left > 0 and select.select([proc.stdout], [], [], left)[0], f"saw only {seen!r}"
             line = proc.stdout.readline()
             assert line, proc.stderr.read().decode(errors="replace")
             seen += line
-        assert b"flushing\n" in seen
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
