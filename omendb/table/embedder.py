@@ -8,12 +8,12 @@ from typing import Any, Callable
 import numpy as np
 import pyarrow as pa
 
-from ..convert import vector_type
+from ..convert import to_arrow_table, vector_type
 from ..embedding import Embedding, embed_texts, embedding_from_record, embedding_record
-from ..errors import EmbeddingError, InvalidArgumentError, SchemaError
+from ..errors import EmbeddingError, InvalidArgumentError, InvalidVectorError, SchemaError
 from ..index.text import MAX_QUERY_CHARS
 
-__all__ = ["TableEmbedder"]
+__all__ = ["TableEmbedder", "with_vectors", "query_vectors"]
 
 
 class TableEmbedder:
@@ -43,6 +43,10 @@ class TableEmbedder:
             raise InvalidArgumentError(
                 f"table {self.table!r} was embedded with {self._described(self.record)}; the function given is "
                 f"{self._described(given)}: vectors of two functions do not compare")
+
+    def using(self, fn: Callable[[list[str]], Any]) -> "TableEmbedder":
+        """The same table's embedder with ``fn`` as its function (refused unless it is the recorded one)."""
+        return TableEmbedder(self.table, self.record, self.vector_column, self.dim, fn)
 
     @staticmethod
     def _described(record: dict[str, Any]) -> str:
@@ -118,3 +122,17 @@ class TableEmbedder:
             rows[row] = vectors[i]
         filled = pa.array(rows, pa.list_(pa.float32()))
         return data.set_column(names.index(self.vector_column), self.vector_column, filled)
+
+
+def with_vectors(embedder: TableEmbedder | None, data: Any, vector_column: str) -> Any:
+    """``data`` with a vector for each row given without one (``data`` as it is for a
+    table without an embedding function)."""
+    return data if embedder is None else embedder.fill(to_arrow_table(data, vector_column))
+
+
+def query_vectors(embedder: TableEmbedder | None, q: str | list[str] | tuple[str, ...], table: str) -> np.ndarray:
+    """A text query embedded by the table's function; a table without one refuses it."""
+    if embedder is None:
+        raise InvalidVectorError(f"q is text, not a numeric vector, and table {table!r} has no embedding function to "
+                                 "embed it: give a vector, or text= for a full-text search")
+    return embedder.queries(q)

@@ -18,29 +18,25 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import pyarrow as pa
 
 from ..api import Table
-from ..convert import to_arrow_table
 from ..embedding import is_text_query
-from ..errors import (InvalidArgumentError, InvalidVectorError, MissingFileError, ReadOnlyError,
-                      VersionNotFoundError, storage_error)
+from ..errors import InvalidArgumentError, ReadOnlyError, VersionNotFoundError
 from ..index.configs import IndexConfig, requested_index_config
 from ..index.text import TextIndexConfig
 from ..query.snapshot import Snapshot
-from ..storage.fileio import fsync_dir
 from ..storage.layout import LOCK, WAL
 from ..storage.locking import WriterLock
 from ..storage.manifest import Manifest
 from ..storage.wal import RecordKind, WalWriter
 from . import activity
 from .compactor import Compactor
-from .embedder import TableEmbedder
+from .discard import discard_table_folder
+from .embedder import TableEmbedder, query_vectors, with_vectors
 from .export import export_table
 from .flusher import Flusher
 from .fresh import FreshIndexer
@@ -59,7 +55,7 @@ from .writer import WriteLog, Writer
 if TYPE_CHECKING:
     from .workers import Workers
 
-__all__ = ["LocalTable", "discard_table_folder"]
+__all__ = ["LocalTable"]
 
 
 class LocalTable(Table):
@@ -266,13 +262,7 @@ class LocalTable(Table):
         if self._embedder is None:
             raise InvalidArgumentError(f"table {self.name!r} has no embedding function: only a table created with "
                                        "create_table(..., embedding=fn, source_column=...) embeds its text")
-        self._embedder = TableEmbedder(self.name, self._embedder.record, self.vector_column, self.dim, fn)
-
-    def _with_vectors(self, data: Any) -> Any:
-        """``data`` with a vector for each row given without one (a table with an embedding function)."""
-        if self._embedder is None:
-            return data
-        return self._embedder.fill(to_arrow_table(data, self.vector_column))
+        self._embedder = self._embedder.using(fn)
 
     @property
     def index_config(self) -> IndexConfig:
@@ -293,17 +283,17 @@ class LocalTable(Table):
         vector get one embedded from their text (before anything is logged).
         """
         writer = self._writable()
-        return writer.write(RecordKind.ADD, self._with_vectors(data), fsync)
+        return writer.write(RecordKind.ADD, with_vectors(self._embedder, data, self.vector_column), fsync)
 
     def upsert(self, data: Any, *, fsync: bool | None = None) -> int:
         """Insert rows, replacing any live row with the same primary key."""
         writer = self._writable()
-        return writer.write(RecordKind.UPSERT, self._with_vectors(data), fsync)
+        return writer.write(RecordKind.UPSERT, with_vectors(self._embedder, data, self.vector_column), fsync)
 
     def insert(self, data: Any, *, fsync: bool | None = None) -> pa.Array:
         """Like :meth:`add`, but return the primary keys of the new rows (assigned or given)."""
         writer = self._writable()
-        return writer.write(RecordKind.ADD, self._with_vectors(data), fsync, keys=True)
+        return writer.write(RecordKind.ADD, with_vectors(self._embedder, data, self.vector_column), fsync, keys=True)
 
     def delete(self, ids: Any = None, *, where: str | None = None, fsync: bool | None = None) -> int:
         """Delete rows by primary key, or every row matching the SQL predicate ``where``.
@@ -314,20 +304,10 @@ class LocalTable(Table):
 
     # ----------------------------------------------------------------- reads
     def _reading(self, read: Any, *args: Any, **kwargs: Any) -> Any:
-        """Run a read. A reader that loses a race with the writer's ``cleanup()`` (a file of
-        the version it is adopting, or has not mapped yet, is gone) looks again at the
-        newest version and reads once more (mapped files stay readable once removed)."""
+        """Run a read (a reader's through its follower, on the newest version)."""
         activity.note()
         self.core.check_open()
-        for attempt in range(3):
-            try:
-                if self._follower is not None:
-                    self._follower.before_read() if attempt == 0 else self._follower.refresh()
-                return read(*args, **kwargs)
-            except (MissingFileError, VersionNotFoundError):
-                if self._follower is None or attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+        return read(*args, **kwargs) if self._follower is None else self._follower.read(read, *args, **kwargs)
 
     def search(self, q: Any = None, k: int = 10, *, text: str | None = None, where: str | None = None,
                columns: Sequence[str] | None = None, exact: bool = False, ef: int | None = None,
@@ -364,11 +344,7 @@ class LocalTable(Table):
             A ``pyarrow.Table`` (``.to_pandas()`` / ``polars.from_arrow`` to convert).
         """
         if is_text_query(q):
-            if self._embedder is None:
-                raise InvalidVectorError(
-                    f"q is text, not a numeric vector, and table {self.name!r} has no embedding function to embed "
-                    "it: give a vector, or text= for a full-text search")
-            q = self._embedder.queries(q)
+            q = query_vectors(self._embedder, q, self.name)
         if text is not None:
             return self._reading(self._text_reader.search, q, text, k, where=where, columns=columns, exact=exact,
                                  ef=ef, recall=recall, vector_weight=vector_weight, text_weight=text_weight)
@@ -516,23 +492,3 @@ class LocalTable(Table):
         self._writable()
         return cleanup(self.core, older_than, keep_last)
 
-
-def discard_table_folder(directory: Path, name: str, *, lock: WriterLock | None = None,
-                         lock_timeout: float = 0.0) -> None:
-    """Remove a table's folder for good, holding its writer lock while it disappears.
-
-    ``lock``: the writer lock, held by the caller (the table being closed); otherwise it
-    is taken here, and a table open for writing elsewhere raises ``TableLockedError``
-    with nothing changed. The folder is first renamed to a hidden name (a crash then
-    leaves a leftover that the next open of the database removes).
-    """
-    lock = lock or WriterLock(directory / LOCK, name, lock_timeout)
-    graveyard = directory.parent / f".dropped-{name}-{uuid.uuid4().hex[:8]}"
-    try:
-        os.rename(directory, graveyard)
-        fsync_dir(directory.parent)
-    except OSError as exc:
-        raise storage_error(exc, f"dropping table {name!r}", directory) from None
-    finally:
-        lock.release()
-    shutil.rmtree(graveyard, ignore_errors=True)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
-from ..errors import InvalidArgumentError, TableNotFoundError, VersionNotFoundError
+from ..errors import InvalidArgumentError, MissingFileError, TableNotFoundError, VersionNotFoundError
 from ..storage.fileio import fsync_dir
 from ..storage.layout import MANIFESTS, SEGMENTS
 from ..storage.manifest import Manifest
@@ -59,6 +59,20 @@ class Follower:
         if self._manifests_mtime() != self._mtime or now - self._listed_at > 1.0:
             self._listed_at = now
             self.refresh()
+
+    def read(self, read: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``read(*args, **kwargs)`` on the newest version. A read that loses a race with
+        the writer's ``cleanup()`` (a file of the version it is adopting, or has not
+        mapped yet, is gone) looks again at the newest version and reads once more
+        (mapped files stay readable once removed); the third loss is raised."""
+        for attempt in range(3):
+            try:
+                self.before_read() if attempt == 0 else self.refresh()
+                return read(*args, **kwargs)
+            except (MissingFileError, VersionNotFoundError):
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     def refresh(self) -> None:
         """Adopt the newest published version, if it is not the current one."""
