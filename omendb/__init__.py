@@ -70,8 +70,9 @@ def open(path: str | os.PathLike, *, fsync: bool = True, memtable_bytes: int = 6
             before the writer removes it and the files only it references, in the
             background: seconds or a ``timedelta`` (default 60 s; ``None``: keep every
             version until ``Table.cleanup()``).
-        dim, metric: of the default table ``vectors`` that ``db.add_batch(...)`` creates
-            (default: the first batch's dimension, cosine).
+        dim: the dimension of the default table ``vectors`` that ``db.add_batch(...)``
+            creates (default: the first batch's).
+        metric: that default table's metric (default: cosine).
     """
     if not isinstance(path, (str, os.PathLike)):
         raise ArgumentTypeError(f"path must be a folder path (str or os.PathLike), got {type(path).__name__}")

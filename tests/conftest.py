@@ -253,3 +253,25 @@ def sql_udf_calls(monkeypatch) -> list[int]:
 
     monkeypatch.setattr(SqlSession, "_rows", counting)
     return calls
+
+
+@pytest.fixture(scope="session")
+def built_site(tmp_path_factory) -> Path:
+    """The documentation site, built with ``mkdocs build --strict`` once per session.
+
+    ``OMENDB_SITE_DIR`` names a site ``.ci/run`` has just built strictly from this checkout,
+    so CI does not build it twice.
+    """
+    import os
+
+    pytest.importorskip("mkdocs", reason="the site needs the docs tools: pip install -e '.[test]'")
+    given = os.environ.get("OMENDB_SITE_DIR")
+    if given and (Path(given) / "index.html").exists():
+        return Path(given)
+    site = tmp_path_factory.mktemp("site")
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(site)], cwd=root,
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    assert proc.returncode == 0, f"mkdocs build --strict failed:\n{proc.stderr[-5000:]}"
+    return site

@@ -57,9 +57,12 @@ def ingest(target: Any, source: Any, *, table: str | None = None, mode: str = "a
         table: the table's name when ``target`` is a database.
         mode: with a database: ``"auto"`` (create the table if missing, else append),
             ``"create"`` (it must not exist) or ``"append"`` (it must exist).
-        vector_column, id_column, metric, format: of a table created here (the
-            schema is inferred from the first batch; ids are assigned when the
-            source has no ``id_column``).
+        vector_column: the vector column of the source (and of a table created here;
+            the schema is inferred from the first batch).
+        id_column: the primary key of a table created here (ids are assigned when the
+            source has no such column).
+        metric: the metric of a table created here.
+        format: the segment format of a table created here (``"arrow"`` or ``"lance"``).
         batch_size: rows per batch (and per commit).
         upsert: replace rows whose ids exist instead of refusing them; makes a
             re-run after a crash safe.
