@@ -14,14 +14,15 @@ import datetime as dt
 import os
 
 from .api import Table
-from .database import Database
+from .database import Database, open_database
 from .duck import SqlError, duckdb_connect
 from .embedding import Embedding, FastEmbedEmbedding, HashEmbedding, SentenceTransformerEmbedding
-from .errors import (ArgumentTypeError, AuthenticationError, BackgroundTaskError, ClosedError, CorruptFileError,
+from .errors import (ArgumentTypeError, AuthenticationError, BackgroundTaskError, ClosedError, CommitConflictError,
+                     CorruptFileError,
                      DimensionError, DiskFullError, DuplicateKeyError, EmbeddingError, FilterError,
                      FormatVersionError,
                      IndexBuildError, InvalidArgumentError, InvalidNameError, InvalidVectorError,
-                     MissingDependencyError, MissingFileError, MissingVersionError, NotADatabaseError, OmenError,
+                     MissingDependencyError, MissingFileError, MissingVersionError, NotADatabaseError, ObjectStoreError, OmenError,
                      ReadOnlyError, SchemaError, SourceError, StorageError, TableExistsError, TableLockedError,
                      TableNotFoundError, VersionNotFoundError, WalDamageError)
 from .index.configs import HnswConfig, HnswFlat, HnswSq
@@ -40,18 +41,24 @@ __all__ = [
     "FormatVersionError", "NotADatabaseError", "ReadOnlyError", "ClosedError", "TableLockedError",
     "VersionNotFoundError", "InvalidArgumentError", "ArgumentTypeError", "StorageError", "DiskFullError",
     "WalDamageError", "MissingVersionError", "MissingFileError", "MissingDependencyError", "IndexBuildError",
-    "BackgroundTaskError", "SourceError", "SqlError", "AuthenticationError",
+    "BackgroundTaskError", "SourceError", "SqlError", "AuthenticationError", "ObjectStoreError",
+    "CommitConflictError",
 ]
 
 
 def open(path: str | os.PathLike, *, fsync: bool = True, memtable_bytes: int = 64 << 20,  # noqa: A001
          build_indexes: bool = True, compaction: CompactionPolicy | bool = True, read_only: bool = False,
          lock_timeout: float = 0.0, keep_versions_for: float | dt.timedelta | None = 60.0,
-         dim: int | None = None, metric: str = "cosine") -> Database:
+         dim: int | None = None, metric: str = "cosine", storage_options: dict | None = None,
+         cache_dir: str | os.PathLike | None = None, cache_bytes: int | None = None,
+         poll_interval: float = 5.0) -> Database:
     """Open the omendb database in folder ``path``, creating it if missing.
 
     Args:
-        path: the database folder.
+        path: the database folder, or ``s3://bucket/prefix`` for a database in an
+            S3-compatible object store (needs ``pip install 'omendb[s3]'``; see the
+            object-storage guide): the same API, with the store as the truth and a
+            local folder as its working copy.
         fsync: fsync each write's log record before ``add``/``upsert``/``delete``
             return (default). ``False`` is for bulk loads: writes then survive a
             crash of the process but not of the machine until ``flush()``/``close()``.
@@ -73,15 +80,26 @@ def open(path: str | os.PathLike, *, fsync: bool = True, memtable_bytes: int = 6
         dim: the dimension of the default table ``vectors`` that ``db.add_batch(...)``
             creates (default: the first batch's).
         metric: that default table's metric (default: cosine).
+        storage_options: for ``s3://``: ``endpoint_url``, ``region``, ``key``,
+            ``secret``, ``token``, ``anon``, ``connect_timeout``, ``read_timeout``,
+            ``max_attempts`` (fsspec's, pyarrow's and boto3's names are all accepted;
+            credentials default to the usual AWS environment and files).
+        cache_dir: for ``s3://``: the local folder tables are worked on in (default
+            ``~/.cache/omendb/<hash of the URI>``).
+        cache_bytes: for ``s3://`` readers: the most the cache keeps beyond the files
+            of the version being read (default: no bound).
+        poll_interval: for ``s3://`` readers: seconds between looks for a new version
+            before a read (``Table.refresh()`` looks at once).
     """
     if not isinstance(path, (str, os.PathLike)):
         raise ArgumentTypeError(f"path must be a folder path (str or os.PathLike), got {type(path).__name__}")
     if isinstance(compaction, bool):
         compaction = CompactionPolicy(enabled=compaction)
-    return Database(path, TableOptions(fsync=fsync, memtable_bytes=memtable_bytes, build_indexes=build_indexes,
-                                       compaction=compaction, read_only=read_only, lock_timeout=lock_timeout,
-                                       keep_versions_for=keep_versions_for),
-                    dim=dim, metric=metric)
+    options = TableOptions(fsync=fsync, memtable_bytes=memtable_bytes, build_indexes=build_indexes,
+                           compaction=compaction, read_only=read_only, lock_timeout=lock_timeout,
+                           keep_versions_for=keep_versions_for)
+    return open_database(path, options, dim=dim, metric=metric, storage_options=storage_options,
+                         cache_dir=cache_dir, cache_bytes=cache_bytes, poll_interval=poll_interval)
 
 
 def salvage(path: str | os.PathLike, table: str | None = None) -> list[dict]:

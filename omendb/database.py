@@ -28,15 +28,37 @@ from .storage.fileio import atomic_write, fsync_dir
 from .storage.layout import LOCK, MANIFESTS
 from .storage.locking import WriterLock
 from .storage.manifest import ManifestStore
+from .storage.mirror import DatabaseRoot
+from .storage.objectstore import is_store_uri
 from .table import LocalTable, TableOptions, Workers, discard_table_folder, new_table_manifest
 from .table.embedder import TableEmbedder
 from .table.options import new_table_schema
 
-__all__ = ["Database", "use_sql_engine"]
+__all__ = ["Database", "open_database", "use_sql_engine", "database_marker"]
 
 MARKER = "omendb.json"
 FORMAT_VERSION = 1
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-]{0,127}")
+
+
+def open_database(path: str | os.PathLike, options: TableOptions, *, dim: int | None = None, metric: str = "cosine",
+                  storage_options: dict | None = None, cache_dir: str | os.PathLike | None = None,
+                  cache_bytes: int | None = None, poll_interval: float = 5.0) -> "Database":
+    """The database at a folder or an ``s3://`` URI (:func:`omendb.open` documents the arguments)."""
+    if not is_store_uri(path):
+        if storage_options is not None or cache_dir is not None or cache_bytes is not None:
+            raise InvalidArgumentError("storage_options, cache_dir and cache_bytes are for s3:// databases; "
+                                       f"{os.fspath(path)!r} is a local folder")
+        return Database(path, options, dim=dim, metric=metric)
+    root = DatabaseRoot.open(str(path), storage_options=storage_options, cache_dir=cache_dir,
+                             cache_bytes=cache_bytes, poll_interval=poll_interval, read_only=options.read_only,
+                             marker=database_marker())
+    return Database(root.local_path, options, dim=dim, metric=metric, root=root)
+
+
+def database_marker() -> bytes:
+    """The bytes of a database's marker file (and of its marker object in a store)."""
+    return json.dumps({"format": "omendb.database", "format_version": FORMAT_VERSION}).encode()
 
 
 def _is_name(name: Any) -> bool:
@@ -132,8 +154,13 @@ class Database(ShorthandMixin):
     """
 
     def __init__(self, path: str | os.PathLike, options: TableOptions, *, dim: int | None = None,
-                 metric: str = "cosine") -> None:
+                 metric: str = "cosine", root: DatabaseRoot | None = None) -> None:
+        # ``root``: the database is in an object store, and ``path`` the local folder its
+        # tables are worked on in (their files a cache of the store's)
+        self._root = root
+        self.uri = root.uri if root is not None else None
         self.path = Path(path)
+        self._where = self.uri or str(self.path)  # (what error messages name)
         self._default_dim, self._default_metric = dim, metric
         self._options = options
         self._tables: dict[str, LocalTable] = {}
@@ -162,13 +189,13 @@ class Database(ShorthandMixin):
             if not self._options.read_only:
                 self._remove_leftovers()
             return
-        if self._options.read_only:
+        if self._options.read_only and self._root is None:  # (in a store, the folder is a reader's cache)
             raise NotADatabaseError(f"{self.path}: no omendb database here to open read-only (no {MARKER})")
         if self.path.exists() and any(self.path.iterdir()):
             raise NotADatabaseError(
                 f"{self.path}: folder is not empty and is not an omendb database (no {MARKER})")
         self.path.mkdir(parents=True, exist_ok=True)
-        atomic_write(marker, json.dumps({"format": "omendb.database", "format_version": FORMAT_VERSION}).encode())
+        atomic_write(marker, database_marker())
 
     def _remove_leftovers(self) -> None:
         """Finish what a crash interrupted: half-created and half-dropped tables.
@@ -191,17 +218,24 @@ class Database(ShorthandMixin):
 
     def _check_open(self) -> None:
         if self._closed:
-            raise ClosedError(f"database {self.path} is closed")
+            raise ClosedError(f"database {self._where} is closed")
 
     def _check_writable(self) -> None:
         self._check_open()
         if self._options.read_only:
-            raise ReadOnlyError(f"database {self.path} was opened read_only=True")
+            raise ReadOnlyError(f"database {self._where} was opened read_only=True")
+
+    @property
+    def location(self) -> str:
+        """Where the database is: its folder, or its ``s3://`` URI."""
+        return self._where
 
     # ----------------------------------------------------------------- tables
     def table_names(self) -> list[str]:
         """Names of the tables, sorted."""
         self._check_open()
+        if self._root is not None:
+            return self._root.table_names()
         names = []
         for entry in sorted(os.listdir(self.path)):
             if _is_name(entry) and ManifestStore(self.path / entry / MANIFESTS).versions():
@@ -275,9 +309,9 @@ class Database(ShorthandMixin):
             if name in self.table_names():
                 if exist_ok:
                     return self._existing(name, embedding, source_column)
-                raise TableExistsError(f"table {name!r} already exists in {self.path}")
+                raise TableExistsError(f"table {name!r} already exists in {self._where}")
             target = self.path / name
-            if os.path.lexists(target):
+            if self._root is None and os.path.lexists(target):
                 raise TableExistsError(
                     f"{target} exists but holds no omendb table (no manifests); omendb leaves it alone: "
                     "remove or rename it, or choose another table name")
@@ -323,6 +357,9 @@ class Database(ShorthandMixin):
         ``create_table`` of the same name raises :class:`TableExistsError` and leaves
         nothing behind.
         """
+        if self._root is not None:  # (the store's conditional write is the atomic step)
+            self._root.table(name).create(manifest)
+            return
         staging = self.path / f".creating-{name}-{uuid.uuid4().hex[:8]}"
         try:
             staging.mkdir()
@@ -335,7 +372,7 @@ class Database(ShorthandMixin):
                 os.rename(staging, self.path / name)
             except OSError as exc:
                 if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
-                    raise TableExistsError(f"table {name!r} already exists in {self.path} "
+                    raise TableExistsError(f"table {name!r} already exists in {self._where} "
                                            "(created by another process meanwhile)") from None
                 raise storage_error(exc, f"creating table {name!r}", self.path / name) from None
             fsync_dir(self.path)
@@ -357,8 +394,9 @@ class Database(ShorthandMixin):
             table = self._tables.get(name)
             if table is None or table.closed:
                 if name not in self.table_names():
-                    raise TableNotFoundError(f"table {name!r} does not exist in {self.path}")
-                table = LocalTable(name, self.path / name, self._options, self._workers, owner=self)
+                    raise TableNotFoundError(f"table {name!r} does not exist in {self._where}")
+                table = LocalTable(name, self.path / name, self._options, self._workers, owner=self,
+                                   mirror=None if self._root is None else self._root.table(name))
                 self._tables[name] = table
             if embedding is not None:
                 table.use_embedding(embedding)
@@ -377,13 +415,16 @@ class Database(ShorthandMixin):
         """
         self._check_writable()
         _check_name(name)
+        if self._root is not None:
+            raise InvalidArgumentError(f"salvage works on a local folder; {self.uri} is in an object store, whose "
+                                       "log records are checked as they are written")
         with self._lock:
             open_here = self._tables.get(name)
             if open_here is not None and not open_here.closed:
                 raise InvalidArgumentError(f"table {name!r} is open, so its log is sound: salvage is for a table "
                                            "that fails to open with WalDamageError or MissingVersionError")
             if name not in self.table_names():
-                raise TableNotFoundError(f"table {name!r} does not exist in {self.path}")
+                raise TableNotFoundError(f"table {name!r} does not exist in {self._where}")
             table = LocalTable(name, self.path / name, self._options, self._workers, owner=self, salvage=True)
             self._tables[name] = table
             return dict(table.salvage_report)
@@ -394,9 +435,13 @@ class Database(ShorthandMixin):
         _check_name(name)
         with self._lock:
             if name not in self.table_names():
-                raise TableNotFoundError(f"table {name!r} does not exist in {self.path}")
+                raise TableNotFoundError(f"table {name!r} does not exist in {self._where}")
             table = self._tables.pop(name, None)
-            if table is not None and not table.closed:
+            if self._root is not None:
+                if table is not None and not table.closed:
+                    table.close(discard=True)
+                self._root.table(name).drop()
+            elif table is not None and not table.closed:
                 table.close(discard=True)  # stops its background work; drops the folder under its lock
             else:  # not open here: a writer elsewhere holds the lock, and then nothing changes
                 discard_table_folder(self.path / name, name, lock_timeout=self._options.lock_timeout)
@@ -450,6 +495,6 @@ class Database(ShorthandMixin):
         self.close()
 
     def __repr__(self) -> str:
-        return f"<omendb.Database {str(self.path)!r}>"
+        return f"<omendb.Database {self._where!r}>"
 
 

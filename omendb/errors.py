@@ -27,6 +27,8 @@ __all__ = [
     "ArgumentTypeError",
     "StorageError",
     "DiskFullError",
+    "ObjectStoreError",
+    "CommitConflictError",
     "WalDamageError",
     "MissingVersionError",
     "MissingDependencyError",
@@ -146,6 +148,18 @@ class DiskFullError(StorageError):
 
     A write refused this way changed nothing; free space and retry.
     """
+
+
+class ObjectStoreError(StorageError):
+    """An object store (``s3://...``) refused or did not answer a request; the message
+    names the store, the object and what was being done. Safe requests were retried
+    with backoff first."""
+
+
+class CommitConflictError(OmenError, RuntimeError):
+    """Another writer committed first (a table on object storage has one writer at a
+    time): this writer's change was not acknowledged and it takes no more writes.
+    Reopen the database to continue from the winner's state."""
 
 
 class WalDamageError(CorruptFileError):

@@ -275,3 +275,95 @@ def built_site(tmp_path_factory) -> Path:
                           env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
     assert proc.returncode == 0, f"mkdocs build --strict failed:\n{proc.stderr[-5000:]}"
     return site
+
+
+class S3Server:
+    """A real S3-compatible server (moto's server mode) on 127.0.0.1, in a subprocess."""
+
+    def __init__(self) -> None:
+        import tempfile
+        import time
+
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        # (its request log goes to a file: a pipe nobody reads would fill and stop the server)
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="moto-", suffix=".log")
+        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                                     stdout=self.log, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=2).close()
+                return
+            except (urllib.error.URLError, OSError):
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    self.log.seek(0)
+                    raise RuntimeError(f"the S3 server did not start: {self.log.read()[-2000:]}") from None
+                time.sleep(0.1)
+
+    @property
+    def options(self) -> dict:
+        return {"endpoint_url": self.endpoint, "key": "testing", "secret": "testing", "region": "us-east-1"}
+
+    def client(self):
+        import boto3
+        import botocore.config
+
+        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id="testing",
+                            aws_secret_access_key="testing", region_name="us-east-1",
+                            config=botocore.config.Config(connect_timeout=5, read_timeout=30,
+                                                          retries={"max_attempts": 3}))
+
+    def new_bucket(self) -> str:
+        name = f"omendb-{uuid.uuid4().hex[:12]}"
+        self.client().create_bucket(Bucket=name)
+        return name
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """One S3 server for the session; tests skip (saying why) only where it cannot start."""
+    pytest.importorskip("boto3", reason="s3:// databases need boto3: pip install -e '.[test]'")
+    pytest.importorskip("moto.server", reason="the S3 server is moto's server mode: pip install -e '.[test]'")
+    try:
+        server = S3Server()
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    yield server
+    server.stop()
+
+
+@dataclass
+class S3Database:
+    """A fresh bucket on the test S3 server: the URI of a database in it, and how to open it."""
+
+    server: S3Server
+    bucket: str
+    uri: str
+    tmp: Path
+
+    def open(self, cache: str = "cache", **kwargs) -> omendb.Database:
+        """Open the database with its own local cache folder (``cache`` names it: two
+        names are two machines)."""
+        return omendb.open(self.uri, storage_options=self.server.options, cache_dir=self.tmp / cache, **kwargs)
+
+    def keys(self, prefix: str = "") -> list[str]:
+        client = self.server.client()
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+        return sorted(item["Key"] for page in pages for item in page.get("Contents", ()))
+
+
+@pytest.fixture
+def s3_db(s3_server: S3Server, tmp_path: Path) -> S3Database:
+    bucket = s3_server.new_bucket()
+    return S3Database(s3_server, bucket, f"s3://{bucket}/db", tmp_path)

@@ -20,6 +20,7 @@ import click
 import omendb
 
 from ..errors import TableNotFoundError
+from ..storage.objectstore import is_store_uri
 from ..table.export import EXPORT_FORMATS
 from ..io.sources import FILE_FORMATS
 from .errors import OmenGroup, handle_errors
@@ -55,8 +56,16 @@ def main(ctx: click.Context, debug: bool) -> None:
     ctx.obj = {"debug": debug}
 
 
+def _location(db_path: str) -> str | Path:
+    """A database folder, or an ``s3://`` URI as given (its endpoint and credentials come
+    from the usual ``AWS_*`` environment variables, its cache from ``OMENDB_CACHE_DIR``)."""
+    return db_path if is_store_uri(db_path) else Path(db_path).expanduser()
+
+
 def _open_existing(db_path: str, *, read_only: bool, **options: Any) -> omendb.Database:
-    path = Path(db_path).expanduser()
+    path = _location(db_path)
+    if isinstance(path, str):
+        return omendb.open(path, read_only=read_only, **options)
     if not path.exists():
         raise FileNotFoundError(2, "no such database folder", str(path))
     return omendb.open(path, read_only=read_only, **options)
@@ -67,10 +76,10 @@ def _table(db: omendb.Database, name: str | None) -> omendb.Table:
     if name is None:
         if len(names) == 1:
             return db.open_table(names[0])
-        raise click.UsageError(f"--table is required: {db.path} has "
+        raise click.UsageError(f"--table is required: {db.location} has "
                                + (f"tables {', '.join(names)}" if names else "no tables"))
     if name not in names:
-        raise TableNotFoundError(f"table {name!r} does not exist in {db.path} "
+        raise TableNotFoundError(f"table {name!r} does not exist in {db.location} "
                                  f"(tables: {', '.join(names) or 'none'})")
     return db.open_table(name)
 
@@ -149,7 +158,7 @@ def ingest(sources: tuple[str, ...], db_path: str, table_name: str, vector_colum
     total = None if any(t is None for t in totals) else sum(totals)  # type: ignore[arg-type]
     machine = _machine_output(as_json)
     done = [0]
-    db = omendb.open(Path(db_path).expanduser(), fsync=not no_fsync, memtable_bytes=memtable_mb << 20,
+    db = omendb.open(_location(db_path), fsync=not no_fsync, memtable_bytes=memtable_mb << 20,
                      build_indexes=index, compaction=False)
     try:
         progress = None if machine else _progress(console(), total)
@@ -191,7 +200,7 @@ def ingest(sources: tuple[str, ...], db_path: str, table_name: str, vector_colum
         stats = table.stats()
         summary.update(seconds=round(result.seconds, 3), table_rows=stats["rows"], segments=stats["segments"],
                        indexed_segments=stats["indexed_segments"], dim=stats["dim"], metric=stats["metric"],
-                       format=stats["format"], version=stats["version"], db=str(db.path))
+                       format=stats["format"], version=stats["version"], db=db.location)
     finally:
         db.close()
     if machine:
@@ -206,7 +215,7 @@ def ingest(sources: tuple[str, ...], db_path: str, table_name: str, vector_colum
 
 # ------------------------------------------------------------------ search
 @main.command()
-@click.option("--db", "db_path", required=True, type=click.Path(file_okay=False), help="Database folder.")
+@click.option("--db", "db_path", required=True, type=click.Path(file_okay=False), help="Database folder, or s3://bucket/prefix.")
 @click.option("--table", "-t", "table_name", default=None, help="Table to search (default: the only one).")
 @click.option("--query", "-q", "query", required=True, metavar="FILE|-|JSON",
               help="Query vectors: .npy, .json (a vector, a list of vectors, or objects with the vector "
@@ -286,14 +295,14 @@ def info(db_path: str | None, table_name: str | None, as_json: bool) -> None:
         else:
             tables = [table_info(db.open_table(name), detail=False) for name in db.table_names()]
         if as_json:
-            _emit_json({"db": str(db.path), "tables": tables})
+            _emit_json({"db": db.location, "tables": tables})
             return
         from rich.table import Table as RichTable
 
         out = console()
         if table_name is not None:
             t = tables[0]
-            out.print(f"[bold]{t['table']}[/] in {db.path}")
+            out.print(f"[bold]{t['table']}[/] in {db.location}")
             for key in ("rows", "dim", "metric", "format", "id_column", "vector_column", "segments",
                         "indexed_segments", "unindexed_segments", "indexed_rows", "unindexed_rows",
                         "deleted_rows", "version", "versions"):
@@ -303,9 +312,9 @@ def info(db_path: str | None, table_name: str | None, as_json: bool) -> None:
             out.print("  columns: " + ", ".join(f"{n} {kind}" for n, kind in t["columns"].items()))
             return
         if not tables:
-            out.print(f"{db.path}: no tables")
+            out.print(f"{db.location}: no tables")
             return
-        view = RichTable(title=str(db.path))
+        view = RichTable(title=db.location)
         for name in ("table", "rows", "dim", "metric", "format", "segments", "indexed", "deleted", "size", "version"):
             view.add_column(name, justify="left" if name in ("table", "metric", "format") else "right")
         for t in tables:
@@ -317,7 +326,7 @@ def info(db_path: str | None, table_name: str | None, as_json: bool) -> None:
 
 # ------------------------------------------------------------------ compact
 @main.command()
-@click.option("--db", "db_path", required=True, type=click.Path(file_okay=False), help="Database folder.")
+@click.option("--db", "db_path", required=True, type=click.Path(file_okay=False), help="Database folder, or s3://bucket/prefix.")
 @click.option("--table", "-t", "table_name", default=None, help="Compact one table (default: all).")
 @click.option("--index/--no-index", default=True, show_default=True,
               help="Also build every missing HNSW index and wait for it.")
@@ -368,7 +377,7 @@ def compact(db_path: str, table_name: str | None, index: bool, cleanup: bool, ke
 
 # ------------------------------------------------------------------ salvage
 @main.command()
-@click.option("--db", "db_path", required=True, type=click.Path(file_okay=False), help="Database folder.")
+@click.option("--db", "db_path", required=True, type=click.Path(file_okay=False), help="Database folder, or s3://bucket/prefix.")
 @click.option("--table", "-t", "table_name", default=None,
               help="Table to salvage (default: every table whose log is damaged or whose newest version is missing).")
 @click.option("--json", "as_json", is_flag=True, help="Print each report as JSON even on a terminal.")
@@ -407,7 +416,7 @@ def _export_format(out: str, given: str | None) -> str:
 
 
 @main.command()
-@click.option("--db", "db_path", required=True, type=click.Path(file_okay=False), help="Database folder.")
+@click.option("--db", "db_path", required=True, type=click.Path(file_okay=False), help="Database folder, or s3://bucket/prefix.")
 @click.option("--table", "-t", "table_name", default=None, help="Table to export (default: the only one).")
 @click.option("--output", "-o", "output", default=None, type=click.Path(),
               help="File (parquet, arrow) or folder (lance) to write (required).")

@@ -28,7 +28,7 @@ def serve(path: str | Path, *, host: str = "127.0.0.1", port: int = 6334, http_p
     """
     import uvicorn
 
-    from ..database import Database
+    from ..database import open_database
     from ..table import TableOptions
     from .flight import OmenFlightServer
     from .http import create_app
@@ -38,7 +38,7 @@ def serve(path: str | Path, *, host: str = "127.0.0.1", port: int = 6334, http_p
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(limits=1, user_api="blas")
-    db = Database(path, TableOptions())
+    db = open_database(path, TableOptions())  # (a folder, or s3://... with AWS_* settings from the environment)
     flight_server = OmenFlightServer(db, f"grpc://{host}:{port}", token=token,
                                      max_message_bytes=max(max_request_bytes * 4, 256 << 20),
                                      unsafe_filters=unsafe_filters)
@@ -64,7 +64,7 @@ def serve(path: str | Path, *, host: str = "127.0.0.1", port: int = 6334, http_p
         while not http_server.started and threads[1].is_alive():
             stop.wait(0.05)
     urls = [f"grpc://{host}:{flight_server.port}"] + ([f"http://{host}:{http_port}"] if http_port else [])
-    announce(f"omendb serving {Path(path).resolve()} on {' and '.join(urls)}")
+    announce(f"omendb serving {db.uri or Path(path).resolve()} on {' and '.join(urls)}")
     try:
         while not stop.wait(0.5):
             pass

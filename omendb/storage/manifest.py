@@ -12,7 +12,7 @@ import os
 import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import CorruptFileError, FormatVersionError, VersionNotFoundError, storage_error
 from .checksum import crc32
@@ -115,10 +115,16 @@ class Manifest:
 
 
 class ManifestStore:
-    """Reads and publishes the manifest versions of one table directory."""
+    """Reads and publishes the manifest versions of one table directory.
 
-    def __init__(self, directory: str | os.PathLike) -> None:
+    ``publish_first``: for a table in an object store, publishes a version there (its
+    files, then the manifest, conditionally) before it is written here.
+    """
+
+    def __init__(self, directory: str | os.PathLike,
+                 publish_first: Callable[["Manifest"], None] | None = None) -> None:
         self.directory = Path(directory)
+        self._publish_first = publish_first
 
     def versions(self) -> list[int]:
         """Every published version number, ascending."""
@@ -155,4 +161,6 @@ class ManifestStore:
         if path.exists():
             raise CorruptFileError(f"{path}: manifest version {manifest.version} already exists")
         self.directory.mkdir(parents=True, exist_ok=True)
+        if self._publish_first is not None:
+            self._publish_first(manifest)
         atomic_write(path, manifest.to_json())

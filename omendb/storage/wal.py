@@ -27,7 +27,7 @@ from .checksum import crc32
 from .fileio import fsync_dir, start_writeback
 
 __all__ = ["RecordKind", "WalRecord", "WalWriter", "PendingRecord", "Payload", "encode_table", "decode_table",
-           "wal_file_name", "first_seq_of"]
+           "wal_file_name", "first_seq_of", "single_record_file"]
 
 FORMAT_VERSION = 1
 FILE_MAGIC = b"OMENWAL\x00"
@@ -218,6 +218,14 @@ class WalWriter:
         with contextlib.suppress(OSError):
             os.ftruncate(self._fd, size)
 
+    def retract(self, record: "PendingRecord") -> None:
+        """Cut a finished record (the newest) back off: it was never acknowledged (an
+        object store refused to take it), so a reopen must not replay it."""
+        if record.start + record.size != self._size:
+            raise RuntimeError("only the newest WAL record can be retracted")
+        os.ftruncate(self._fd, record.start)
+        self._size = record.start
+
     def sync_data(self) -> None:
         """Wait until every record written so far is on stable storage (``fdatasync``)."""
         os.fdatasync(self._fd)
@@ -247,6 +255,11 @@ def _create(path: Path) -> None:
     os.close(fd)
     os.rename(tmp, path)
     fsync_dir(path.parent)
+
+
+def single_record_file(record: "PendingRecord", payload: Payload) -> bytes:
+    """A whole WAL file holding just ``record``: how an object store keeps one commit."""
+    return b"".join([_header_bytes(), record.header, *payload.parts])
 
 
 class PendingRecord:

@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
-from ..errors import describe, storage_error
+from ..errors import CommitConflictError, describe, storage_error
 from ..storage.fileio import fsync_dir, remove_gradually
 from ..storage.layout import SEGMENTS, WAL, segment_file_name
 from ..storage.manifest import SegmentEntry
@@ -59,6 +59,15 @@ class Flusher:
         with self._core.write_lock:
             self._core.check_open()
             self.flush_locked("flush")
+
+    def flush_for_close(self) -> None:
+        """The last flush of a closing table (caller holds the write lock). A writer that
+        another took over (an object store's table) has nothing to flush: every write it
+        acknowledged is in the store, and the new writer has it."""
+        try:
+            self.flush_locked("close")
+        except CommitConflictError:
+            pass
 
     def flush_locked(self, change: str) -> None:
         """Flush now, on this thread (caller holds the write lock)."""

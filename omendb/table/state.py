@@ -33,6 +33,7 @@ from ..index.text import Postings, TextIndexConfig
 from ..index.hnsw import HnswIndex
 from ..storage.layout import MANIFESTS, SEGMENTS, schema_from_text
 from ..storage.manifest import Manifest, ManifestStore, SegmentEntry
+from ..storage.mirror import TableMirror
 from .memtable import Memtable, MemtableView
 from .options import TableOptions
 from .segments import SegmentHandle
@@ -154,11 +155,14 @@ class TableCore:
     the index builder leaves them alone, as their rows get the merged segment's graph.
     """
 
-    def __init__(self, name: str, directory: Path, options: TableOptions, manifest: Manifest) -> None:
+    def __init__(self, name: str, directory: Path, options: TableOptions, manifest: Manifest,
+                 mirror: TableMirror | None = None) -> None:
         self.name = name
         self.directory = Path(directory)
         self.options = options
-        self.store = ManifestStore(self.directory / MANIFESTS)
+        self.mirror = mirror  # the table in an object store, which this folder works on (or None)
+        self.store = ManifestStore(self.directory / MANIFESTS, publish_first=None if mirror is None else
+                                   lambda manifest: mirror.publish(manifest, self.directory / SEGMENTS))
         self.write_lock = threading.RLock()
         self._lock = threading.Lock()
         self._adopt_lock = threading.Lock()

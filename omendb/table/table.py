@@ -32,6 +32,7 @@ from ..query.snapshot import Snapshot
 from ..storage.layout import LOCK, WAL
 from ..storage.locking import WriterLock
 from ..storage.manifest import Manifest
+from ..storage.mirror import TableMirror
 from ..storage.wal import RecordKind, WalWriter
 from . import activity
 from .compactor import Compactor
@@ -68,7 +69,7 @@ class LocalTable(Table):
 
     def __init__(self, name: str, directory: Path, options: TableOptions, workers: Workers | None, *,
                  checkout: Manifest | None = None, salvage: bool = False, owner: object = None,
-                 embedding: Callable[[list[str]], Any] | None = None) -> None:
+                 embedding: Callable[[list[str]], Any] | None = None, mirror: TableMirror | None = None) -> None:
         self.name = name
         # The database that opened the table: while the table is in use, its database stays
         # alive, and so does the close-at-exit that flushes it and stops its background work.
@@ -84,15 +85,20 @@ class LocalTable(Table):
         self._retention: Retention | None = None
         self.salvage_report: dict[str, Any] | None = None
         directory = Path(directory)
+        if mirror is not None and (checkout is not None or options.read_only):  # (a writer copies under its lock)
+            mirror.copy_to(directory, checkout=checkout)
         if checkout is not None:
-            self.core = TableCore(name, directory, options, checkout)
+            self.core = TableCore(name, directory, options, checkout, mirror)
         elif options.read_only:
-            self.core = TableCore(name, directory, options, latest_complete_manifest(name, directory))
+            self.core = TableCore(name, directory, options, latest_complete_manifest(name, directory), mirror)
             self._follower = Follower(self.core)
         else:
+            directory.mkdir(parents=True, exist_ok=True)  # (a table in an object store: the cache's copy)
             self._writer_lock = WriterLock(directory / LOCK, name, options.lock_timeout)
             try:
-                self._open_for_writing(directory, workers, salvage)
+                if mirror is not None:
+                    mirror.copy_to(directory, writer=True)
+                self._open_for_writing(directory, workers, salvage, mirror)
             except BaseException:
                 self._writer_lock.release()
                 raise
@@ -108,7 +114,7 @@ class LocalTable(Table):
             self._text_reader = TextReader(self.core, self._reader)
         register(self)
 
-    def _open_for_writing(self, directory: Path, workers: Workers | None, salvage: bool) -> None:
+    def _open_for_writing(self, directory: Path, workers: Workers | None, salvage: bool, mirror: TableMirror | None) -> None:
         wal_dir = directory / WAL
         wal_dir.mkdir(exist_ok=True)
         wal_files = log_files(wal_dir)  # (listed before the manifests: see _latest_complete_manifest)
@@ -121,7 +127,7 @@ class LocalTable(Table):
         else:
             check_no_missing_versions(directory, manifest, wal_files, salvage_hint=hint)
             records = read_log(wal_files, manifest, salvage_hint=hint)
-        core = self.core = TableCore(self.name, directory, self._options, manifest)
+        core = self.core = TableCore(self.name, directory, self._options, manifest, mirror)
         log = self._log = WriteLog(wal_dir, self._options.fsync, seq=manifest.wal_seq, next_id=manifest.next_id)
         self._indexer = IndexBuilder(core, workers, will_merge=lambda file: self._compactor.will_merge(file))
         self._compactor = Compactor(core, workers, flush=self.flush, after_publish=self._indexer.schedule)
@@ -212,7 +218,7 @@ class LocalTable(Table):
         with core.write_lock:
             try:
                 if not discard:
-                    self._flusher.flush_locked("close")
+                    self._flusher.flush_for_close()
             finally:
                 core.closed = True
                 self._log.close()
@@ -461,14 +467,14 @@ class LocalTable(Table):
         if isinstance(version, bool) or not isinstance(version, int):
             raise VersionNotFoundError(f"table {self.name!r} has no version {version!r} (versions are integers)")
         # Pinned while it opens: this process's cleanup() cannot remove the version's files
-        # before the checkout is registered (from then on, open, it pins them).
+        # before the checkout is registered (from then on it pins them).
         with pinned(self.core.directory, version):
             available = self.core.store.versions()
             if version not in available:
                 retained = f"retained: {available[0]}..{available[-1]}" if available else "none retained"
                 raise VersionNotFoundError(f"table {self.name!r} has no version {version!r} ({retained})")
             table = LocalTable(self.name, self.core.directory, self._options, None,
-                               checkout=self.core.store.load(version))
+                               checkout=self.core.store.load(version), mirror=self.core.mirror)
         if self._embedder is not None and table._embedder is not None:
             table._embedder = self._embedder  # (the same function: a table's embedding never changes)
         return table

@@ -46,7 +46,7 @@ class Follower:
     def __init__(self, core: TableCore) -> None:
         self._core = core
         self._mtime = self._manifests_mtime()
-        self._listed_at = time.monotonic()
+        self._listed_at = time.monotonic()  # (in an object store: when the store was last looked at)
 
     def _manifests_mtime(self) -> int:
         try:
@@ -56,6 +56,11 @@ class Follower:
 
     def before_read(self) -> None:
         now = time.monotonic()
+        mirror = self._core.mirror
+        if mirror is not None:  # a request to the store costs a round trip: look every poll_interval
+            if now - self._listed_at > mirror.poll_interval:
+                self.refresh()
+            return
         if self._manifests_mtime() != self._mtime or now - self._listed_at > 1.0:
             self._listed_at = now
             self.refresh()
@@ -75,11 +80,19 @@ class Follower:
         raise AssertionError("unreachable")
 
     def refresh(self) -> None:
-        """Adopt the newest published version, if it is not the current one."""
+        """Adopt the newest published version, if it is not the current one (in an object
+        store: first copy it into the local cache, then trim the cache)."""
+        mirror = self._core.mirror
+        if mirror is not None:
+            self._listed_at = time.monotonic()
+            mirror.pull(self._core.directory, log=False)
         self._mtime = self._manifests_mtime()
         latest = self._core.store.latest()
         if latest is not None and latest.version != self._core.state.version:
             self._core.adopt(latest)
+        if mirror is not None:
+            in_use = {f for e in self._core.state.manifest.segments for f in e.files()}
+            mirror.trim_cache(self._core.directory / SEGMENTS, in_use)
 
 
 def cleanup(core: TableCore, older_than: float | dt.timedelta | None, keep_last: int) -> dict[str, int]:
@@ -117,7 +130,10 @@ def cleanup(core: TableCore, older_than: float | dt.timedelta | None, keep_last:
             in_use |= {f for h in table.state.segments for f in h.entry.files()}
         unreferenced = {f for n in drop for e in manifests[n].segments for f in e.files()} - in_use
         # Manifests first: a crash in between leaves orphan files (removed on the next
-        # open), never a retained version pointing at a missing file.
+        # open), never a retained version pointing at a missing file. The store first:
+        # it is the table, this folder a copy of it.
+        if core.mirror is not None:
+            core.mirror.remove(drop, unreferenced)
         for number in drop:
             core.store.path_of(number).unlink(missing_ok=True)
         fsync_dir(core.directory / MANIFESTS)

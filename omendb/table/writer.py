@@ -18,11 +18,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..convert import conform, refuse_non_finite, to_arrow_table
-from ..errors import DuplicateKeyError, InvalidArgumentError, ReadOnlyError, storage_error
+from ..errors import (CommitConflictError, DuplicateKeyError, InvalidArgumentError, ReadOnlyError,
+                      storage_error)
 from ..index.keys import keys_to_numpy
 from ..query.search import allowed_rows
 from ..storage.fileio import log_commit_in_progress
-from ..storage.wal import RecordKind, WalWriter, encode_table
+from ..storage.wal import PendingRecord, Payload, RecordKind, WalWriter, encode_table, single_record_file
 from .memtable import Memtable, StagedRows
 from .reader import TableReader
 from .state import Deletions, TableCore
@@ -161,12 +162,31 @@ class Writer:
                     log.failure = f"syncing its write-ahead log failed ({exc})"
                     raise storage_error(exc, f"syncing the write-ahead log of table {core.name!r}",
                                         wal.path) from None
+            if core.mirror is not None:
+                self._store_record(seq, record, payload)
         log.seq = seq
         self.apply(kind, table, seq, staged)
         if core.state.memtable.nbytes >= core.options.memtable_bytes:
             flusher.flush_full()
         if staged is not None:
             self._after_commit()
+
+    def _store_record(self, seq: int, record: PendingRecord, payload: Payload) -> None:
+        """Put the record in the object store: only then is the change acknowledged. On
+        failure it is cut off the local log again, and the writer stops taking writes
+        when it cannot know whether the store kept it (or another writer took over)."""
+        core, log = self._core, self._log
+        try:
+            core.mirror.log_record(seq, single_record_file(record, payload))
+        except BaseException as exc:
+            try:
+                log.wal.retract(record)
+            except OSError as cut:
+                log.failure = f"cutting an unacknowledged record off its write-ahead log failed ({cut})"
+            if log.failure is None:
+                log.failure = (str(exc) if isinstance(exc, CommitConflictError) else
+                               f"the object store did not confirm log record {seq} ({exc})")
+            raise
 
     def check_and_stage(self, kind: RecordKind, table: pa.Table) -> StagedRows | None:
         """Refuse repeated or (for add) existing keys and non-finite vectors; stage the rows.
